@@ -1,0 +1,71 @@
+"""Calibration and operating points, fitted on held-out photos that neither training nor reporting uses.
+
+Temperature scaling keeps the ranking (and so accuracy) and makes scores mean what they say. Operating points turn
+calibrated scores into decisions: `review` catches a target share of prohibited items, `block` keeps false alarms on
+harmless photos under a target rate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from wildvision.model_info import OperatingPoint
+
+__all__ = ["expected_calibration_error", "fit_temperature", "choose_operating_point", "softmax"]
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    scaled = logits.astype(np.float64) / temperature
+    scaled -= scaled.max(axis=1, keepdims=True)
+    exp = np.exp(scaled)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
+    """The temperature minimising negative log-likelihood, by golden-section search on log T in [1/20, 20]."""
+
+    def nll(log_t: float) -> float:
+        probabilities = softmax(logits, float(np.exp(log_t)))
+        return float(-np.log(probabilities[np.arange(len(targets)), targets] + 1e-12).mean())
+
+    low, high = np.log(0.05), np.log(20.0)
+    ratio = (np.sqrt(5) - 1) / 2
+    for _ in range(60):  # the bracket shrinks by 0.618 a step: 60 steps leave ~1e-12
+        a, b = high - ratio * (high - low), low + ratio * (high - low)
+        if nll(a) < nll(b):
+            high = b
+        else:
+            low = a
+    return float(np.exp((low + high) / 2))
+
+
+def expected_calibration_error(probabilities: np.ndarray, targets: np.ndarray, bins: int = 15) -> float:
+    """Mean gap between confidence and accuracy of the top label, weighted over equal-width confidence bins."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == targets
+    edges = np.linspace(0, 1, bins + 1)
+    error = 0.0
+    for low, high in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > low) & (confidence <= high)
+        if in_bin.any():
+            error += in_bin.mean() * abs(confidence[in_bin].mean() - correct[in_bin].mean())
+    return float(error)
+
+
+def choose_operating_point(
+    scores: np.ndarray, is_positive: np.ndarray, *, review_recall: float, block_false_positive_rate: float
+) -> OperatingPoint:
+    """Thresholds on one label's calibrated score.
+
+    review: the highest threshold that still flags `review_recall` of the positives.
+    block: the lowest threshold at which at most `block_false_positive_rate` of the negatives are flagged.
+    """
+    positives, negatives = np.sort(scores[is_positive]), np.sort(scores[~is_positive])
+    if len(positives) == 0 or len(negatives) == 0:
+        raise ValueError("choosing thresholds needs held-out photos of both the label and others")
+    # The k-th smallest positive score: thresholds at or below it keep the rest.
+    review = float(positives[int(np.floor((1 - review_recall) * len(positives)))])
+    allowed_false_positives = int(np.floor(block_false_positive_rate * len(negatives)))
+    block = float(np.nextafter(negatives[len(negatives) - 1 - allowed_false_positives], 1.0))
+    block = min(block, 1.0)
+    return OperatingPoint(review=min(review, block), block=block)

@@ -1,0 +1,120 @@
+"""Labelled photos from a folder-per-label tree or a CSV, split without leakage between groups.
+
+A CSV needs `path` and `label` columns; optional columns are `group` (or `source_id`: one object, seller or listing,
+never split across train and val), `split` (train/val), `kind` and `source` (used to break metrics down). A folder with
+a `manifest.csv` is read as that CSV; any other folder is read as one sub-folder per label.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from wildvision.scan import IMAGE_SUFFIXES
+
+__all__ = ["Sample", "assign_splits", "load_samples", "manifest_hash", "summarise"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: str
+    group: str  # photos sharing a group always land in the same split
+    split: str  # train | calib | val
+    kind: str = ""
+    source: str = ""
+
+
+def load_samples(data: Path) -> list[Sample]:
+    """Read a dataset; samples whose split the data does not give get `split=""` (see `assign_splits`)."""
+    data = Path(data)
+    if data.is_file():
+        return _from_csv(data)
+    if (data / "manifest.csv").is_file():
+        return _from_csv(data / "manifest.csv")
+    if data.is_dir():
+        return _from_folders(data)
+    raise FileNotFoundError(f"no dataset at {data}: give a folder with one sub-folder per label, or a CSV")
+
+
+def assign_splits(samples: Iterable[Sample], *, val_fraction: float, calib_fraction: float) -> list[Sample]:
+    """Give every sample a split: keep `val` where the data says so, otherwise hash the group.
+
+    A `calib` part is always carved out of training groups: temperature and thresholds are fitted there, so neither
+    training nor calibration ever touches the photos that accuracy is reported on.
+    """
+    assigned = []
+    for sample in samples:
+        position = _group_position(sample.group)
+        split = sample.split or ("val" if position < val_fraction else "train")
+        if split == "train" and _group_position("calib:" + sample.group) < calib_fraction:
+            split = "calib"
+        assigned.append(_replace_split(sample, split))
+    return assigned
+
+
+def manifest_hash(samples: Iterable[Sample]) -> str:
+    """A fingerprint of exactly which photos, labels and splits a model was trained on."""
+    lines = sorted(f"{s.path.as_posix()}\t{s.label}\t{s.split}" for s in samples)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def summarise(samples: Iterable[Sample]) -> dict[str, dict[str, int]]:
+    """Photo counts per split and label, and per source, for the model card and metadata."""
+    samples = list(samples)
+    by_split: dict[str, dict[str, int]] = {}
+    for (split, label), count in sorted(Counter((s.split, s.label) for s in samples).items()):
+        by_split.setdefault(split, {})[label] = count
+    return {"by_split": by_split, "by_source": dict(sorted(Counter(s.source or "unknown" for s in samples).items()))}
+
+
+def _group_position(group: str) -> float:
+    """A stable pseudo-random number in [0, 1) per group, independent of file order and Python's hash seed."""
+    return int.from_bytes(hashlib.sha256(group.encode()).digest()[:8], "big") / 2**64
+
+
+def _replace_split(sample: Sample, split: str) -> Sample:
+    return Sample(sample.path, sample.label, sample.group, split, sample.kind, sample.source)
+
+
+def _from_csv(csv_path: Path) -> list[Sample]:
+    root = csv_path.parent
+    with csv_path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"path", "label"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)}; needs at least 'path' and 'label'")
+        samples = []
+        for line, row in enumerate(reader, start=2):
+            if not row["path"] or not row["label"]:
+                raise ValueError(f"{csv_path}:{line}: empty path or label")
+            split = (row.get("split") or "").strip()
+            if split not in ("", "train", "val"):
+                raise ValueError(f"{csv_path}:{line}: split must be 'train', 'val' or empty, got {split!r}")
+            path = Path(row["path"])
+            samples.append(Sample(
+                path=path if path.is_absolute() else root / path,
+                label=row["label"].strip(),
+                group=row.get("group") or row.get("source_id") or row["path"],
+                split=split,
+                kind=row.get("kind") or "",
+                source=row.get("source") or "",
+            ))
+    return samples
+
+
+def _from_folders(root: Path) -> list[Sample]:
+    label_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    samples = [
+        Sample(path=path, label=label_dir.name, group=path.relative_to(root).as_posix(), split="", kind=label_dir.name)
+        for label_dir in label_dirs
+        for path in sorted(label_dir.rglob("*"))
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+    ]
+    if len({s.label for s in samples}) < 2:
+        raise ValueError(f"{root}: found images for fewer than two labels; expected one sub-folder per label")
+    return samples

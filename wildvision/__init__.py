@@ -1,0 +1,16 @@
+"""wildvision: spot illegal wildlife products (ivory and more) in marketplace listing photos.
+
+    from wildvision import Classifier
+    result = Classifier().predict("listing.jpg")
+    result.scores, result.label, result.decision, result.model_version
+"""
+
+from wildvision.classifier import Classifier, Decision, Prediction, default_model_path
+from wildvision.images import ImageLoadError, load_image
+from wildvision.model_info import ModelFormatError, ModelInfo, OperatingPoint, Preprocessing
+from wildvision.scan import ScanRecord, scan, scan_to_jsonl
+
+__all__ = [
+    "Classifier", "Decision", "ImageLoadError", "ModelFormatError", "ModelInfo", "OperatingPoint", "Prediction",
+    "Preprocessing", "ScanRecord", "default_model_path", "load_image", "scan", "scan_to_jsonl",
+]

@@ -1,0 +1,5 @@
+"""`python -m wildvision` runs the `wildvision` command."""
+
+from wildvision.cli import run
+
+run()

@@ -1,0 +1,150 @@
+"""Score photos with a wildvision ONNX model: calibrated per-label probabilities and an allow/review/block decision.
+
+A `Classifier` holds one onnxruntime session and no other mutable state, so one instance is safe to share across
+threads (onnxruntime's `run` is thread-safe) and should be: loading a model costs far more than scoring a photo.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, Literal, Mapping
+
+import numpy as np
+import onnxruntime as ort
+
+from wildvision.images import ImageSource, load_image
+from wildvision.model_info import METADATA_KEY, ModelFormatError, ModelInfo, OperatingPoint
+from wildvision.preprocess import to_batch
+
+__all__ = ["DEFAULT_MODEL_FILE", "Classifier", "Decision", "Prediction", "decide", "default_model_path", "read_model_info"]
+
+Decision = Literal["allow", "review", "block"]
+DEFAULT_MODEL_FILE = "wildvision-ivory.onnx"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One photo's result: every label's calibrated probability, the top label and the decision it leads to."""
+
+    scores: dict[str, float]
+    label: str
+    decision: Decision
+    model_name: str
+    model_version: str
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def default_model_path() -> Path:
+    """The model shipped with the package (inside the wheel), or the checkout's `models/` folder when run from source."""
+    packaged = resources.files("wildvision") / "models" / DEFAULT_MODEL_FILE
+    if packaged.is_file():
+        return Path(str(packaged))
+    checkout = Path(__file__).resolve().parent.parent / "models" / DEFAULT_MODEL_FILE
+    if checkout.is_file():
+        return checkout
+    raise FileNotFoundError(f"the default model {DEFAULT_MODEL_FILE} is not installed; reinstall wildvision or pass a model path")
+
+
+def decide(scores: Mapping[str, float], operating_points: Mapping[str, OperatingPoint]) -> Decision:
+    """`block` if any prohibited label reaches its block threshold, else `review` if any reaches review, else `allow`."""
+    if any(scores[label] >= point.block for label, point in operating_points.items()):
+        return "block"
+    if any(scores[label] >= point.review for label, point in operating_points.items()):
+        return "review"
+    return "allow"
+
+
+class Classifier:
+    """A loaded wildvision model.
+
+    >>> classifier = Classifier()                      # the shipped model
+    >>> classifier.predict("listing.jpg").decision     # doctest: +SKIP
+    'allow'
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        operating_points: Mapping[str, OperatingPoint] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        """Load `model_path` (default: the shipped model).
+
+        `operating_points` replaces the model's own thresholds (a platform's policy); `threads` caps onnxruntime's
+        intra-op threads (default: all cores).
+        """
+        path = Path(model_path) if model_path is not None else default_model_path()
+        self.session = _open_session(path, threads)
+        info = read_model_info(self.session, path)
+        self.info = info.with_operating_points(operating_points) if operating_points is not None else info
+        self.model_path = path
+        self._input_name = self.session.get_inputs()[0].name
+
+    def predict(self, image: ImageSource) -> Prediction:
+        """Score one photo given as a path, bytes, a binary file, a PIL image or a numpy array."""
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: Iterable[ImageSource], *, batch_size: int = 16) -> list[Prediction]:
+        """Score several photos; raises `ImageLoadError` naming the first photo that cannot be read."""
+        side = self.info.preprocessing.input_size
+        loaded = [load_image(image, min_side=side) for image in images]
+        predictions: list[Prediction] = []
+        for start in range(0, len(loaded), batch_size):
+            batch = to_batch(loaded[start : start + batch_size], self.info.preprocessing)
+            predictions.extend(self.predict_tensors(batch))
+        return predictions
+
+    def predict_tensors(self, batch: np.ndarray) -> list[Prediction]:
+        """Score an already preprocessed NCHW batch (see `wildvision.preprocess.to_batch`)."""
+        return [self._prediction(row) for row in self.probabilities(self.logits(batch))]
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """The model's raw, uncalibrated outputs for an NCHW batch."""
+        return self.session.run(None, {self._input_name: batch})[0]
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities: softmax of temperature-scaled logits."""
+        scaled = logits.astype(np.float64) / self.info.temperature
+        scaled -= scaled.max(axis=1, keepdims=True)
+        exp = np.exp(scaled)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def _prediction(self, probabilities: np.ndarray) -> Prediction:
+        scores = {label: float(p) for label, p in zip(self.info.labels, probabilities)}
+        return Prediction(
+            scores=scores,
+            label=self.info.labels[int(np.argmax(probabilities))],
+            decision=decide(scores, self.info.operating_points),
+            model_name=self.info.name,
+            model_version=self.info.version,
+        )
+
+
+def read_model_info(session: ort.InferenceSession, path: Path) -> ModelInfo:
+    """The wildvision metadata of an opened model, checked against the graph's actual output size."""
+    document = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    if document is None:
+        raise ModelFormatError(f"{path}: an ONNX model, but not a wildvision model (no '{METADATA_KEY}' metadata)")
+    info = ModelInfo.from_json(document)
+    outputs = session.get_outputs()[0].shape[-1]
+    if isinstance(outputs, int) and outputs != len(info.labels):
+        raise ModelFormatError(f"{path}: the graph has {outputs} outputs but the metadata names {len(info.labels)} labels")
+    return info
+
+
+def _open_session(path: Path, threads: int | None) -> ort.InferenceSession:
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own untyped errors for unreadable files
+        raise ModelFormatError(f"{path}: not a readable ONNX model ({error})") from None
