@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from training.dedupe import DEFAULT_MAX_DISTANCE, hash_files, near_duplicate_pairs
 from wildvision.scan import IMAGE_SUFFIXES
 
-__all__ = ["Sample", "assign_splits", "load_samples", "manifest_hash", "summarise"]
+__all__ = ["Sample", "SplitReport", "assign_splits", "load_samples", "manifest_hash", "prepare_samples",
+           "prepare_samples_like", "summarise"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,41 @@ class Sample:
     split: str  # train | calib | val
     kind: str = ""
     source: str = ""
+
+
+@dataclass(frozen=True)
+class SplitReport:
+    near_duplicate_pairs: int  # photo pairs found to be the same picture or object shot
+    dropped_from_training: int  # training photos that near-duplicate a photo of the data's own val split
+
+    def __str__(self) -> str:
+        return (f"{self.near_duplicate_pairs} near-duplicate photo pairs kept on one side of the split; "
+                f"{self.dropped_from_training} training photos dropped as near-duplicates of val photos")
+
+
+def prepare_samples(
+    data: Path, *, val_fraction: float, calib_fraction: float, near_duplicate_distance: int = DEFAULT_MAX_DISTANCE
+) -> tuple[list[Sample], SplitReport]:
+    """Load a dataset and split it without leakage: by group, with near-duplicate photos joined into one group.
+
+    Train, evaluate and export all call this, so each rebuilds exactly the same split from the same data.
+    """
+    samples = load_samples(data)
+    hashes, readable = hash_files([s.path for s in samples])
+    pairs = near_duplicate_pairs(hashes, readable, max_distance=near_duplicate_distance)
+    samples = assign_splits(_join_groups(samples, pairs), val_fraction=val_fraction, calib_fraction=calib_fraction)
+    # Where the data fixes the split itself, a group can still straddle it: val stays intact, training gives way.
+    val_groups = {s.group for s in samples if s.split == "val"}
+    kept = [s for s in samples if s.split == "val" or s.group not in val_groups]
+    return kept, SplitReport(len(pairs), len(samples) - len(kept))
+
+
+def prepare_samples_like(data: Path, config: dict) -> tuple[list[Sample], SplitReport]:
+    """The split a model was trained with, rebuilt from its recorded training config."""
+    return prepare_samples(
+        data, val_fraction=config.get("val_fraction", 0.15), calib_fraction=config.get("calib_fraction", 0.1),
+        near_duplicate_distance=config.get("near_duplicate_distance", DEFAULT_MAX_DISTANCE),
+    )
 
 
 def load_samples(data: Path) -> list[Sample]:
@@ -70,6 +107,23 @@ def summarise(samples: Iterable[Sample]) -> dict[str, dict[str, int]]:
     for (split, label), count in sorted(Counter((s.split, s.label) for s in samples).items()):
         by_split.setdefault(split, {})[label] = count
     return {"by_split": by_split, "by_source": dict(sorted(Counter(s.source or "unknown" for s in samples).items()))}
+
+
+def _join_groups(samples: list[Sample], pairs: list[tuple[int, int]]) -> list[Sample]:
+    """Union-find over groups: two photos in a near-duplicate pair end up in one group (named by its smallest member)."""
+    parent = {s.group: s.group for s in samples}
+
+    def root(group: str) -> str:
+        while parent[group] != group:
+            parent[group] = parent[parent[group]]
+            group = parent[group]
+        return group
+
+    for first, second in pairs:
+        a, b = root(samples[first].group), root(samples[second].group)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    return [Sample(s.path, s.label, root(s.group), s.split, s.kind, s.source) for s in samples]
 
 
 def _group_position(group: str) -> float:

@@ -20,15 +20,15 @@ import numpy as np
 import torch
 
 from training.backbone import build_model
-from training.data import assign_splits, load_samples
+from training.checkpoint import load_checkpoint
+from training.data import prepare_samples_like
 from wildvision.classifier import Classifier
 from wildvision.images import load_image
 from wildvision.model_info import METADATA_KEY, ModelInfo, OperatingPoint, Preprocessing
 from wildvision.preprocess import to_batch
 
-__all__ = ["main", "load_checkpoint", "model_info_from_checkpoint", "ParityError"]
+__all__ = ["main", "model_info_from_checkpoint", "ParityError"]
 
-CHECKPOINT_FORMAT = "wildvision-checkpoint/1"
 DEFAULT_NOTES = ("Flags listing photos for human review; a score is evidence, not a legal verdict. "
                  "See the model card for data, licences and known weaknesses.")
 
@@ -71,15 +71,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def load_checkpoint(path: Path) -> dict:
-    if not path.is_file():
-        raise SystemExit(f"checkpoint not found: {path}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise SystemExit(f"{path} is not a wildvision training checkpoint")
-    return checkpoint
-
-
 def model_info_from_checkpoint(checkpoint: dict, *, notes: str) -> ModelInfo:
     config = checkpoint["config"]
     pre = checkpoint["preprocessing"]
@@ -115,8 +106,7 @@ def write_onnx(model: torch.nn.Module, info: ModelInfo, path: Path) -> None:
 
 def parity_photos(data: Path, checkpoint: dict, count: int) -> list:
     """Up to `count` real validation photos (clean, as users would send them), spread over the labels."""
-    config = checkpoint["config"]
-    samples = assign_splits(load_samples(data), val_fraction=config["val_fraction"], calib_fraction=config["calib_fraction"])
+    samples, _ = prepare_samples_like(data, checkpoint["config"])
     val = [s for s in samples if s.split == "val"] or samples
     step = max(1, len(val) // count)
     return [load_image(s.path) for s in val[::step][:count]]

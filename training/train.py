@@ -27,7 +27,9 @@ from torch.utils.data import DataLoader, Dataset
 from training.augment import ListingStyle
 from training.backbone import IMAGENET_MEAN, IMAGENET_STD, build_model, split_model
 from training.calibration import choose_operating_point, fit_temperature, softmax
-from training.data import Sample, assign_splits, load_samples, manifest_hash, summarise
+from training.checkpoint import save_checkpoint
+from training.data import Sample, manifest_hash, prepare_samples, summarise
+from training.dedupe import DEFAULT_MAX_DISTANCE
 from training.metrics import format_report, measure
 from wildvision.images import ImageLoadError, load_image
 from wildvision.model_info import OperatingPoint, Preprocessing
@@ -35,7 +37,7 @@ from wildvision.preprocess import to_tensor
 
 __all__ = ["main", "parse_args"]
 
-CHECKPOINT_FORMAT = "wildvision-checkpoint/1"
+_CACHE_FORMAT = 2  # bump when the way photos become cached features changes
 # Labels named like these are the harmless rest; every other label is prohibited and gets operating points.
 _HARMLESS_PREFIXES = ("not_", "other", "harmless", "background", "lookalike")
 
@@ -62,6 +64,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--val-fraction", type=float, default=0.15, help="used where the data gives no split")
     parser.add_argument("--calib-fraction", type=float, default=0.1, help="share of training groups held out for calibration")
+    parser.add_argument("--near-duplicate-distance", type=int, default=DEFAULT_MAX_DISTANCE,
+                        help="photos whose 256-bit hashes differ in at most this many bits share a split")
     parser.add_argument("--review-recall", type=float, default=0.95, help="share of prohibited photos sent at least to review")
     parser.add_argument("--block-fpr", type=float, default=0.005, help="highest share of harmless photos blocked")
     parser.add_argument("--seed", type=int, default=0)
@@ -75,7 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    samples = assign_splits(load_samples(args.data), val_fraction=args.val_fraction, calib_fraction=args.calib_fraction)
+    samples, split_report = prepare_samples(
+        args.data, val_fraction=args.val_fraction, calib_fraction=args.calib_fraction,
+        near_duplicate_distance=args.near_duplicate_distance,
+    )
+    print(split_report)
     labels = sorted({s.label for s in samples})
     prohibited = args.prohibited or [label for label in labels if not label.startswith(_HARMLESS_PREFIXES)]
     _check_inputs(samples, labels, prohibited)
@@ -105,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = measure(softmax(val_logits, temperature), val, labels, operating_points) if val else {}
     print(format_report(metrics) if metrics else "no val photos: nothing to report")
 
-    save_checkpoint(args.out / "checkpoint.pt", model, args, samples, labels, spec, temperature, operating_points, metrics)
+    write_run(args.out, model, args, samples, split_report, labels, spec, temperature, operating_points, metrics)
     return 0
 
 
@@ -192,27 +200,25 @@ def train_tail(tail: nn.Module, cache: FeatureCache, samples: list[Sample], labe
         print(f"epoch {epoch + 1}: mean loss {np.mean(losses):.4f}")
 
 
-def save_checkpoint(path: Path, model: nn.Module, args, samples, labels, spec, temperature, operating_points, metrics) -> None:
-    """Weights plus everything export needs to write a self-describing model file."""
+def write_run(
+    out: Path, model: nn.Module, args, samples, split_report, labels, spec, temperature, operating_points, metrics
+) -> None:
+    """The checkpoint (weights plus everything export needs) and the metrics as JSON, in the run folder."""
     config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
-    checkpoint = {
-        "format": CHECKPOINT_FORMAT,
+    save_checkpoint(out / "checkpoint.pt", {
         "architecture": args.architecture,
         "labels": labels,
         "preprocessing": asdict(spec),
         "temperature": temperature,
         "operating_points": {label: asdict(point) for label, point in operating_points.items()},
         "metrics": metrics,
-        "data": {"manifest_sha256": manifest_hash(samples), **summarise(samples)},
+        "data": {"manifest_sha256": manifest_hash(samples), **summarise(samples), **asdict(split_report)},
         "config": config,
         "state_dict": model.state_dict(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(checkpoint, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)  # atomic: a killed run never leaves half a checkpoint
-    (path.parent / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(f"wrote {path}")
+    })
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(f"wrote {out / 'checkpoint.pt'}")
 
 
 class _PhotoViews(Dataset):
@@ -227,7 +233,8 @@ class _PhotoViews(Dataset):
     def __getitem__(self, position: int):
         index, view = self.items[position]
         try:
-            image = load_image(self.samples[index].path, min_side=self.spec.input_size * 2)
+            # The clean view is decoded exactly as the library decodes at inference; augmented views keep more detail.
+            image = load_image(self.samples[index].path, min_side=self.spec.input_size * (2 if view else 1))
         except ImageLoadError:
             return torch.zeros(3, self.spec.input_size, self.spec.input_size), False, position
         if view:
@@ -250,7 +257,7 @@ def _check_inputs(samples: list[Sample], labels: list[str], prohibited: list[str
 
 def _cache_key(args: argparse.Namespace, samples: list[Sample]) -> str:
     """Cached features are valid only for the same photos, splits, network front, input and augmentation."""
-    parts = [manifest_hash(samples), args.architecture, args.image_size, args.resize, args.trainable_from_block,
+    parts = [_CACHE_FORMAT, manifest_hash(samples), args.architecture, args.image_size, args.resize, args.trainable_from_block,
              args.views, sorted(args.background_sources), args.seed, args.no_pretrained]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 

@@ -58,10 +58,15 @@ def load_image(
     anything that is not a usable image.
     """
     name = describe_source(source)
+    if min_side is not None and min_side < 1:
+        raise ValueError(f"min_side must be a positive number of pixels, got {min_side}")
     if isinstance(source, np.ndarray):
         return _from_array(source, name)
     if isinstance(source, Image.Image):
-        return _to_rgb(_first_frame(source), name)
+        try:  # a lazily opened PIL image decodes only now
+            return _to_rgb(_first_frame(source), name)
+        except (OSError, SyntaxError) as error:
+            raise ImageLoadError(name, f"corrupt or truncated image data ({error})") from None
     try:
         image = Image.open(_as_file(source, name))
     except ImageLoadError:
@@ -86,7 +91,7 @@ def load_image(
         return _to_rgb(_first_frame(image), name)
 
 
-def _as_file(source: ImageSource, name: str) -> BinaryIO:
+def _as_file(source: ImageSource, name: str) -> BinaryIO | Path:
     if isinstance(source, (bytes, bytearray)):
         if not source:
             raise ImageLoadError(name, "empty input (0 bytes)")
@@ -97,7 +102,8 @@ def _as_file(source: ImageSource, name: str) -> BinaryIO:
             raise ImageLoadError(name, "is a directory, not an image file")
         if path.is_file() and path.stat().st_size == 0:
             raise ImageLoadError(name, "empty file (0 bytes)")
-        return path.open("rb")  # PIL closes it with the image
+        # PIL closes only files it opened itself (never a file object it is handed), so it gets the path.
+        return path
     if hasattr(source, "read"):
         return source
     raise ImageLoadError(name, f"unsupported input type {type(source).__name__}; give a path, bytes, a file, a PIL image or an array")
@@ -112,7 +118,9 @@ def _decode_reduced(image: Image.Image, min_side: int) -> None:
 
 def _first_frame(image: Image.Image) -> Image.Image:
     """Animated GIF/PNG/WebP: the first frame is the listing's cover picture."""
-    if getattr(image, "is_animated", False):
+    # tell(), not is_animated: probing for a second frame reads on into the file, and a truncated later frame
+    # would then fail a cover frame that decoded fine.
+    if image.tell() != 0:
         image.seek(0)
     return image
 
@@ -142,7 +150,7 @@ def _from_array(array: np.ndarray, name: str) -> Image.Image:
         raise ImageLoadError(name, "array must be HxW, HxWx3 or HxWx4 with non-zero sides")
     if array.dtype == np.uint8:
         pixels = array
-    elif array.dtype in (np.uint16, np.int32, np.int64, np.uint32):
+    elif array.dtype.newbyteorder("=") in (np.uint16, np.int32, np.int64, np.uint32):  # big-endian too (TIFF "MM")
         # 16-bit photos: map the full 16-bit range onto 8 bits (65535 / 257 = 255).
         pixels = np.clip(array.astype(np.float64) / 257.0, 0, 255).round().astype(np.uint8)
     elif np.issubdtype(array.dtype, np.floating):

@@ -64,6 +64,7 @@ class ModelInfo:
     training: Mapping[str, Any] = field(default_factory=dict)  # data sources, counts, manifest hash, config
     metrics: Mapping[str, Any] = field(default_factory=dict)  # measured on held-out data only
     notes: str = ""  # licences, intended use, known weaknesses
+    precision: Literal["float32", "int8"] = "float32"  # int8: statically quantised, smaller and faster on CPUs
 
     def __post_init__(self) -> None:
         if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):

@@ -1,0 +1,157 @@
+"""Training, calibration and export on generated photos (real timm/torch code paths, CPU, tiny sizes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="training tests need the [train] extra: pip install '.[train]'")
+
+from conftest import make_dataset, make_photo  # noqa: E402
+from training import export  # noqa: E402
+from training.calibration import (  # noqa: E402
+    choose_operating_point, expected_calibration_error, fit_temperature, softmax,
+)
+from training.checkpoint import load_checkpoint  # noqa: E402
+from training.data import assign_splits, load_samples, manifest_hash, prepare_samples  # noqa: E402
+from training.dedupe import hash_files, near_duplicate_pairs  # noqa: E402
+from wildvision import Classifier  # noqa: E402
+
+
+def test_folder_per_label_dataset(tmp_path):
+    samples = load_samples(make_dataset(tmp_path, ("ivory", "not_ivory"), per_label=3))
+    assert sorted({s.label for s in samples}) == ["ivory", "not_ivory"] and len(samples) == 6
+
+
+def test_csv_dataset_keeps_groups_on_one_side(tmp_path):
+    make_photo("ivory", 0).save(tmp_path / "a.jpg")
+    rows = ["path,label,group"] + [f"a.jpg,{'ivory' if i % 2 else 'other'},object{i // 4}" for i in range(400)]
+    (tmp_path / "data.csv").write_text("\n".join(rows))
+    samples = assign_splits(load_samples(tmp_path / "data.csv"), val_fraction=0.3, calib_fraction=0.2)
+    splits_per_group: dict[str, set[str]] = {}
+    for sample in samples:
+        splits_per_group.setdefault(sample.group, set()).add(sample.split)
+    assert all(len(splits) == 1 for splits in splits_per_group.values())
+    assert {s.split for s in samples} == {"train", "calib", "val"}
+
+
+def test_given_val_split_is_kept_and_calibration_comes_from_train(tmp_path):
+    rows = ["path,label,source_id,split"] + [f"x{i}.jpg,ivory,id{i},{'val' if i < 50 else 'train'}" for i in range(200)]
+    (tmp_path / "m.csv").write_text("\n".join(rows))
+    samples = assign_splits(load_samples(tmp_path / "m.csv"), val_fraction=0.0, calib_fraction=0.3)
+    assert all((s.split == "val") == (int(s.group[2:]) < 50) for s in samples)
+    assert 0 < sum(s.split == "calib" for s in samples) < 150
+
+
+def _reposted_copies(folder, count: int) -> list[tuple[str, str]]:
+    """Original photos and re-posted copies (resized, re-compressed) under unrelated names."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for index in range(count):
+        original = make_photo("ivory" if index % 2 else "not_ivory", index, size=(320, 240))
+        original.save(folder / f"a{index}.png")
+        original.resize((240, 180), Image.Resampling.BICUBIC).save(folder / f"z{index}.jpg", quality=60)
+        names.append((f"a{index}.png", f"z{index}.jpg"))
+    return names
+
+
+def test_near_duplicates_are_found_and_unrelated_photos_are_not(tmp_path):
+    names = _reposted_copies(tmp_path, 12)
+    paths = [tmp_path / name for pair in names for name in pair]
+    pairs = near_duplicate_pairs(*hash_files(paths))
+    assert sorted(pairs) == [(2 * i, 2 * i + 1) for i in range(12)]
+
+
+def test_near_duplicates_never_straddle_the_split(tmp_path):
+    names = _reposted_copies(tmp_path / "photos", 30)
+    rows = ["path,label"] + [f"photos/{n},{'ivory' if i % 2 else 'other'}" for i, pair in enumerate(names) for n in pair]
+    (tmp_path / "data.csv").write_text("\n".join(rows))
+    samples, report = prepare_samples(tmp_path / "data.csv", val_fraction=0.3, calib_fraction=0.2)
+    split_of = {s.path.name: s.split for s in samples}
+    assert report.near_duplicate_pairs == 30
+    assert all(split_of[a] == split_of[b] for a, b in names)
+
+
+def test_training_copies_of_given_val_photos_are_dropped(tmp_path):
+    names = _reposted_copies(tmp_path / "photos", 6)
+    rows = ["path,label,split"] + [f"photos/{a},ivory,val" for a, _ in names] + [f"photos/{b},ivory,train" for _, b in names]
+    (tmp_path / "data.csv").write_text("\n".join(rows))
+    samples, report = prepare_samples(tmp_path / "data.csv", val_fraction=0.0, calib_fraction=0.2)
+    assert report.dropped_from_training == 6
+    assert {s.split for s in samples} == {"val"}
+
+
+@pytest.mark.parametrize("csv_text, message", [
+    ("file,label\na.jpg,ivory\n", "missing column"),
+    ("path,label,split\na.jpg,ivory,test\n", "split must be"),
+    ("path,label\n,ivory\n", "empty path"),
+])
+def test_bad_csv_is_refused_with_its_line(tmp_path, csv_text, message):
+    (tmp_path / "d.csv").write_text(csv_text)
+    with pytest.raises(ValueError, match=message):
+        load_samples(tmp_path / "d.csv")
+
+
+def test_temperature_scaling_fixes_overconfidence():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 1.5, size=(4000, 3))
+    targets = np.array([rng.choice(3, p=p) for p in softmax(true_logits)])
+    overconfident = true_logits * 3.0
+    temperature = fit_temperature(overconfident, targets)
+    assert temperature == pytest.approx(3.0, rel=0.15)
+    before = expected_calibration_error(softmax(overconfident), targets)
+    after = expected_calibration_error(softmax(overconfident, temperature), targets)
+    assert after < before / 2
+
+
+def test_operating_point_meets_its_targets():
+    rng = np.random.default_rng(1)
+    scores = np.concatenate([rng.beta(5, 2, 500), rng.beta(2, 5, 2000)])
+    positive = np.arange(2500) < 500
+    point = choose_operating_point(scores, positive, review_recall=0.9, block_false_positive_rate=0.01)
+    assert (scores[positive] >= point.review).mean() >= 0.9
+    assert (scores[~positive] >= point.block).mean() <= 0.01
+    assert point.review <= point.block
+
+
+def test_checkpoint_describes_itself(tiny_run):
+    checkpoint = load_checkpoint(tiny_run["checkpoint"])
+    assert checkpoint["architecture"] == "tf_efficientnet_lite0"
+    assert checkpoint["labels"] == ["horn", "ivory", "not_ivory"]
+    assert checkpoint["preprocessing"]["input_size"] == 64
+    assert set(checkpoint["operating_points"]) == {"ivory", "horn"}
+    assert checkpoint["config"]["epochs"] == 3
+    samples, _ = prepare_samples(tiny_run["data"], val_fraction=0.25, calib_fraction=0.3)
+    assert checkpoint["data"]["manifest_sha256"] == manifest_hash(samples)
+
+
+def test_exported_model_describes_itself_and_runs_without_torch_code(tiny_run):
+    classifier = Classifier(tiny_run["model"])
+    info = classifier.info
+    assert (info.name, info.version, info.labels) == ("tiny", "0.0.1", ("horn", "ivory", "not_ivory"))
+    assert info.metrics["split"] == "val" and info.temperature > 0
+    assert info.training["data"]["by_split"]["val"]
+    prediction = classifier.predict(make_photo("ivory", 500))
+    assert prediction.model_version == "0.0.1" and prediction.label in info.labels
+
+
+def test_export_refuses_a_model_that_disagrees(tiny_run, tmp_path, capsys):
+    out = tmp_path / "refused.onnx"
+    # A negative tolerance cannot be met: the parity check must fail and nothing may be written.
+    assert export.main(["--checkpoint", str(tiny_run["checkpoint"]), "--out", str(out), "--tolerance", "-1"]) == 1
+    assert "export refused" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob("*.onnx"))
+
+
+def test_export_parity_on_photos_the_model_never_saw(tiny_run):
+    import torch
+
+    from training.backbone import build_model
+
+    checkpoint = load_checkpoint(tiny_run["checkpoint"])
+    model = build_model("tf_efficientnet_lite0", 3, pretrained=False)
+    model.load_state_dict(checkpoint["state_dict"])
+    photos = [make_photo(label, 1000 + i) for i, label in enumerate(("ivory", "horn", "not_ivory") * 2)]
+    assert export.check_parity(model.eval(), tiny_run["model"], photos, tolerance=1e-3) < 1e-3
