@@ -1,30 +1,40 @@
-"""Batch scanning and the command line: one record per image file, errors as records, resume without loss."""
+"""Batch scanning and the command line: one record per input, errors as records, formats, resume without loss."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from conftest import make_photo
+from conftest import REPO, make_photo
 from wildvision import Classifier
 from wildvision.cli import main
-from wildvision.scan import ScanRecord, find_images, scan_to_jsonl
+from wildvision.records import read_records, write_records
+from wildvision.scan import ScanRecord, files_from_list, find_images, scan_to_file
 
 RECORD_FIELDS = set(ScanRecord.__dataclass_fields__)
 
 
 @pytest.fixture(scope="module")
-def classifier(shipped_model) -> Classifier:
-    return Classifier(shipped_model)
+def model(tiny_run) -> Path:
+    return tiny_run["model"]
+
+
+@pytest.fixture(scope="module")
+def classifier(model) -> Classifier:
+    return Classifier(model)
 
 
 @pytest.fixture
 def archive(tmp_path) -> tuple[Path, dict[str, str | None]]:
-    """A photo tree with good and awkward files; maps each image file to the error it should get (None: scored)."""
+    """A photo tree with good and awkward files; maps each image file to its expected error category (None: scored)."""
     root = tmp_path / "archive"
     (root / "shop" / "2024").mkdir(parents=True)
     expected: dict[str, str | None] = {}
@@ -34,75 +44,152 @@ def archive(tmp_path) -> tuple[Path, dict[str, str | None]]:
         expected[name] = None
     (root / "notes.txt").write_text("not a photo, not an image suffix: ignored")
     (root / "fake.jpg").write_text("a text file called .jpg")
-    expected["fake.jpg"] = "not an image"
+    expected["fake.jpg"] = "not_an_image"
     (root / "empty.png").write_bytes(b"")
     expected["empty.png"] = "empty"
-    good = (root / "item0.png").read_bytes()
     make_photo("ivory", 99, size=(400, 300)).save(root / "whole.jpg")
     (root / "shop" / "truncated.jpg").write_bytes((root / "whole.jpg").read_bytes()[:700])
-    expected["shop/truncated.jpg"] = "truncated"
+    expected["shop/truncated.jpg"] = "corrupt"
     expected["whole.jpg"] = None
-    (root / "UPPER.JPEG").write_bytes(good)
+    (root / "UPPER.JPEG").write_bytes((root / "item0.png").read_bytes())
     expected["UPPER.JPEG"] = None
     os.symlink(root, root / "shop" / "loop")  # a symlink loop must not recurse forever
     return root, expected
 
 
-def read_records(path: Path) -> list[dict]:
+def jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_one_record_per_image_file_with_errors_as_records(archive, classifier, tmp_path):
     root, expected = archive
     output = tmp_path / "out.jsonl"
-    summary = scan_to_jsonl(root, output, classifier, batch_size=3)
-    records = read_records(output)
+    summary = scan_to_file(find_images(root), output, classifier, batch_size=3)
+    records = jsonl(output)
     assert sorted(r["path"] for r in records) == sorted(expected)
     for record in records:
         assert set(record) == RECORD_FIELDS
-        assert record["model_version"] == classifier.info.version
-        reason = expected[record["path"]]
-        if reason is None:
+        assert (record["model_name"], record["model_version"]) == (classifier.info.name, classifier.info.version)
+        category = expected[record["path"]]
+        if category is None:
             assert record["error"] is None and record["decision"] in ("allow", "review", "block")
             assert sum(record["scores"].values()) == pytest.approx(1.0)
         else:
-            assert reason in record["error"] and record["scores"] is None
+            assert record["error_category"] == category and record["error"] and record["scores"] is None
     assert (summary.scored, summary.failed) == (9, 3)
+    assert summary.failures == {"not_an_image": 1, "empty": 1, "corrupt": 1}
+    assert not list(tmp_path.glob("*.partial.jsonl")), "the journal is removed once the final file is written"
+
+
+def test_scores_equal_the_python_api(archive, classifier, tmp_path):
+    root, _ = archive
+    scan_to_file(find_images(root), tmp_path / "o.jsonl", classifier)
+    for record in jsonl(tmp_path / "o.jsonl"):
+        if record["error"] is None:
+            assert record["scores"] == pytest.approx(classifier.predict(root / record["path"]).scores, abs=1e-6)
 
 
 def test_an_interrupted_scan_resumes_without_loss_or_duplicates(archive, classifier, tmp_path):
-    root, expected = archive
+    root, _ = archive
     complete = tmp_path / "complete.jsonl"
-    scan_to_jsonl(root, complete, classifier)
+    scan_to_file(find_images(root), complete, classifier)
     lines = complete.read_text().splitlines(keepends=True)
-    interrupted = tmp_path / "interrupted.jsonl"
-    interrupted.write_text("".join(lines[:4]) + lines[4][: len(lines[4]) // 2])  # killed mid-write
-    summary = scan_to_jsonl(root, interrupted, classifier)
-    assert summary.skipped_already_done == 4
-    assert interrupted.read_text().splitlines() == complete.read_text().splitlines()
+    output = tmp_path / "resumed.jsonl"
+    journal = tmp_path / "resumed.jsonl.partial.jsonl"
+    journal.write_text("".join(lines[:4]) + lines[4][: len(lines[4]) // 2])  # killed mid-write
+    summary = scan_to_file(find_images(root), output, classifier)
+    assert summary.already_done == 4
+    assert output.read_text().splitlines() == complete.read_text().splitlines()
+
+
+def test_rescanning_a_grown_archive_adds_only_new_photos(archive, classifier, tmp_path):
+    root, expected = archive
+    output = tmp_path / "o.csv"
+    scan_to_file(find_images(root), output, classifier)
+    make_photo("ivory", 123).save(root / "new.png")
+    summary = scan_to_file(find_images(root), output, classifier)
+    assert (summary.already_done, summary.scored + summary.failed) == (len(expected), 1)
+    assert sorted(r["path"] for r in read_records(output, classifier.info.labels)) == sorted([*expected, "new.png"])
+
+
+def test_sigkill_at_any_moment_then_rerun_loses_and_duplicates_nothing(model, tmp_path):
+    root = tmp_path / "many"
+    root.mkdir()
+    for index in range(60):
+        make_photo("ivory" if index % 2 else "not_ivory", index).save(root / f"p{index:03d}.png")
+    output = tmp_path / "out.jsonl"
+    command = [sys.executable, "-m", "wildvision", "--model", str(model), "scan", str(root), "-o", str(output),
+               "--batch-size", "2", "--workers", "1"]
+    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.DEVNULL)
+    journal = tmp_path / "out.jsonl.partial.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not journal.exists() or len(journal.read_bytes().splitlines()) < 10):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not output.exists(), "the final file appears only when the scan is complete"
+    recorded_before = len(journal.read_bytes().splitlines())
+    assert 10 <= recorded_before < 60
+    assert subprocess.run(command, cwd=REPO, stderr=subprocess.PIPE).returncode == 0
+    paths = [record["path"] for record in jsonl(output)]
+    assert sorted(paths) == sorted(f"p{index:03d}.png" for index in range(60))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_output_formats_round_trip(archive, classifier, tmp_path, suffix):
+    root, _ = archive
+    reference = tmp_path / "reference.jsonl"
+    scan_to_file(find_images(root), reference, classifier)
+    records = jsonl(reference)
+    converted = tmp_path / f"records{suffix}"
+    write_records(records, converted, classifier.info.labels)
+    assert list(read_records(converted, classifier.info.labels)) == records
+
+
+def test_file_list_input_records_every_listed_path(archive, classifier, tmp_path):
+    root, _ = archive
+    listed = [str(root / "item0.png"), str(root / "notes.txt"), str(root / "vanished.jpg")]
+    scan_to_file(files_from_list(io.StringIO("\n".join(listed) + "\n")), tmp_path / "o.jsonl", classifier)
+    records = {r["path"]: r for r in jsonl(tmp_path / "o.jsonl")}
+    assert list(records) == listed
+    assert records[listed[0]]["error"] is None
+    assert records[listed[1]]["error_category"] == "not_an_image"
+    assert records[listed[2]]["error_category"] == "unreadable"
 
 
 def test_finding_images_ignores_other_files_and_loops(archive):
     root, expected = archive
-    assert sorted(p.relative_to(root).as_posix() for p in find_images(root)) == sorted(expected)
+    assert sorted(item.name for item in find_images(root)) == sorted(expected)
 
 
-def test_cli_scan_predict_and_info(archive, tmp_path, capsys):
+def test_cli_scan_predict_and_info(archive, model, tmp_path, capsys, monkeypatch):
     root, _ = archive
-    output = tmp_path / "cli.jsonl"
-    assert main(["scan", str(root), "-o", str(output)]) == 0
+    output = tmp_path / "cli.parquet"
+    assert main(["--model", str(model), "scan", str(root), "-o", str(output)]) == 0
     assert "scored 9, failed 3" in capsys.readouterr().err
-    assert main(["predict", str(root / "item0.png"), "--json"]) == 0
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{root / 'item0.png'}\n"))
+    assert main(["--model", str(model), "scan", "--files-from", "-", "-o", str(tmp_path / "stdin.csv")]) == 0
+    assert "scored 1, failed 0" in capsys.readouterr().err
+    assert main(["--model", str(model), "predict", str(root / "item0.png"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["decision"] in ("allow", "review", "block")
-    assert main(["predict", str(root / "item0.png"), str(root / "fake.jpg")]) == 1
+    assert main(["--model", str(model), "predict", str(root / "item0.png"), str(root / "fake.jpg")]) == 1
     assert "fake.jpg: error: not an image" in capsys.readouterr().out
-    assert main(["info"]) == 0
-    assert "labels" in capsys.readouterr().out
+    assert main(["--model", str(model), "info"]) == 0
+    assert "labels     horn, ivory, not_ivory" in capsys.readouterr().out
 
 
-def test_cli_bad_arguments_get_a_clear_message(tmp_path, capsys):
-    assert main(["scan", str(tmp_path / "absent"), "-o", str(tmp_path / "o.jsonl")]) == 2
-    assert "not a folder" in capsys.readouterr().err
+@pytest.mark.parametrize("arguments, message", [
+    (["scan", "{tmp}/absent", "-o", "{tmp}/o.jsonl"], "not a folder"),
+    (["scan", "{tmp}", "-o", "{tmp}/o.xlsx"], "unknown output format"),
+    (["scan", "-o", "{tmp}/o.jsonl"], "either a FOLDER or --files-from"),
+])
+def test_cli_bad_arguments_get_a_clear_message(model, tmp_path, capsys, arguments, message):
+    arguments = [a.format(tmp=tmp_path) for a in arguments]
+    assert main(["--model", str(model), *arguments]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_refuses_a_file_that_is_not_a_model(tmp_path, capsys):
     not_a_model = tmp_path / "m.onnx"
     not_a_model.write_text("nope")
     assert main(["--model", str(not_a_model), "info"]) == 2

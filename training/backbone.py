@@ -29,6 +29,10 @@ def build_model(architecture: str, num_classes: int, *, pretrained: bool = True)
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unsupported architecture {architecture!r}; choose from {sorted(ARCHITECTURES)}")
     model = timm.create_model(architecture, pretrained=False, num_classes=num_classes)
+    # timm's EfficientNet init draws the classifier from +-1/sqrt(num_classes): with few classes the first logits are
+    # huge and the first epochs undo them. A zero classifier starts fine-tuning from uniform predictions.
+    nn.init.zeros_(model.get_classifier().weight)
+    nn.init.zeros_(model.get_classifier().bias)
     if pretrained:
         _load_imagenet_weights(model, architecture)
     return model

@@ -22,7 +22,9 @@ from wildvision.preprocess import to_batch
 __all__ = ["DEFAULT_MODEL_FILE", "Classifier", "Decision", "Prediction", "decide", "default_model_path", "read_model_info"]
 
 Decision = Literal["allow", "review", "block"]
+Precision = Literal["float32", "int8"]
 DEFAULT_MODEL_FILE = "wildvision-ivory.onnx"
+_PRECISION_SUFFIX = {"float32": ".onnx", "int8": ".int8.onnx"}  # the int8 twin of a model sits next to it
 
 
 @dataclass(frozen=True)
@@ -39,15 +41,18 @@ class Prediction:
         return asdict(self)
 
 
-def default_model_path() -> Path:
+def default_model_path(precision: Precision = "float32") -> Path:
     """The model shipped with the package (inside the wheel), or the checkout's `models/` folder when run from source."""
-    packaged = resources.files("wildvision") / "models" / DEFAULT_MODEL_FILE
+    if precision not in _PRECISION_SUFFIX:
+        raise ValueError(f"precision must be one of {sorted(_PRECISION_SUFFIX)}, got {precision!r}")
+    name = DEFAULT_MODEL_FILE.removesuffix(".onnx") + _PRECISION_SUFFIX[precision]
+    packaged = resources.files("wildvision") / "models" / name
     if packaged.is_file():
         return Path(str(packaged))
-    checkout = Path(__file__).resolve().parent.parent / "models" / DEFAULT_MODEL_FILE
+    checkout = Path(__file__).resolve().parent.parent / "models" / name
     if checkout.is_file():
         return checkout
-    raise FileNotFoundError(f"the default model {DEFAULT_MODEL_FILE} is not installed; reinstall wildvision or pass a model path")
+    raise FileNotFoundError(f"the default model {name} is not installed; reinstall wildvision or pass a model path")
 
 
 def decide(scores: Mapping[str, float], operating_points: Mapping[str, OperatingPoint]) -> Decision:
@@ -71,15 +76,16 @@ class Classifier:
         self,
         model_path: str | os.PathLike[str] | None = None,
         *,
+        precision: Precision = "float32",
         operating_points: Mapping[str, OperatingPoint] | None = None,
         threads: int | None = None,
     ) -> None:
-        """Load `model_path` (default: the shipped model).
+        """Load `model_path` (default: the shipped model, in `precision` float32 or int8).
 
         `operating_points` replaces the model's own thresholds (a platform's policy); `threads` caps onnxruntime's
         intra-op threads (default: all cores).
         """
-        path = Path(model_path) if model_path is not None else default_model_path()
+        path = Path(model_path) if model_path is not None else default_model_path(precision)
         self.session = _open_session(path, threads)
         info = read_model_info(self.session, path)
         self.info = info.with_operating_points(operating_points) if operating_points is not None else info

@@ -27,12 +27,14 @@ _BACKGROUND = (255, 255, 255)
 
 
 class ImageLoadError(ValueError):
-    """A photo could not be turned into pixels; `source` names it and the message says why."""
+    """A photo could not be turned into pixels; `source` names it, `reason` says why in words, `category` in one
+    word for counting (`empty`, `not_an_image`, `corrupt`, `too_large`, `unreadable`, `unsupported_input`)."""
 
-    def __init__(self, source: str, reason: str) -> None:
+    def __init__(self, source: str, reason: str, category: str) -> None:
         super().__init__(f"{source}: {reason}")
         self.source = source
         self.reason = reason
+        self.category = category
 
 
 def describe_source(source: ImageSource) -> str:
@@ -66,47 +68,48 @@ def load_image(
         try:  # a lazily opened PIL image decodes only now
             return _to_rgb(_first_frame(source), name)
         except (OSError, SyntaxError) as error:
-            raise ImageLoadError(name, f"corrupt or truncated image data ({error})") from None
+            raise ImageLoadError(name, f"corrupt or truncated image data ({error})", "corrupt") from None
     try:
         image = Image.open(_as_file(source, name))
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as error:
-        raise ImageLoadError(name, f"too many pixels, refused as a possible decompression bomb ({error})") from None
+        reason = f"too many pixels, refused as a possible decompression bomb ({error})"
+        raise ImageLoadError(name, reason, "too_large") from None
     except UnidentifiedImageError:
-        raise ImageLoadError(name, "not an image file, or a format Pillow cannot read") from None
+        raise ImageLoadError(name, "not an image file, or a format Pillow cannot read", "not_an_image") from None
     except OSError as error:
-        raise ImageLoadError(name, f"cannot read file ({error.strerror or error})") from None
+        raise ImageLoadError(name, f"cannot read file ({error.strerror or error})", "unreadable") from None
     with image:
         if image.width * image.height > max_pixels:
-            raise ImageLoadError(
-                name, f"{image.width}x{image.height} exceeds the {max_pixels:,}-pixel limit (possible decompression bomb)"
-            )
+            reason = f"{image.width}x{image.height} exceeds the {max_pixels:,}-pixel limit (possible decompression bomb)"
+            raise ImageLoadError(name, reason, "too_large")
         if min_side is not None and image.format == "JPEG":
             _decode_reduced(image, min_side)
         try:
             image.load()
         except (OSError, SyntaxError, ValueError) as error:
-            raise ImageLoadError(name, f"corrupt or truncated image data ({error})") from None
+            raise ImageLoadError(name, f"corrupt or truncated image data ({error})", "corrupt") from None
         return _to_rgb(_first_frame(image), name)
 
 
 def _as_file(source: ImageSource, name: str) -> BinaryIO | Path:
     if isinstance(source, (bytes, bytearray)):
         if not source:
-            raise ImageLoadError(name, "empty input (0 bytes)")
+            raise ImageLoadError(name, "empty input (0 bytes)", "empty")
         return io.BytesIO(source)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():
-            raise ImageLoadError(name, "is a directory, not an image file")
+            raise ImageLoadError(name, "is a directory, not an image file", "not_an_image")
         if path.is_file() and path.stat().st_size == 0:
-            raise ImageLoadError(name, "empty file (0 bytes)")
+            raise ImageLoadError(name, "empty file (0 bytes)", "empty")
         # PIL closes only files it opened itself (never a file object it is handed), so it gets the path.
         return path
     if hasattr(source, "read"):
         return source
-    raise ImageLoadError(name, f"unsupported input type {type(source).__name__}; give a path, bytes, a file, a PIL image or an array")
+    reason = f"unsupported input type {type(source).__name__}; give a path, bytes, a file, a PIL image or an array"
+    raise ImageLoadError(name, reason, "unsupported_input")
 
 
 def _decode_reduced(image: Image.Image, min_side: int) -> None:
@@ -147,7 +150,7 @@ def _from_array(array: np.ndarray, name: str) -> Image.Image:
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)) or 0 in array.shape:
-        raise ImageLoadError(name, "array must be HxW, HxWx3 or HxWx4 with non-zero sides")
+        raise ImageLoadError(name, "array must be HxW, HxWx3 or HxWx4 with non-zero sides", "unsupported_input")
     if array.dtype == np.uint8:
         pixels = array
     elif array.dtype.newbyteorder("=") in (np.uint16, np.int32, np.int64, np.uint32):  # big-endian too (TIFF "MM")
@@ -155,8 +158,8 @@ def _from_array(array: np.ndarray, name: str) -> Image.Image:
         pixels = np.clip(array.astype(np.float64) / 257.0, 0, 255).round().astype(np.uint8)
     elif np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
-            raise ImageLoadError(name, "float arrays must hold finite values in [0, 1]")
+            raise ImageLoadError(name, "float arrays must hold finite values in [0, 1]", "unsupported_input")
         pixels = (array * 255.0).round().astype(np.uint8)
     else:
-        raise ImageLoadError(name, f"unsupported array dtype {array.dtype}")
+        raise ImageLoadError(name, f"unsupported array dtype {array.dtype}", "unsupported_input")
     return _to_rgb(Image.fromarray(np.ascontiguousarray(pixels)), name)

@@ -1,9 +1,11 @@
-"""Score a folder of photos into one record per image file, resumable, never stopped by a bad file.
+"""Score a photo archive into one record per input file: fast, resumable, never stopped by a bad file.
 
-Decoding runs in a thread pool (Pillow releases the GIL while decoding) ahead of inference, a bounded number of
-batches at a time, so both CPU cores stay busy and memory does not grow with the archive. Records are appended to a
-JSON Lines file and flushed batch by batch; re-running the same scan skips every photo already recorded and drops a
-half-written last line, so an interrupted run loses nothing and writes nothing twice.
+Decoding runs in a thread pool (Pillow releases the GIL while decoding, and JPEGs are decoded at reduced scale) a
+bounded number of batches ahead of onnxruntime, so both CPU cores stay busy and memory does not grow with the archive.
+Records are appended to a journal (`OUTPUT.partial.jsonl`) and flushed batch by batch. Re-running the same scan reads
+the journal, skips every input already recorded and drops a half-written last line, so a run killed at any moment loses
+nothing and writes nothing twice. At the end the final file is written in the requested format under a temporary name
+and renamed into place: `OUTPUT` is either absent or complete.
 """
 
 from __future__ import annotations
@@ -23,34 +25,47 @@ import numpy as np
 from wildvision.classifier import Classifier
 from wildvision.images import ImageLoadError, load_image
 from wildvision.preprocess import to_tensor
+from wildvision.records import read_records, write_records
 
-__all__ = ["IMAGE_SUFFIXES", "ScanRecord", "ScanSummary", "TerminalProgress", "find_images", "scan", "scan_to_jsonl"]
+__all__ = [
+    "IMAGE_SUFFIXES", "ScanInput", "ScanRecord", "ScanSummary", "TerminalProgress", "files_from_list", "find_images",
+    "scan", "scan_to_file",
+]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+_BATCHES_AHEAD = 2  # batches decoding while one is scored: enough to hide decoding, small enough to keep memory flat
+
+
+@dataclass(frozen=True)
+class ScanInput:
+    file: Path  # where to read it
+    name: str  # what the record calls it: relative to the scanned folder, or as listed
 
 
 @dataclass(frozen=True)
 class ScanRecord:
     """One input file's outcome: scores and a decision, or an error saying why it could not be scored."""
 
-    path: str  # relative to the scanned folder, with forward slashes
+    path: str
     scores: dict[str, float] | None
     label: str | None
     decision: str | None
     model_name: str
     model_version: str
     error: str | None = None
+    error_category: str | None = None  # empty, not_an_image, corrupt, too_large, unreadable
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False)
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
 
 
 @dataclass
 class ScanSummary:
     scored: int = 0
     failed: int = 0
-    skipped_already_done: int = 0
+    already_done: int = 0
     decisions: Counter = field(default_factory=Counter)
+    failures: Counter = field(default_factory=Counter)
     seconds: float = 0.0
 
     def add(self, record: ScanRecord) -> None:
@@ -59,110 +74,135 @@ class ScanSummary:
             self.decisions[record.decision] += 1
         else:
             self.failed += 1
+            self.failures[record.error_category] += 1
 
     def __str__(self) -> str:
         rate = (self.scored + self.failed) / self.seconds if self.seconds else 0.0
         decisions = ", ".join(f"{name} {count}" for name, count in sorted(self.decisions.items())) or "none"
-        return (f"scored {self.scored}, failed {self.failed}, already done {self.skipped_already_done}; "
-                f"decisions: {decisions}; {rate:.1f} photos/s")
+        failures = ", ".join(f"{name} {count}" for name, count in sorted(self.failures.items()))
+        return (f"scored {self.scored}, failed {self.failed}{f' ({failures})' if failures else ''}, "
+                f"already done {self.already_done}; decisions: {decisions}; {rate:.1f} photos/s")
 
 
-def find_images(root: Path) -> list[Path]:
-    """Image files under `root`, recursively and sorted; symbolic links to folders are not followed (no loops)."""
+def find_images(root: Path) -> Iterator[ScanInput]:
+    """Image files under `root`, recursively, in sorted order, lazily (an archive's listing never sits in memory).
+
+    Symbolic links to files are followed; links to folders are not, so a link loop cannot trap the walk.
+    """
     if not root.is_dir():
         raise NotADirectoryError(f"not a folder: {root}")
-    found = []
-    for folder, subfolders, files in os.walk(root, onerror=None):
+    for folder, subfolders, files in os.walk(root):
         subfolders.sort()
-        found += [Path(folder) / name for name in files if Path(name).suffix.lower() in IMAGE_SUFFIXES]
-    return sorted(found)
+        for name in sorted(files):
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                path = Path(folder) / name
+                yield ScanInput(path, path.relative_to(root).as_posix())
+
+
+def files_from_list(lines: Iterable[str]) -> Iterator[ScanInput]:
+    """Inputs from a list of paths, one a line (a file or stdin); every listed path gets a record, whatever its suffix."""
+    for line in lines:
+        name = line.rstrip("\r\n")
+        if name:
+            yield ScanInput(Path(name), name)
 
 
 def scan(
-    paths: Iterable[Path], classifier: Classifier, *, root: Path, batch_size: int = 16, workers: int = 2
+    inputs: Iterable[ScanInput], classifier: Classifier, *, batch_size: int = 16, workers: int = 2
 ) -> Iterator[ScanRecord]:
-    """Yield one record per path, in order; unreadable photos yield error records."""
+    """Yield one record per input, in order; unreadable photos yield error records."""
     spec = classifier.info.preprocessing
 
-    def prepare(path: Path) -> np.ndarray | str:
+    def prepare(item: ScanInput) -> np.ndarray | ImageLoadError:
         try:
-            return to_tensor(load_image(path, min_side=spec.input_size), spec)
+            return to_tensor(load_image(item.file, min_side=spec.input_size), spec)
         except ImageLoadError as error:
-            return error.reason
+            return error
         except OSError as error:  # vanished or unreadable between listing and reading
-            return f"cannot read file ({error.strerror or error})"
+            return ImageLoadError(item.name, f"cannot read file ({error.strerror or error})", "unreadable")
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque[tuple[list[Path], list[Future]]] = deque()
-        for batch in _batches(paths, batch_size):
-            pending.append((batch, [pool.submit(prepare, path) for path in batch]))
-            if len(pending) > 2:  # two batches decode while one is scored: bounded memory
-                yield from _score(*pending.popleft(), classifier, root)
+        pending: deque[tuple[list[ScanInput], list[Future]]] = deque()
+        for batch in _batches(inputs, batch_size):
+            pending.append((batch, [pool.submit(prepare, item) for item in batch]))
+            if len(pending) > _BATCHES_AHEAD:
+                yield from _score(*pending.popleft(), classifier)
         while pending:
-            yield from _score(*pending.popleft(), classifier, root)
+            yield from _score(*pending.popleft(), classifier)
 
 
-def scan_to_jsonl(
-    root: Path,
+def scan_to_file(
+    inputs: Iterable[ScanInput],
     output: Path,
     classifier: Classifier,
     *,
     batch_size: int = 16,
     workers: int = 2,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> ScanSummary:
-    """Scan `root` into `output`, continuing a previous run of the same scan if `output` exists."""
+    """Scan into `output` (`.jsonl`, `.csv` or `.parquet`), continuing an interrupted or earlier run of the same scan."""
     started = time.monotonic()
     summary = ScanSummary()
-    done = _recorded_paths(output)
-    todo = [path for path in find_images(root) if _relative(path, root) not in done]
-    summary.skipped_already_done = len(done)
+    journal = output.with_name(output.name + ".partial.jsonl")
     output.parent.mkdir(parents=True, exist_ok=True)
-    with output.open("a", encoding="utf-8") as sink:
-        for count, record in enumerate(scan(todo, classifier, root=root, batch_size=batch_size, workers=workers), 1):
-            sink.write(record.to_json() + "\n")
+    if output.exists() and not journal.exists():  # a finished earlier scan: keep its records, add what is new
+        with journal.open("w", encoding="utf-8") as sink:
+            sink.writelines(json.dumps(record) + "\n" for record in read_records(output, classifier.info.labels))
+    done = _recorded_names(journal)
+    summary.already_done = len(done)
+    todo = (item for item in inputs if item.name not in done)
+    with journal.open("a", encoding="utf-8") as sink:
+        for count, record in enumerate(scan(todo, classifier, batch_size=batch_size, workers=workers), 1):
+            sink.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
             summary.add(record)
-            if count % batch_size == 0 or count == len(todo):
-                sink.flush()  # a killed run keeps every record written before its last batch
+            if count % batch_size == 0:
+                sink.flush()  # a killed run keeps every record of every finished batch
                 if progress:
-                    progress(count, len(todo))
+                    progress(count)
+    write_records(_journal_records(journal), output, classifier.info.labels)
+    journal.unlink()
     summary.seconds = time.monotonic() - started
     return summary
 
 
 class TerminalProgress:
-    """A one-line progress report with rate and ETA on stderr; silent when stderr is not a terminal (pipes, logs)."""
+    """A one-line progress report (count, rate, ETA when the total is known) on stderr, only on a terminal."""
 
-    def __init__(self) -> None:
+    def __init__(self, total: int | None = None) -> None:
+        self.total = total
         self.started = time.monotonic()
         self.enabled = sys.stderr.isatty()
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int) -> None:
         if not self.enabled:
             return
         rate = done / max(1e-6, time.monotonic() - self.started)
-        eta = (total - done) / rate if rate else 0.0
-        print(f"\r{done}/{total} photos  {rate:.1f}/s  ETA {eta:.0f}s ", end="" if done < total else "\n", file=sys.stderr)
+        eta = f"  ETA {(self.total - done) / rate:.0f}s" if self.total and rate else ""
+        total = f"/{self.total}" if self.total else ""
+        print(f"\r{done}{total} photos  {rate:.1f}/s{eta} ", end="", file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr)
 
 
-def _score(batch: list[Path], futures: list[Future], classifier: Classifier, root: Path) -> Iterator[ScanRecord]:
+def _score(batch: list[ScanInput], futures: list[Future], classifier: Classifier) -> Iterator[ScanRecord]:
     prepared = [future.result() for future in futures]
     tensors = [item for item in prepared if isinstance(item, np.ndarray)]
     predictions = iter(classifier.predict_tensors(np.stack(tensors)) if tensors else [])
     info = classifier.info
-    for path, item in zip(batch, prepared):
-        relative = _relative(path, root)
-        if isinstance(item, str):
-            yield ScanRecord(relative, None, None, None, info.name, info.version, error=item)
+    for item, result in zip(batch, prepared):
+        if isinstance(result, ImageLoadError):
+            yield ScanRecord(item.name, None, None, None, info.name, info.version, result.reason, result.category)
         else:
             prediction = next(predictions)
-            yield ScanRecord(relative, prediction.scores, prediction.label, prediction.decision, info.name, info.version)
+            yield ScanRecord(item.name, prediction.scores, prediction.label, prediction.decision, info.name, info.version)
 
 
-def _batches(paths: Iterable[Path], size: int) -> Iterator[list[Path]]:
-    batch: list[Path] = []
-    for path in paths:
-        batch.append(path)
+def _batches(items: Iterable[ScanInput], size: int) -> Iterator[list[ScanInput]]:
+    batch: list[ScanInput] = []
+    for item in items:
+        batch.append(item)
         if len(batch) == size:
             yield batch
             batch = []
@@ -170,16 +210,12 @@ def _batches(paths: Iterable[Path], size: int) -> Iterator[list[Path]]:
         yield batch
 
 
-def _relative(path: Path, root: Path) -> str:
-    return path.relative_to(root).as_posix()
-
-
-def _recorded_paths(output: Path) -> set[str]:
-    """Paths already in `output`; a torn last line (the run was killed mid-write) is cut off so it is redone."""
-    if not output.exists():
+def _recorded_names(journal: Path) -> set[str]:
+    """Names already in the journal; a torn last line (the run was killed mid-write) is cut off so it is redone."""
+    if not journal.exists():
         return set()
     done, valid_bytes = set(), 0
-    with output.open("rb") as source:
+    with journal.open("rb") as source:
         for line in source:
             try:
                 if not line.endswith(b"\n"):
@@ -188,6 +224,12 @@ def _recorded_paths(output: Path) -> set[str]:
             except (ValueError, KeyError):
                 break
             valid_bytes += len(line)
-    with output.open("r+b") as sink:
+    with journal.open("r+b") as sink:
         sink.truncate(valid_bytes)
     return done
+
+
+def _journal_records(journal: Path) -> Iterator[dict[str, object]]:
+    with journal.open(encoding="utf-8") as source:
+        for line in source:
+            yield json.loads(line)
