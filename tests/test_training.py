@@ -155,3 +155,36 @@ def test_export_parity_on_photos_the_model_never_saw(tiny_run):
     model.load_state_dict(checkpoint["state_dict"])
     photos = [make_photo(label, 1000 + i) for i, label in enumerate(("ivory", "horn", "not_ivory") * 2)]
     assert export.check_parity(model.eval(), tiny_run["model"], photos, tolerance=1e-3) < 1e-3
+
+
+def _train_args(data, out, epochs: int) -> list[str]:
+    return ["--data", str(data), "--out", str(out), "--image-size", "64", "--views", "1", "--epochs", str(epochs),
+            "--batch-size", "8", "--val-fraction", "0.25", "--calib-fraction", "0.3", "--workers", "0", "--threads", "1"]
+
+
+def test_resuming_an_interrupted_run_gives_the_same_model(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from training import train
+
+    data = make_dataset(tmp_path / "data", ("ivory", "not_ivory"), per_label=14)
+    assert train.main(_train_args(data, tmp_path / "straight", epochs=3)) == 0
+
+    save = train.TrainingState.save
+
+    def killed_after_first_epoch(self, epochs_done: int) -> None:
+        save(self, epochs_done)
+        raise KeyboardInterrupt  # the process dies right after epoch 1 was saved
+
+    monkeypatch.setattr(train.TrainingState, "save", killed_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(_train_args(data, tmp_path / "resumed", epochs=3))
+    monkeypatch.setattr(train.TrainingState, "save", save)
+    capsys.readouterr()
+    assert train.main(_train_args(data, tmp_path / "resumed", epochs=3)) == 0
+    log = capsys.readouterr().out
+    assert "resuming after epoch 1" in log and "epoch 1:" not in log and "epoch 3:" in log
+
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["state_dict"]
+    resumed = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["state_dict"]
+    assert all(torch.allclose(straight[key].float(), resumed[key].float(), atol=1e-6) for key in straight)

@@ -170,7 +170,11 @@ class FeatureCache:
 
 
 def train_tail(tail: nn.Module, cache: FeatureCache, samples: list[Sample], labels: list[str], args) -> None:
-    """Fine-tune the unfrozen blocks and classifier; each epoch sees one random cached view per training photo."""
+    """Fine-tune the unfrozen blocks and classifier; each epoch sees one random cached view per training photo.
+
+    After every epoch the whole training state is saved; re-running the same command resumes after the last finished
+    epoch and ends with the same weights as an uninterrupted run.
+    """
     rows = cache.rows(samples, "train", clean_only=False)
     owners = sorted(rows)
     targets = torch.tensor([labels.index(samples[o].label) for o in owners])
@@ -179,12 +183,12 @@ def train_tail(tail: nn.Module, cache: FeatureCache, samples: list[Sample], labe
     weights = counts.sum() / (len(labels) * counts.clamp(min=1))
     loss_function = nn.CrossEntropyLoss(weight=weights, label_smoothing=args.label_smoothing)
     optimiser = torch.optim.AdamW([p for p in tail.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.01)
-    steps_per_epoch = math.ceil(len(owners) / args.batch_size)
-    total_steps = args.epochs * steps_per_epoch
+    total_steps = args.epochs * math.ceil(len(owners) / args.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=args.lr, total_steps=max(1, total_steps), pct_start=0.1)
     generator = torch.Generator().manual_seed(args.seed)
+    state = TrainingState(args.out / f"training-state-{_run_key(args, samples)}.pt", tail, optimiser, schedule, generator)
     tail.train()
-    for epoch in range(args.epochs):
+    for epoch in range(state.resume(), args.epochs):
         order = torch.randperm(len(owners), generator=generator)
         losses = []
         for start in _progress(range(0, len(owners), args.batch_size), f"epoch {epoch + 1}/{args.epochs}"):
@@ -198,6 +202,37 @@ def train_tail(tail: nn.Module, cache: FeatureCache, samples: list[Sample], labe
             schedule.step()
             losses.append(loss.item())
         print(f"epoch {epoch + 1}: mean loss {np.mean(losses):.4f}")
+        state.save(epoch + 1)
+
+
+class TrainingState:
+    """Everything an epoch boundary needs to resume exactly: weights, optimiser, schedule and random generators."""
+
+    def __init__(self, path: Path, tail: nn.Module, optimiser, schedule, generator: torch.Generator) -> None:
+        self.path, self.tail, self.optimiser, self.schedule, self.generator = path, tail, optimiser, schedule, generator
+
+    def resume(self) -> int:
+        """The number of epochs already done (0 for a fresh run), with the state restored."""
+        if not self.path.is_file():
+            return 0
+        state = torch.load(self.path, weights_only=False)
+        self.tail.load_state_dict(state["tail"])
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resuming after epoch {state['epochs_done']} from {self.path}")
+        return state["epochs_done"]
+
+    def save(self, epochs_done: int) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".partial")
+        torch.save({
+            "epochs_done": epochs_done, "tail": self.tail.state_dict(), "optimiser": self.optimiser.state_dict(),
+            "schedule": self.schedule.state_dict(), "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }, partial)
+        partial.replace(self.path)  # a kill mid-save leaves the previous epoch's state intact
 
 
 def write_run(
@@ -260,6 +295,12 @@ def _cache_key(args: argparse.Namespace, samples: list[Sample]) -> str:
     parts = [_CACHE_FORMAT, manifest_hash(samples), args.architecture, args.image_size, args.resize, args.trainable_from_block,
              args.views, sorted(args.background_sources), args.seed, args.no_pretrained]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+
+
+def _run_key(args: argparse.Namespace, samples: list[Sample]) -> str:
+    """Training state resumes only into the same run: same data, features and every training setting."""
+    config = {key: str(value) for key, value in sorted(vars(args).items()) if key not in ("workers", "threads", "out")}
+    return hashlib.sha256(json.dumps([_cache_key(args, samples), config]).encode()).hexdigest()[:16]
 
 
 def _progress(iterable, description: str):
