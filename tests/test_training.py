@@ -188,3 +188,37 @@ def test_resuming_an_interrupted_run_gives_the_same_model(tmp_path, monkeypatch,
     straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["state_dict"]
     resumed = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["state_dict"]
     assert all(torch.allclose(straight[key].float(), resumed[key].float(), atol=1e-6) for key in straight)
+
+
+def test_relabel_turns_a_kind_into_a_label_of_its_own(tmp_path):
+    rows = ["path,label,kind"] + [f"p{i}.jpg,not_ivory,{'horn_antler' if i % 3 == 0 else 'ceramic'}" for i in range(30)]
+    (tmp_path / "d.csv").write_text("\n".join(rows))
+    samples = [s for s in load_samples(tmp_path / "d.csv")]
+    from training.data import parse_relabel
+
+    relabel = parse_relabel(["horn_antler=lookalike"])
+    labels = {relabel.get(s.kind, s.label) for s in samples}
+    assert labels == {"lookalike", "not_ivory"}
+    with pytest.raises(ValueError, match="KIND=LABEL"):
+        parse_relabel(["horn_antler"])
+
+
+def test_options_come_from_a_config_file_and_the_command_line_wins(tmp_path):
+    from training.train import parse_args
+
+    config = tmp_path / "c.toml"
+    config.write_text('data = "somewhere"\nout = "runs/x"\nepochs = 5\nbackground-sources = ["clothing"]\n')
+    args = parse_args(["--config", str(config), "--epochs", "2"])
+    assert (str(args.data), args.epochs, args.background_sources) == ("somewhere", 2, ["clothing"])
+    config.write_text('data = "d"\nout = "o"\nepoch = 5\n')
+    with pytest.raises(SystemExit, match="unknown option"):
+        parse_args(["--config", str(config)])
+
+
+def test_shipped_configs_parse():
+    from conftest import REPO
+    from training.train import parse_args
+
+    for config in sorted((REPO / "training" / "configs").glob("*.toml")):
+        args = parse_args(["--config", str(config)])
+        assert args.data and args.out and args.name

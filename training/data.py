@@ -10,15 +10,15 @@ from __future__ import annotations
 import csv
 import hashlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from training.dedupe import DEFAULT_MAX_DISTANCE, hash_files, near_duplicate_pairs
 from wildvision.scan import IMAGE_SUFFIXES
 
 __all__ = ["Sample", "SplitReport", "assign_splits", "load_samples", "manifest_hash", "prepare_samples",
-           "prepare_samples_like", "summarise"]
+           "parse_relabel", "prepare_samples_like", "summarise"]
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,19 @@ class SplitReport:
 
 
 def prepare_samples(
-    data: Path, *, val_fraction: float, calib_fraction: float, near_duplicate_distance: int = DEFAULT_MAX_DISTANCE
+    data: Path,
+    *,
+    val_fraction: float,
+    calib_fraction: float,
+    near_duplicate_distance: int = DEFAULT_MAX_DISTANCE,
+    relabel: Mapping[str, str] | None = None,
 ) -> tuple[list[Sample], SplitReport]:
     """Load a dataset and split it without leakage: by group, with near-duplicate photos joined into one group.
 
-    Train, evaluate and export all call this, so each rebuilds exactly the same split from the same data.
+    `relabel` maps a `kind` to a label of its own (a new class carved out of existing photos). Train, evaluate and
+    export all call this, so each rebuilds exactly the same split from the same data.
     """
-    samples = load_samples(data)
+    samples = [replace(s, label=relabel.get(s.kind, s.label)) if relabel else s for s in load_samples(data)]
     hashes, readable = hash_files([s.path for s in samples])
     pairs = near_duplicate_pairs(hashes, readable, max_distance=near_duplicate_distance)
     samples = assign_splits(_join_groups(samples, pairs), val_fraction=val_fraction, calib_fraction=calib_fraction)
@@ -63,7 +69,17 @@ def prepare_samples_like(data: Path, config: dict) -> tuple[list[Sample], SplitR
     return prepare_samples(
         data, val_fraction=config.get("val_fraction", 0.15), calib_fraction=config.get("calib_fraction", 0.1),
         near_duplicate_distance=config.get("near_duplicate_distance", DEFAULT_MAX_DISTANCE),
+        relabel=parse_relabel(config.get("relabel", [])),
     )
+
+
+def parse_relabel(pairs: Iterable[str]) -> dict[str, str]:
+    """`["kind=label", ...]` as a mapping; anything else is refused."""
+    pairs = list(pairs)
+    malformed = [pair for pair in pairs if pair.count("=") != 1 or pair.startswith("=") or pair.endswith("=")]
+    if malformed:
+        raise ValueError(f"relabel takes KIND=LABEL pairs, got {malformed}")
+    return dict(pair.split("=") for pair in pairs)
 
 
 def load_samples(data: Path) -> list[Sample]:
@@ -90,7 +106,7 @@ def assign_splits(samples: Iterable[Sample], *, val_fraction: float, calib_fract
         split = sample.split or ("val" if position < val_fraction else "train")
         if split == "train" and _group_position("calib:" + sample.group) < calib_fraction:
             split = "calib"
-        assigned.append(_replace_split(sample, split))
+        assigned.append(replace(sample, split=split))
     return assigned
 
 
@@ -123,16 +139,12 @@ def _join_groups(samples: list[Sample], pairs: list[tuple[int, int]]) -> list[Sa
         a, b = root(samples[first].group), root(samples[second].group)
         if a != b:
             parent[max(a, b)] = min(a, b)
-    return [Sample(s.path, s.label, root(s.group), s.split, s.kind, s.source) for s in samples]
+    return [replace(s, group=root(s.group)) for s in samples]
 
 
 def _group_position(group: str) -> float:
     """A stable pseudo-random number in [0, 1) per group, independent of file order and Python's hash seed."""
     return int.from_bytes(hashlib.sha256(group.encode()).digest()[:8], "big") / 2**64
-
-
-def _replace_split(sample: Sample, split: str) -> Sample:
-    return Sample(sample.path, sample.label, sample.group, split, sample.kind, sample.source)
 
 
 def _from_csv(csv_path: Path) -> list[Sample]:

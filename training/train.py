@@ -28,7 +28,7 @@ from training.augment import ListingStyle
 from training.backbone import IMAGENET_MEAN, IMAGENET_STD, build_model, split_model
 from training.calibration import choose_operating_point, fit_temperature, softmax
 from training.checkpoint import save_checkpoint
-from training.data import Sample, manifest_hash, prepare_samples, summarise
+from training.data import Sample, manifest_hash, parse_relabel, prepare_samples, summarise
 from training.dedupe import DEFAULT_MAX_DISTANCE
 from training.metrics import format_report, measure
 from wildvision.images import ImageLoadError, load_image
@@ -43,9 +43,13 @@ _HARMLESS_PREFIXES = ("not_", "other", "harmless", "background", "lookalike")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Options from the command line, with defaults from `--config FILE.toml` (same names, `-` or `_`)."""
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="folder per label, a CSV, or a folder with manifest.csv")
-    parser.add_argument("--out", type=Path, required=True, help="run folder: feature cache, checkpoint, metrics")
+    parser.add_argument("--config", type=Path, help="a TOML file of option values, e.g. training/configs/ivory.toml")
+    parser.add_argument("--data", type=Path, help="folder per label, a CSV, or a folder with manifest.csv")
+    parser.add_argument("--out", type=Path, help="run folder: feature cache, checkpoint, metrics")
+    parser.add_argument("--relabel", nargs="*", default=[], metavar="KIND=LABEL",
+                        help="give photos of a `kind` their own label, e.g. horn_antler=lookalike")
     parser.add_argument("--name", default="wildvision-model", help="model name written into the model file")
     parser.add_argument("--version", default="0.1.0", help="model version written into the model file")
     parser.add_argument("--prohibited", nargs="*", help="labels that lead to review/block (default: all but not_*/other*)")
@@ -72,7 +76,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="processes decoding and augmenting photos")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     parser.add_argument("--no-pretrained", action="store_true", help="random init: for tests only, never for a release")
-    return parser.parse_args(argv)
+    config, _ = parser.parse_known_args(argv)
+    if config.config:
+        parser.set_defaults(**_read_config(config.config, parser))
+    args = parser.parse_args(argv)
+    if args.data is None or args.out is None:
+        parser.error("--data and --out are required (on the command line or in --config)")
+    return args
+
+
+def _read_config(path: Path, parser: argparse.ArgumentParser) -> dict:
+    import tomllib
+
+    values = {key.replace("-", "_"): value for key, value in tomllib.loads(path.read_text()).items()}
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SystemExit(f"{path}: unknown option(s) {unknown}")
+    for key in ("data", "out"):
+        if key in values:  # relative to the checkout, where `python -m training.train` runs
+            values[key] = Path(values[key])
+    return values
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     samples, split_report = prepare_samples(
         args.data, val_fraction=args.val_fraction, calib_fraction=args.calib_fraction,
-        near_duplicate_distance=args.near_duplicate_distance,
+        near_duplicate_distance=args.near_duplicate_distance, relabel=parse_relabel(args.relabel),
     )
     print(split_report)
     labels = sorted({s.label for s in samples})
