@@ -13,7 +13,9 @@ from training.calibration import (  # noqa: E402
     choose_operating_point, expected_calibration_error, fit_temperature, softmax,
 )
 from training.checkpoint import load_checkpoint  # noqa: E402
-from training.data import assign_splits, load_samples, manifest_hash, prepare_samples  # noqa: E402
+from training.data import (  # noqa: E402
+    assign_splits, load_samples, manifest_hash, parse_relabel, prepare_samples,
+)
 from training.dedupe import hash_files, near_duplicate_pairs  # noqa: E402
 from wildvision import Classifier  # noqa: E402
 
@@ -191,14 +193,14 @@ def test_resuming_an_interrupted_run_gives_the_same_model(tmp_path, monkeypatch,
 
 
 def test_relabel_turns_a_kind_into_a_label_of_its_own(tmp_path):
-    rows = ["path,label,kind"] + [f"p{i}.jpg,not_ivory,{'horn_antler' if i % 3 == 0 else 'ceramic'}" for i in range(30)]
+    for i in range(12):
+        make_photo("horn" if i % 3 == 0 else "not_ivory", i).save(tmp_path / f"p{i}.png")
+    rows = ["path,label,kind"] + [f"p{i}.png,not_ivory,{'horn_antler' if i % 3 == 0 else 'ceramic'}" for i in range(12)]
     (tmp_path / "d.csv").write_text("\n".join(rows))
-    samples = [s for s in load_samples(tmp_path / "d.csv")]
-    from training.data import parse_relabel
-
-    relabel = parse_relabel(["horn_antler=lookalike"])
-    labels = {relabel.get(s.kind, s.label) for s in samples}
-    assert labels == {"lookalike", "not_ivory"}
+    samples, _ = prepare_samples(tmp_path / "d.csv", val_fraction=0.2, calib_fraction=0.2,
+                                 relabel=parse_relabel(["horn_antler=lookalike"]))
+    assert {s.path.name: s.label for s in samples} == {
+        f"p{i}.png": "lookalike" if i % 3 == 0 else "not_ivory" for i in range(12)}
     with pytest.raises(ValueError, match="KIND=LABEL"):
         parse_relabel(["horn_antler"])
 
