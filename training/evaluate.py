@@ -31,6 +31,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, required=True, help="folder per label, a CSV, or a folder with manifest.csv")
     parser.add_argument("--split", default="val", choices=("val", "calib"), help="held-out part to measure")
     parser.add_argument("--json", type=Path, help="also write the metrics here")
+    parser.add_argument("--report", type=Path, help="also write a self-contained HTML report here (needs matplotlib)")
     return parser.parse_args(argv)
 
 
@@ -42,6 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_report(evaluation.metrics))
     if args.json:
         args.json.write_text(json.dumps(evaluation.metrics, indent=2))
+    if args.report:
+        # Imported only when asked for: measuring a model needs no plotting library.
+        from training.report import write_report
+
+        write_report(evaluation, classifier.info, args.report)
+        print(f"report written to {args.report}")
     return 0
 
 

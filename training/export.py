@@ -6,6 +6,10 @@ The model's labels, preprocessing, calibration, operating points, provenance and
 `wildvision` metadata. Before the file is written, onnxruntime (through the wildvision library itself) and PyTorch
 score the same real validation photos; a different top label or logits further apart than `--tolerance` abort the
 export.
+
+With `--int8` a statically quantised twin, `NAME.int8.onnx`, is written next to it: calibrated on photos of the
+`calib` split (never `val`), checked against the float model on the same validation photos, and measured on the whole
+`val` split next to the float model. Both files are written, or neither.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -21,9 +26,13 @@ import torch
 
 from training.backbone import build_model
 from training.checkpoint import load_checkpoint
-from training.data import prepare_samples_like
+from training.data import Sample, prepare_samples_like
+from training.evaluate import evaluate
+from training.quantize import (
+    DEFAULT_MAX_PROBABILITY_DIFFERENCE, DEFAULT_MIN_AGREEMENT, QuantizationError, quantize_model, write_model_info,
+)
 from wildvision.classifier import Classifier
-from wildvision.images import load_image
+from wildvision.images import ImageLoadError, load_image
 from wildvision.model_info import METADATA_KEY, ModelInfo, OperatingPoint, Preprocessing
 from wildvision.preprocess import to_batch
 
@@ -45,6 +54,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--parity-photos", type=int, default=32, help="validation photos both runtimes must agree on")
     parser.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed logit difference")
     parser.add_argument("--notes", default=DEFAULT_NOTES, help="licences, intended use and weaknesses, stored in the file")
+    parser.add_argument("--int8", action="store_true", help="also write a statically quantised NAME.int8.onnx next to --out")
+    parser.add_argument("--int8-calibration-photos", type=int, default=200,
+                        help="calib-split photos that set the int8 activation ranges")
+    parser.add_argument("--int8-min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
+                        help="fraction of parity photos whose top label int8 must keep")
+    parser.add_argument("--int8-max-probability-difference", type=float, default=DEFAULT_MAX_PROBABILITY_DIFFERENCE,
+                        help="largest allowed mean difference of calibrated probabilities, int8 against float")
     return parser.parse_args(argv)
 
 
@@ -55,20 +71,65 @@ def main(argv: Sequence[str] | None = None) -> int:
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
     info = model_info_from_checkpoint(checkpoint, notes=args.notes)
-    photos = parity_photos(args.data or Path(checkpoint["config"]["data"]), checkpoint, args.parity_photos)
+    data = args.data or Path(checkpoint["config"]["data"])
+    photos = parity_photos(data, checkpoint, args.parity_photos)
+    twin = _int8_path(args.out)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.out.parent) as scratch:
         candidate = Path(scratch) / args.out.name
         write_onnx(model, info, candidate)
+        quantized = None
         try:
             difference = check_parity(model, candidate, photos, args.tolerance)
-        except ParityError as error:
+            if args.int8:
+                quantized = export_int8(
+                    candidate, data, checkpoint, photos, calibration_count=args.int8_calibration_photos,
+                    min_agreement=args.int8_min_agreement,
+                    max_probability_difference=args.int8_max_probability_difference,
+                )
+        except (ParityError, QuantizationError) as error:
             print(f"export refused: {error}", file=sys.stderr)
             return 1
         candidate.replace(args.out)  # only a model that passed the parity check ever appears at --out
+        if quantized is not None:
+            quantized.replace(twin)
     print(f"wrote {args.out} ({info.full_name}); parity on {len(photos)} photos: max logit difference {difference:.2e}")
+    if quantized is not None:
+        print(f"wrote {twin}")
+    elif twin.exists():
+        # Classifier(precision="int8") loads the twin by name: a stale one would answer for an older model.
+        print(f"note: {twin} was left as it was and may belong to an earlier model; export with --int8 or delete it",
+              file=sys.stderr)
     return 0
+
+
+def export_int8(
+    float_model: Path, data: Path, checkpoint: dict, photos: list, *,
+    calibration_count: int, min_agreement: float, max_probability_difference: float,
+) -> Path:
+    """Quantise `float_model` into a twin next to it and record both models' accuracy on `val` in the twin's metadata.
+
+    Raises `QuantizationError` when the twin disagrees with the float model on the parity `photos`.
+    """
+    input_size = checkpoint["preprocessing"]["input_size"]
+    calibration = _load_photos(calibration_samples(data, checkpoint, calibration_count), input_size)
+    twin = _int8_path(float_model)
+    agreement = quantize_model(
+        float_model, twin, calibration, parity_photos=photos,
+        min_agreement=min_agreement, max_probability_difference=max_probability_difference,
+    )
+    print(f"int8: calibrated on {len(calibration)} calib photos; against float32, {agreement}")
+    float_accuracy = evaluate(Classifier(float_model), data, split="val").metrics["accuracy"]
+    quantized = Classifier(twin)
+    evaluation = evaluate(quantized, data, split="val")
+    # The float file keeps the checkpoint's metrics; the twin's are its own, with the float model's accuracy measured
+    # the same way beside them, so the cost of quantisation reads straight off the file.
+    metrics = {"split": "val", **evaluation.metrics, "float_accuracy": float_accuracy}
+    write_model_info(twin, replace(quantized.info, metrics=metrics))
+    print(f"val accuracy on {evaluation.metrics['photos']} photos: float32 {float_accuracy}, "
+          f"int8 {evaluation.metrics['accuracy']}")
+    return twin
 
 
 def model_info_from_checkpoint(checkpoint: dict, *, notes: str) -> ModelInfo:
@@ -108,8 +169,40 @@ def parity_photos(data: Path, checkpoint: dict, count: int) -> list:
     """Up to `count` real validation photos (clean, as users would send them), spread over the labels."""
     samples, _ = prepare_samples_like(data, checkpoint["config"])
     val = [s for s in samples if s.split == "val"] or samples
-    step = max(1, len(val) // count)
-    return [load_image(s.path) for s in val[::step][:count]]
+    return [load_image(s.path) for s in _spread(val, count)]
+
+
+def calibration_samples(data: Path, checkpoint: dict, count: int) -> list[Sample]:
+    """Up to `count` photos of the `calib` split, spread over the labels: held out of training, and never `val`."""
+    samples, _ = prepare_samples_like(data, checkpoint["config"])
+    calib = [s for s in samples if s.split == "calib"]
+    if not calib:
+        raise SystemExit(f"no calib photos in {data} to calibrate an int8 model on (was calib_fraction 0?)")
+    return _spread(calib, count)
+
+
+def _spread(samples: list[Sample], count: int) -> list[Sample]:
+    """Every n-th sample, up to `count`: samples come grouped by label, so this spreads the choice over them."""
+    step = max(1, len(samples) // count)
+    return samples[::step][:count]
+
+
+def _load_photos(samples: list[Sample], input_size: int) -> list:
+    """The photos decoded as the library decodes them at inference; unreadable ones are named and left out."""
+    photos, unreadable = [], []
+    for sample in samples:
+        try:
+            photos.append(load_image(sample.path, min_side=input_size))
+        except ImageLoadError as error:
+            unreadable.append(str(error))
+    if unreadable:
+        print(f"{len(unreadable)} unreadable calibration photo(s) left out, e.g. {unreadable[0]}", file=sys.stderr)
+    return photos
+
+
+def _int8_path(model: Path) -> Path:
+    """Where a model's int8 twin lives: `NAME.onnx` -> `NAME.int8.onnx`, the name `Classifier(precision=...)` uses."""
+    return model.with_name(model.stem + ".int8.onnx")
 
 
 def check_parity(model: torch.nn.Module, onnx_path: Path, photos: list, tolerance: float) -> float:

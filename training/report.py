@@ -1,0 +1,341 @@
+"""One self-contained HTML page showing how a model does on held-out photos: `write_report(evaluation, info, path)`.
+
+Plots are embedded as PNGs and the gallery's thumbnails as JPEGs, with no scripts and no links to fetch, so a report
+can be attached to a review, mailed or opened offline long after the data has moved and still show what it showed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+
+import numpy as np
+
+try:
+    # The object-oriented API with an explicit Agg canvas: no pyplot state and no process-wide backend switch.
+    from matplotlib.axes import Axes
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+except ImportError:
+    raise ImportError("the evaluation report needs matplotlib: pip install '.[train]'") from None
+
+from training.calibration import expected_calibration_error, softmax
+from training.data import Sample
+from wildvision.images import load_image
+from wildvision.model_info import ModelInfo
+
+if TYPE_CHECKING:  # evaluate imports this module when asked for a report; at run time the import would be circular
+    from training.evaluate import Evaluation
+
+__all__ = ["Curve", "precision_recall_curve", "roc_curve", "write_report"]
+
+GALLERY_SIZE = 12  # photos per gallery: enough to see a pattern in the mistakes, few enough to keep the file small
+THUMBNAIL_SIDE = 160  # pixels, longer side
+CALIBRATION_BINS = 15  # the same equal-width confidence bins as expected_calibration_error
+
+_DECISIONS = {
+    "prohibited_blocked": "prohibited photos blocked",
+    "prohibited_flagged": "prohibited photos sent to review or blocked",
+    "harmless_blocked": "harmless photos blocked",
+    "harmless_flagged": "harmless photos sent to review or blocked",
+}
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; } h3 { margin-bottom: 0.3em; }
+table { border-collapse: collapse; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f2f2f2; }
+p.note { color: #555; font-size: 0.9em; }
+img.plot { max-width: 100%; }
+.gallery { display: flex; flex-wrap: wrap; gap: 0.6em; }
+.gallery figure { margin: 0; width: 170px; font-size: 0.8em; overflow-wrap: anywhere; }
+"""
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Points of a ranking curve, threshold falling left to right, and the area that summarises it.
+
+    ROC: x false positive rate, y true positive rate, area the ROC AUC. Precision-recall: x recall, y precision, area
+    the average precision.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    area: float
+
+
+def roc_curve(scores: np.ndarray, is_positive: np.ndarray) -> Curve:
+    """One-vs-rest ROC of `scores`; its area is the chance that a positive outranks a negative (ties count half)."""
+    true_positives, false_positives = _counts_by_threshold(scores, is_positive)
+    true_rate = np.r_[0.0, true_positives / true_positives[-1]]
+    false_rate = np.r_[0.0, false_positives / false_positives[-1]]
+    area = float(np.sum(np.diff(false_rate) * (true_rate[1:] + true_rate[:-1]) / 2))  # trapezoids
+    return Curve(false_rate, true_rate, area)
+
+
+def precision_recall_curve(scores: np.ndarray, is_positive: np.ndarray) -> Curve:
+    """One-vs-rest precision-recall curve; its area is average precision (each threshold's precision weighted by the
+    recall it adds, as scikit-learn defines it: no interpolation, so it does not flatter a curve)."""
+    true_positives, false_positives = _counts_by_threshold(scores, is_positive)
+    precision = true_positives / (true_positives + false_positives)
+    recall = true_positives / true_positives[-1]
+    average_precision = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    # Plotted from recall 0 at precision 1: nothing flagged yet, so no false alarm either.
+    return Curve(np.r_[0.0, recall], np.r_[1.0, precision], average_precision)
+
+
+def write_report(evaluation: Evaluation, info: ModelInfo, path: Path) -> None:
+    """Write the report of `evaluation`, a measurement of the model `info` describes, to `path` as one HTML file."""
+    labels = list(info.labels)
+    targets = np.array([labels.index(s.label) for s in evaluation.samples])
+    predicted = evaluation.probabilities.argmax(axis=1)
+    sections = [
+        _header(evaluation, info),
+        _per_label_section(evaluation.metrics, info),
+        _confusion_section(targets, predicted, labels),
+        _curves_section(evaluation.probabilities, targets, info),
+        _calibration_section(evaluation, targets, info.temperature),
+        _operating_points_section(info, evaluation.metrics),
+        _kinds_section(evaluation.samples, predicted == targets),
+        _gallery_section(evaluation, targets, info),
+    ]
+    title = html.escape(f"{info.full_name} evaluation report")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
+        f"<style>{_STYLE}</style>\n</head>\n<body>\n" + "\n".join(sections) + "\n</body>\n</html>\n",
+        encoding="utf-8",
+    )
+
+
+def _counts_by_threshold(scores: np.ndarray, is_positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative true and false positives flagged at each distinct score taken as the threshold, highest first."""
+    scores, is_positive = np.asarray(scores, dtype=np.float64), np.asarray(is_positive, dtype=bool)
+    if is_positive.all() or not is_positive.any():
+        raise ValueError("a ranking curve needs both positive and negative photos")
+    order = np.argsort(-scores, kind="stable")
+    ranked, hits = scores[order], is_positive[order]
+    # Equal scores pass a threshold together, so only the last photo of each run of ties ends a point of the curve.
+    last_of_tie = np.r_[ranked[1:] != ranked[:-1], True]
+    return np.cumsum(hits)[last_of_tie], np.cumsum(~hits)[last_of_tie]
+
+
+def _header(evaluation: Evaluation, info: ModelInfo) -> str:
+    samples = evaluation.samples
+    facts = {
+        "model": info.full_name,
+        "photos under": os.path.commonpath([str(s.path) for s in samples]),
+        "split": ", ".join(sorted({s.split for s in samples})),
+        "photos scored": len(samples),
+        "unreadable, left out": len(evaluation.unreadable),
+        "accuracy": evaluation.metrics["accuracy"],
+        "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    unreadable = "".join(f"<li>{_escape(message)}</li>" for message in evaluation.unreadable)
+    listing = f"<details><summary>unreadable photos</summary><ul>{unreadable}</ul></details>" if unreadable else ""
+    return f"<h1>{_escape(info.full_name)}: evaluation report</h1>\n{_table((), facts.items())}{listing}"
+
+
+def _per_label_section(metrics: Mapping[str, object], info: ModelInfo) -> str:
+    rows = [
+        (label, "yes" if label in info.operating_points else "no", values["photos"],
+         values["precision"], values["recall"], values["f1"])
+        for label, values in metrics["per_label"].items()
+    ]
+    table = _table(("label", "prohibited", "photos", "precision", "recall", "F1"), rows, table_id="per-label")
+    return _section("Per-label metrics", "Of the top label (highest calibrated score) per photo.", table)
+
+
+def _confusion_section(targets: np.ndarray, predicted: np.ndarray, labels: Sequence[str]) -> str:
+    matrix = np.zeros((len(labels), len(labels)), dtype=int)
+    np.add.at(matrix, (targets, predicted), 1)
+    rows = [(f"true {label}", *counts) for label, counts in zip(labels, matrix.tolist())]
+    table = _table(("", *(f"predicted {label}" for label in labels)), rows, table_id="confusion")
+    return _section("Confusion matrix", "Photos counted by true label (rows) and top label (columns).",
+                    _plot(_confusion_figure(matrix, labels), "confusion matrix") + table)
+
+
+def _confusion_figure(matrix: np.ndarray, labels: Sequence[str]) -> Figure:
+    side = 2.5 + 0.6 * len(labels)  # inches: room for the tick labels plus a cell per label
+    figure = Figure(figsize=(side, side), layout="constrained")
+    axes = figure.add_subplot()
+    axes.imshow(matrix, cmap="Blues")
+    for (row, column), count in np.ndenumerate(matrix):
+        dark = count > matrix.max() / 2  # white text on the darker cells
+        axes.text(column, row, str(count), ha="center", va="center", color="white" if dark else "black")
+    axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    axes.set_yticks(range(len(labels)), labels)
+    axes.set_xlabel("predicted (top label)")
+    axes.set_ylabel("true label")
+    return figure
+
+
+def _curves_section(probabilities: np.ndarray, targets: np.ndarray, info: ModelInfo) -> str:
+    curves, rows, missing = {}, [], []
+    for label in info.operating_points:
+        index = info.labels.index(label)
+        is_positive = targets == index
+        if is_positive.all() or not is_positive.any():
+            missing.append(label)
+            continue
+        roc = roc_curve(probabilities[:, index], is_positive)
+        pr = precision_recall_curve(probabilities[:, index], is_positive)
+        curves[label] = roc, pr
+        rows.append((label, int(is_positive.sum()), int((~is_positive).sum()), roc.area, pr.area))
+    note = "Each prohibited label against all other labels, ranked by its calibrated score."
+    if missing:
+        note += f" No curve for {', '.join(missing)}: the split lacks either its photos or all others."
+    plot = _plot(_curves_figure(curves), "ROC and precision-recall curves") if curves else ""
+    table = _table(("label", "positives", "negatives", "ROC AUC", "average precision"), rows, table_id="curves")
+    return _section("ROC and precision-recall curves", note, plot + table)
+
+
+def _curves_figure(curves: Mapping[str, tuple[Curve, Curve]]) -> Figure:
+    figure = Figure(figsize=(10, 4.5), layout="constrained")
+    roc_axes, pr_axes = figure.subplots(1, 2)
+    for label, (roc, pr) in curves.items():
+        roc_axes.plot(roc.x, roc.y, label=f"{label} (AUC {roc.area:.3f})")
+        pr_axes.plot(pr.x, pr.y, label=f"{label} (AP {pr.area:.3f})")
+    roc_axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    limits = {"xlim": (-0.01, 1.01), "ylim": (-0.01, 1.02)}  # a margin keeps curves along an edge visible
+    roc_axes.set(title="ROC", xlabel="false positive rate", ylabel="true positive rate", **limits)
+    pr_axes.set(title="precision-recall", xlabel="recall", ylabel="precision", **limits)
+    roc_axes.legend(loc="lower right")
+    pr_axes.legend(loc="lower left")
+    for axes in (roc_axes, pr_axes):
+        axes.grid(alpha=0.3)
+    return figure
+
+
+def _calibration_section(evaluation: Evaluation, targets: np.ndarray, temperature: float) -> str:
+    before, after = softmax(evaluation.logits), evaluation.probabilities
+    errors = [expected_calibration_error(p, targets, CALIBRATION_BINS) for p in (before, after)]
+    titles = ("before calibration", f"after calibration (T = {temperature:.3f})")
+    figure = Figure(figsize=(10, 4.5), layout="constrained")
+    for axes, probabilities, error, title in zip(figure.subplots(1, 2), (before, after), errors, titles):
+        _reliability_diagram(axes, probabilities, targets, f"{title}, ECE {error:.4f}")
+    note = (f"Accuracy of the top label against its score, in {CALIBRATION_BINS} equal-width bins; a calibrated model "
+            f"follows the diagonal. Expected calibration error before: {errors[0]:.4f}, after: {errors[1]:.4f}.")
+    return _section("Calibration", note, _plot(figure, "reliability diagrams before and after calibration"))
+
+
+def _reliability_diagram(axes: Axes, probabilities: np.ndarray, targets: np.ndarray, title: str) -> None:
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == targets
+    # Bins are (low, high], matching expected_calibration_error: a confidence exactly on an edge goes to the lower bin.
+    bin_of = np.clip(np.ceil(confidence * CALIBRATION_BINS).astype(int) - 1, 0, CALIBRATION_BINS - 1)
+    counts = np.bincount(bin_of, minlength=CALIBRATION_BINS)
+    hits = np.bincount(bin_of, weights=correct, minlength=CALIBRATION_BINS)
+    filled = counts > 0
+    lows = np.arange(CALIBRATION_BINS) / CALIBRATION_BINS
+    bars = axes.bar(lows[filled], hits[filled] / counts[filled], width=1 / CALIBRATION_BINS, align="edge",
+                    edgecolor="black", alpha=0.7, label="accuracy (photos above each bar)")
+    axes.bar_label(bars, labels=[str(count) for count in counts[filled]], fontsize=8)
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    axes.set(title=title, xlabel="score of the top label", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.12))
+    axes.legend(loc="upper left", fontsize=8)
+
+
+def _operating_points_section(info: ModelInfo, metrics: Mapping[str, object]) -> str:
+    # Six decimals: a block threshold can sit a hair under 1, which four would round to 1.0000.
+    points = [(label, f"{point.review:.6f}", f"{point.block:.6f}") for label, point in info.operating_points.items()]
+    decisions = [(_DECISIONS.get(key, key), rate) for key, rate in metrics["decisions"].items()]
+    note = ("A photo is sent to review when a prohibited label's calibrated score reaches its review threshold, and "
+            "blocked when it reaches the block threshold. Rates are over this split's photos.")
+    body = (_table(("prohibited label", "review at", "block at"), points, table_id="operating-points")
+            + _table(("decision", "rate"), decisions, table_id="decisions"))
+    return _section("Operating points and decisions", note, body)
+
+
+def _kinds_section(samples: Sequence[Sample], correct: np.ndarray) -> str:
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for sample, flag in zip(samples, correct):  # as in metrics, a photo without a kind counts under its label
+        groups[sample.kind or sample.label].append(bool(flag))
+    rows = [(kind, len(flags), round(float(np.mean(flags)), 4), flags.count(False)) for kind, flags in groups.items()]
+    rows.sort(key=lambda row: (row[2], -row[3], row[0]))
+    note = "Top-label accuracy per kind of photo, worst first."
+    return _section("Errors by kind", note, _table(("kind", "photos", "accuracy", "errors"), rows, table_id="kinds"))
+
+
+def _gallery_section(evaluation: Evaluation, targets: np.ndarray, info: ModelInfo) -> str:
+    probabilities, parts = evaluation.probabilities, []
+    predicted = probabilities.argmax(axis=1)
+    for label in info.operating_points:
+        index = info.labels.index(label)
+        scores = probabilities[:, index]
+        false_positives = np.flatnonzero((predicted == index) & (targets != index))
+        false_negatives = np.flatnonzero((predicted != index) & (targets == index))
+        worst = {  # most confident wrong first: the highest score among false alarms, the lowest among misses
+            f"{label}: false positives": false_positives[np.argsort(-scores[false_positives], kind="stable")],
+            f"{label}: false negatives": false_negatives[np.argsort(scores[false_negatives], kind="stable")],
+        }
+        for title, indices in worst.items():
+            parts.append(f"<h3>{_escape(title)}</h3>\n" + _gallery(evaluation, indices[:GALLERY_SIZE], label, info))
+    note = (f"Up to {GALLERY_SIZE} photos each, most confident mistake first. A false positive is another label's "
+            "photo whose top label is the prohibited one; a false negative is the reverse. The score is the "
+            "prohibited label's calibrated score.")
+    return _section("Worst mistakes", note, "\n".join(parts))
+
+
+def _gallery(evaluation: Evaluation, indices: np.ndarray, label: str, info: ModelInfo) -> str:
+    if not len(indices):
+        return '<p class="note">None.</p>'
+    figures = []
+    for index in indices:
+        sample, scores = evaluation.samples[index], evaluation.probabilities[index]
+        top, score = info.labels[int(scores.argmax())], scores[info.labels.index(label)]
+        caption = (f"{_escape(sample.path.name)}<br>true: {_escape(sample.label)}, top: {_escape(top)}"
+                   f"<br>{_escape(label)} score {score:.3f}")
+        image = _image("jpeg", _thumbnail(sample.path), sample.path.name, css_class="thumbnail")
+        figures.append(f"<figure>{image}<figcaption>{caption}</figcaption></figure>")
+    return '<div class="gallery">' + "".join(figures) + "</div>"
+
+
+def _thumbnail(path: Path) -> bytes:
+    image = load_image(path, min_side=THUMBNAIL_SIDE)  # upright RGB, as the model saw it; JPEGs decode reduced
+    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    return buffer.getvalue()
+
+
+def _plot(figure: Figure, alt: str) -> str:
+    buffer = io.BytesIO()
+    FigureCanvasAgg(figure).print_png(buffer)
+    return _image("png", buffer.getvalue(), alt, css_class="plot")
+
+
+def _image(kind: str, data: bytes, alt: str, *, css_class: str) -> str:
+    encoded = base64.b64encode(data).decode("ascii")
+    return f'<img class="{css_class}" alt="{_escape(alt)}" src="data:image/{kind};base64,{encoded}">'
+
+
+def _section(title: str, note: str, body: str) -> str:
+    return f'<section>\n<h2>{_escape(title)}</h2>\n<p class="note">{_escape(note)}</p>\n{body}\n</section>'
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[object]], *, table_id: str = "") -> str:
+    """A table of escaped cells; without `header`, a table of facts with no heading row."""
+    head = "<tr>" + "".join(f"<th>{_escape(cell)}</th>" for cell in header) + "</tr>\n" if header else ""
+    body = "".join("<tr>" + "".join(f"<td>{_escape(cell)}</td>" for cell in row) + "</tr>\n" for row in rows)
+    identity = f' id="{table_id}"' if table_id else ""
+    return f"<table{identity}>\n{head}{body}</table>\n"
+
+
+def _escape(value: object) -> str:
+    """Any cell or caption as escaped text; a missing rate (no photos to take it over) shows as a dash."""
+    if value is None:
+        return "&ndash;"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return html.escape(str(value))
