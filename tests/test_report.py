@@ -13,7 +13,7 @@ pytest.importorskip("matplotlib", reason="the evaluation report needs the [train
 from training.report import GALLERY_SIZE, precision_recall_curve, roc_curve, write_report  # noqa: E402
 
 SECTIONS = ("Per-label metrics", "Confusion matrix", "ROC and precision-recall curves", "Calibration",
-            "Operating points and decisions", "Errors by kind", "Worst mistakes")
+            "Operating points and decisions", "Errors by kind", "Worst mistakes", "Doubtful labels")
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,10 @@ def _table_rows(page: str, table_id: str) -> list[list[str]]:
     """The cells of one table of the page, heading row first."""
     table = re.search(rf'<table id="{table_id}">(.*?)</table>', page, re.S).group(1)
     return [re.findall(r"<t[hd]>(.*?)</t[hd]>", row) for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)]
+
+
+def _section(page: str, title: str) -> str:
+    return re.search(rf"<h2>{title}</h2>(.*?)</section>", page, re.S).group(1)
 
 
 @pytest.mark.parametrize(
@@ -101,12 +105,12 @@ def test_errors_by_kind_worst_first_and_decisions_as_measured(report, evaluated)
 def test_gallery_shows_the_mistakes(report, evaluated, tmp_path):
     evaluation, info = evaluated
     wrong = evaluation.probabilities.argmax(axis=1) != np.array([info.labels.index(s.label) for s in evaluation.samples])
-    assert ("data:image/jpeg;base64," in report) == bool(wrong.any())
+    assert ("data:image/jpeg;base64," in _section(report, "Worst mistakes")) == bool(wrong.any())
     # Shifting every row's scores by one label makes every photo a mistake, so every gallery fills up.
     shifted = dataclasses.replace(evaluation, probabilities=np.roll(evaluation.probabilities, 1, axis=1))
     write_report(shifted, info, tmp_path / "wrong.html")
     page = (tmp_path / "wrong.html").read_text(encoding="utf-8")
-    thumbnails = page.count("data:image/jpeg;base64,")
+    thumbnails = _section(page, "Worst mistakes").count("data:image/jpeg;base64,")
     assert 0 < thumbnails <= 2 * GALLERY_SIZE * len(info.operating_points)
     assert evaluation.samples[0].path.name in page
 

@@ -29,6 +29,7 @@ class Sample:
     split: str  # train | calib | val
     kind: str = ""
     source: str = ""
+    description: str = ""  # catalogue text where the data has it: helps a person judge a doubted label
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,7 @@ def _from_csv(csv_path: Path) -> list[Sample]:
                 split=split,
                 kind=row.get("kind") or "",
                 source=row.get("source") or "",
+                description=(row.get("description") or "").strip(),
             ))
     return samples
 

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from training.audit import rank_doubts, write_doubts_csv
 from training.data import Sample, prepare_samples_like
 from training.metrics import format_report, measure
 from wildvision.classifier import Classifier
@@ -29,9 +30,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, help="a wildvision .onnx model (default: the shipped model)")
     parser.add_argument("--data", type=Path, required=True, help="folder per label, a CSV, or a folder with manifest.csv")
-    parser.add_argument("--split", default="val", choices=("val", "calib"), help="held-out part to measure")
+    parser.add_argument("--split", default="val", choices=("val", "calib", "train", "all"),
+                        help="part to score: val or calib are held out; train and all are for --audit, not accuracy")
     parser.add_argument("--json", type=Path, help="also write the metrics here")
     parser.add_argument("--report", type=Path, help="also write a self-contained HTML report here (needs matplotlib)")
+    parser.add_argument("--audit", type=Path, help="also write every scored photo here as CSV, the most doubted label first")
     return parser.parse_args(argv)
 
 
@@ -40,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     classifier = Classifier(args.model)
     evaluation = evaluate(classifier, args.data, split=args.split)
     print(f"{classifier.info.full_name} on the {args.split} split of {args.data}")
+    if args.split in ("train", "all"):
+        print("not held out: these figures include photos the model may have trained on; use them for --audit only")
     print(format_report(evaluation.metrics))
     if args.json:
         args.json.write_text(json.dumps(evaluation.metrics, indent=2))
@@ -49,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         write_report(evaluation, classifier.info, args.report)
         print(f"report written to {args.report}")
+    if args.audit:
+        write_doubts_csv(rank_doubts(evaluation, classifier.info.labels), args.audit)
+        print(f"label audit written to {args.audit}")
     return 0
 
 
@@ -64,10 +72,10 @@ class Evaluation:
 
 
 def evaluate(classifier: Classifier, data: Path, *, split: str = "val") -> Evaluation:
-    """Score one held-out split of `data`; photos that cannot be read are counted and named, not scored."""
+    """Score one split of `data` (or `all` of it); photos that cannot be read are counted and named, not scored."""
     config = classifier.info.training.get("config", {})
     samples, _ = prepare_samples_like(data, config)
-    held_out = [s for s in samples if s.split == split]
+    held_out = [s for s in samples if split in (s.split, "all")]
     if not held_out:
         raise SystemExit(f"no {split} photos in {data}")
     labels = list(classifier.info.labels)

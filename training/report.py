@@ -26,6 +26,7 @@ try:
 except ImportError:
     raise ImportError("the evaluation report needs matplotlib: pip install '.[train]'") from None
 
+from training.audit import rank_doubts
 from training.calibration import expected_calibration_error, softmax
 from training.data import Sample
 from wildvision.images import load_image
@@ -108,6 +109,7 @@ def write_report(evaluation: Evaluation, info: ModelInfo, path: Path) -> None:
         _operating_points_section(info, evaluation.metrics),
         _kinds_section(evaluation.samples, predicted == targets),
         _gallery_section(evaluation, targets, info),
+        _doubts_section(evaluation, info),
     ]
     title = html.escape(f"{info.full_name} evaluation report")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -287,6 +289,20 @@ def _gallery_section(evaluation: Evaluation, targets: np.ndarray, info: ModelInf
     return _section("Worst mistakes", note, "\n".join(parts))
 
 
+def _doubts_section(evaluation: Evaluation, info: ModelInfo) -> str:
+    doubts = rank_doubts(evaluation, info.labels)[:GALLERY_SIZE]
+    figures = []
+    for doubt in doubts:
+        sample = doubt.sample
+        caption = (f"{_escape(sample.path.name)}<br>given: {_escape(sample.label)} ({doubt.label_score:.3f})"
+                   f"<br>model: {_escape(doubt.top_label)} ({doubt.top_score:.3f})"
+                   + (f"<br><i>{_escape(sample.description[:120])}</i>" if sample.description else ""))
+        figures.append(_figure(sample, caption))
+    note = (f"The {GALLERY_SIZE} photos whose given label the model believes least, of every label. Some are model "
+            "mistakes, some are wrong labels: check them. `--audit FILE.csv` writes the whole ranking.")
+    return _section("Doubtful labels", note, '<div class="gallery" id="doubts">' + "".join(figures) + "</div>")
+
+
 def _gallery(evaluation: Evaluation, indices: np.ndarray, label: str, info: ModelInfo) -> str:
     if not len(indices):
         return '<p class="note">None.</p>'
@@ -296,9 +312,13 @@ def _gallery(evaluation: Evaluation, indices: np.ndarray, label: str, info: Mode
         top, score = info.labels[int(scores.argmax())], scores[info.labels.index(label)]
         caption = (f"{_escape(sample.path.name)}<br>true: {_escape(sample.label)}, top: {_escape(top)}"
                    f"<br>{_escape(label)} score {score:.3f}")
-        image = _image("jpeg", _thumbnail(sample.path), sample.path.name, css_class="thumbnail")
-        figures.append(f"<figure>{image}<figcaption>{caption}</figcaption></figure>")
+        figures.append(_figure(sample, caption))
     return '<div class="gallery">' + "".join(figures) + "</div>"
+
+
+def _figure(sample: Sample, caption: str) -> str:
+    image = _image("jpeg", _thumbnail(sample.path), sample.path.name, css_class="thumbnail")
+    return f"<figure>{image}<figcaption>{caption}</figcaption></figure>"
 
 
 def _thumbnail(path: Path) -> bytes:
