@@ -33,7 +33,7 @@ from training.quantize import (
 )
 from wildvision.classifier import Classifier
 from wildvision.images import ImageLoadError, load_image
-from wildvision.model_info import METADATA_KEY, ModelInfo, OperatingPoint, Preprocessing
+from wildvision.model_info import METADATA_KEY, OUTPUT_NAMES, ModelInfo, OperatingPoint, Preprocessing
 from wildvision.preprocess import to_batch
 
 __all__ = ["main", "model_info_from_checkpoint", "ParityError"]
@@ -149,13 +149,33 @@ def model_info_from_checkpoint(checkpoint: dict, *, notes: str) -> ModelInfo:
     )
 
 
+class ModelOutputs(torch.nn.Module):
+    """The classifier's logits, and from the same forward pass what explanations and known-item matching need.
+
+    `embedding` is the pooled last feature map (the classifier's input); `activation_map` is that map before pooling
+    weighted by each label's classifier row (a class activation map: where in the photo the label's evidence lies).
+    Both cost almost nothing beside the network itself, and shipping them in the graph keeps torch out of inference.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        features = self.model.forward_features(pixels)
+        embedding = features.mean(dim=(2, 3))
+        classifier = self.model.get_classifier()
+        activation_map = torch.einsum("nchw,kc->nkhw", features, classifier.weight)
+        return classifier(embedding), embedding, activation_map
+
+
 def write_onnx(model: torch.nn.Module, info: ModelInfo, path: Path) -> None:
     import onnx
 
     size = info.preprocessing.input_size
     program = torch.onnx.export(
-        model, (torch.zeros(1, 3, size, size),), input_names=["pixels"], output_names=["logits"],
-        dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False,
+        ModelOutputs(model).eval(), (torch.zeros(1, 3, size, size),), input_names=["pixels"],
+        output_names=list(OUTPUT_NAMES), dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False,
     )
     graph = program.model_proto
     entry = graph.metadata_props.add()

@@ -32,13 +32,16 @@ def measure(
     decisions = [decide(dict(zip(labels, row)), operating_points) for row in probabilities]
     prohibited = [labels.index(label) for label in operating_points]
     is_prohibited = np.isin(targets, prohibited)
+    kinds = [s.kind or s.label for s in samples]
     return {
         "photos": len(samples),
         "accuracy": _rate(correct),
         "expected_calibration_error": round(expected_calibration_error(probabilities, targets), 4),
         "per_label": {label: _label_metrics(predicted, targets, index) for index, label in enumerate(labels)},
         "accuracy_by_source": _grouped(correct, [s.source or "unknown" for s in samples]),
-        "accuracy_by_kind": _grouped(correct, [s.kind or s.label for s in samples]),
+        "accuracy_by_kind": _grouped(correct, kinds),
+        # Where the block threshold bites: a platform checks its everyday harmless kinds here.
+        "blocked_by_kind": _grouped(np.array([d == "block" for d in decisions]), kinds, rate="blocked"),
         "decisions": {
             # Of prohibited items, how many were blocked or at least sent to review; of harmless ones, how many were not.
             "prohibited_blocked": _rate([d == "block" for d, p in zip(decisions, is_prohibited) if p]),
@@ -74,8 +77,8 @@ def _label_metrics(predicted: np.ndarray, targets: np.ndarray, index: int) -> di
             "photos": int((targets == index).sum())}
 
 
-def _grouped(correct: np.ndarray, keys: Sequence[str]) -> dict[str, dict[str, float | int]]:
+def _grouped(flags: np.ndarray, keys: Sequence[str], *, rate: str = "accuracy") -> dict[str, dict[str, float | int]]:
     groups: dict[str, list[bool]] = defaultdict(list)
-    for key, flag in zip(keys, correct):
+    for key, flag in zip(keys, flags):
         groups[key].append(bool(flag))
-    return {key: {"accuracy": _rate(flags), "photos": len(flags)} for key, flags in sorted(groups.items())}
+    return {key: {rate: _rate(values), "photos": len(values)} for key, values in sorted(groups.items())}

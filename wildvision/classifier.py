@@ -10,13 +10,14 @@ import os
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Literal, Mapping
+from typing import Iterable, Iterator, Literal, Mapping
 
 import numpy as np
 import onnxruntime as ort
 
+from wildvision.explain import Explanation, heatmap_on_photo
 from wildvision.images import ImageSource, load_image
-from wildvision.model_info import METADATA_KEY, ModelFormatError, ModelInfo, OperatingPoint
+from wildvision.model_info import METADATA_KEY, OUTPUT_NAMES, ModelFormatError, ModelInfo, OperatingPoint
 from wildvision.preprocess import to_batch
 
 __all__ = ["DEFAULT_MODEL_FILE", "Classifier", "Decision", "Prediction", "decide", "default_model_path", "read_model_info"]
@@ -91,28 +92,54 @@ class Classifier:
         self.info = info.with_operating_points(operating_points) if operating_points is not None else info
         self.model_path = path
         self._input_name = self.session.get_inputs()[0].name
+        self._output_names = {output.name for output in self.session.get_outputs()}
 
-    def predict(self, image: ImageSource) -> Prediction:
-        """Score one photo given as a path, bytes, a binary file, a PIL image or a numpy array."""
-        return self.predict_batch([image])[0]
+    def predict(self, image: ImageSource, *, operating_points: Mapping[str, OperatingPoint] | None = None) -> Prediction:
+        """Score one photo given as a path, bytes, a binary file, a PIL image or a numpy array.
 
-    def predict_batch(self, images: Iterable[ImageSource], *, batch_size: int = 16) -> list[Prediction]:
+        `operating_points` replaces the thresholds for this call only (e.g. a stricter policy for one category).
+        """
+        return self.predict_batch([image], operating_points=operating_points)[0]
+
+    def predict_batch(
+        self, images: Iterable[ImageSource], *, batch_size: int = 16,
+        operating_points: Mapping[str, OperatingPoint] | None = None,
+    ) -> list[Prediction]:
         """Score several photos; raises `ImageLoadError` naming the first photo that cannot be read."""
-        side = self.info.preprocessing.input_size
-        loaded = [load_image(image, min_side=side) for image in images]
         predictions: list[Prediction] = []
-        for start in range(0, len(loaded), batch_size):
-            batch = to_batch(loaded[start : start + batch_size], self.info.preprocessing)
-            predictions.extend(self.predict_tensors(batch))
+        for batch in self._batches(images, batch_size):
+            predictions.extend(self.predict_tensors(batch, operating_points=operating_points))
         return predictions
 
-    def predict_tensors(self, batch: np.ndarray) -> list[Prediction]:
+    def predict_tensors(
+        self, batch: np.ndarray, *, operating_points: Mapping[str, OperatingPoint] | None = None
+    ) -> list[Prediction]:
         """Score an already preprocessed NCHW batch (see `wildvision.preprocess.to_batch`)."""
-        return [self._prediction(row) for row in self.probabilities(self.logits(batch))]
+        points = self.info.operating_points if operating_points is None else operating_points
+        return [self._prediction(row, points) for row in self.probabilities(self.logits(batch))]
+
+    def embed(self, images: Iterable[ImageSource], *, batch_size: int = 16) -> np.ndarray:
+        """One unit-length feature vector per photo (rows): near-identical photos have a dot product near 1."""
+        vectors = [self._run("embedding", batch) for batch in self._batches(images, batch_size)]
+        stacked = np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32)
+        return stacked / np.maximum(np.linalg.norm(stacked, axis=1, keepdims=True), 1e-12)
+
+    def explain(self, image: ImageSource, label: str | None = None) -> Explanation:
+        """Where `label`'s evidence lies in the photo (default: the first prohibited label, else the top label)."""
+        photo = load_image(image, min_side=self.info.preprocessing.input_size)
+        batch = to_batch([photo], self.info.preprocessing)
+        logits, activation = self._run(("logits", "activation_map"), batch)
+        probabilities = self.probabilities(logits)[0]
+        label = label or next(iter(self.info.operating_points), self.info.labels[int(probabilities.argmax())])
+        if label not in self.info.labels:
+            raise ValueError(f"unknown label {label!r}; this model has {list(self.info.labels)}")
+        index = self.info.labels.index(label)
+        heatmap = heatmap_on_photo(activation[0, index], photo, self.info.preprocessing)
+        return Explanation(label, float(probabilities[index]), heatmap, photo)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """The model's raw, uncalibrated outputs for an NCHW batch."""
-        return self.session.run(None, {self._input_name: batch})[0]
+        return self._run("logits", batch)
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities: softmax of temperature-scaled logits."""
@@ -121,12 +148,27 @@ class Classifier:
         exp = np.exp(scaled)
         return exp / exp.sum(axis=1, keepdims=True)
 
-    def _prediction(self, probabilities: np.ndarray) -> Prediction:
+    def _batches(self, images: Iterable[ImageSource], batch_size: int) -> Iterator[np.ndarray]:
+        side = self.info.preprocessing.input_size
+        loaded = [load_image(image, min_side=side) for image in images]  # every photo is checked before any is scored
+        for start in range(0, len(loaded), batch_size):
+            yield to_batch(loaded[start : start + batch_size], self.info.preprocessing)
+
+    def _run(self, outputs: str | tuple[str, ...], batch: np.ndarray):
+        names = (outputs,) if isinstance(outputs, str) else outputs
+        missing = [name for name in names if name not in self._output_names]
+        if missing:
+            raise ModelFormatError(f"{self.model_path}: the model has no {', '.join(missing)} output; export it again "
+                                   "with this version of training.export")
+        results = self.session.run(list(names), {self._input_name: batch})
+        return results[0] if isinstance(outputs, str) else results
+
+    def _prediction(self, probabilities: np.ndarray, operating_points: Mapping[str, OperatingPoint]) -> Prediction:
         scores = {label: float(p) for label, p in zip(self.info.labels, probabilities)}
         return Prediction(
             scores=scores,
             label=self.info.labels[int(np.argmax(probabilities))],
-            decision=decide(scores, self.info.operating_points),
+            decision=decide(scores, operating_points),
             model_name=self.info.name,
             model_version=self.info.version,
         )
@@ -138,9 +180,12 @@ def read_model_info(session: ort.InferenceSession, path: Path) -> ModelInfo:
     if document is None:
         raise ModelFormatError(f"{path}: an ONNX model, but not a wildvision model (no '{METADATA_KEY}' metadata)")
     info = ModelInfo.from_json(document)
-    outputs = session.get_outputs()[0].shape[-1]
-    if isinstance(outputs, int) and outputs != len(info.labels):
-        raise ModelFormatError(f"{path}: the graph has {outputs} outputs but the metadata names {len(info.labels)} labels")
+    outputs = {output.name: output.shape for output in session.get_outputs()}
+    if OUTPUT_NAMES[0] not in outputs:
+        raise ModelFormatError(f"{path}: the graph has no '{OUTPUT_NAMES[0]}' output (it has {sorted(outputs)})")
+    width = outputs[OUTPUT_NAMES[0]][-1]
+    if isinstance(width, int) and width != len(info.labels):
+        raise ModelFormatError(f"{path}: the graph has {width} outputs but the metadata names {len(info.labels)} labels")
     return info
 
 

@@ -11,8 +11,12 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Mapping
 
-__all__ = ["FORMAT_VERSION", "METADATA_KEY", "ModelFormatError", "ModelInfo", "OperatingPoint", "Preprocessing"]
+__all__ = ["FORMAT_VERSION", "METADATA_KEY", "OUTPUT_NAMES", "ModelFormatError", "ModelInfo", "OperatingPoint", "Preprocessing"]
 
+# The graph's outputs, by name: `logits` (N, labels); `embedding` (N, features), the pooled features the classifier
+# reads, for matching known items; `activation_map` (N, labels, h, w), each label's evidence by location, for
+# explanations. Only `logits` is required: a model without the others cannot embed or explain.
+OUTPUT_NAMES = ("logits", "embedding", "activation_map")
 METADATA_KEY = "wildvision"
 FORMAT_VERSION = 1
 
