@@ -48,3 +48,23 @@ def test_everyday_harmless_photos_are_almost_never_blocked(evaluation):
     blocked = sum(value["blocked"] * value["photos"] for value in everyday.values())
     assert photos > 300
     assert blocked / photos <= 0.005
+
+
+def test_explanation_points_at_the_ivory_object_in_a_listing_scene(shipped_model):
+    """A real ivory carving placed on one side of a phone photo of clothing: the ivory heat lies on that side."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    from wildvision import Classifier
+
+    rows = list(csv.DictReader((SHARED_DATA / "manifest.csv").open(encoding="utf-8")))
+    carving = next(r for r in rows if r["split"] == "val" and r["source"] == "met" and r["label"] == "ivory")
+    clothes = next(r for r in rows if r["split"] == "val" and r["source"] == "clothing")
+    scene = Image.open(SHARED_DATA / clothes["path"]).convert("RGB").resize((600, 600))
+    scene.paste(Image.open(SHARED_DATA / carving["path"]).convert("RGB").resize((270, 270)), (15, 165))
+    explanation = Classifier(shipped_model).explain(scene, "ivory")
+    left, right = explanation.heatmap[:, :300].mean(), explanation.heatmap[:, 300:].mean()
+    assert left > 2 * right
+    assert np.asarray(explanation.overlay()).shape == (600, 600, 3)

@@ -1,9 +1,7 @@
 """Find near-duplicate photos (one picture uploaded twice, resized or re-compressed) so splits never separate them.
 
-A 256-bit difference hash (is each pixel of a 17x16 greyscale thumbnail brighter than its right neighbour?) survives
-resizing and re-compression. 64 bits are too few for museum photos: a centred object on a plain background gives
-nearly the same 64-bit hash whatever the object is. On the shared data, pairs within 12 of 256 bits are true
-duplicates; unrelated studio photos start at about 14.
+The hash itself (`wildvision.hashing.difference_hash`, 256 bits) lives in the library, which also uses it to match
+re-posted photos against known items; here it only groups a training set's photos.
 """
 
 from __future__ import annotations
@@ -13,21 +11,14 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
+from wildvision.hashing import DEFAULT_MAX_DISTANCE, difference_hash, hamming_distances
 from wildvision.images import ImageLoadError, load_image
 
 __all__ = ["DEFAULT_MAX_DISTANCE", "difference_hash", "hash_files", "near_duplicate_pairs"]
 
-DEFAULT_MAX_DISTANCE = 12  # bits of 256
 _UNREADABLE = np.full(32, 0xFF, np.uint8)  # a placeholder that matches nothing real: unreadable photos pair with no one
 _ROWS_PER_CHUNK = 256  # bounds the pairwise comparison's memory to chunk x photos x 32 bytes
-
-
-def difference_hash(image: Image.Image) -> np.ndarray:
-    """256 bits as 32 bytes."""
-    pixels = np.asarray(image.convert("L").resize((17, 16), Image.Resampling.BILINEAR), dtype=np.int16)
-    return np.packbits(pixels[:, 1:] > pixels[:, :-1])
 
 
 def hash_files(paths: Sequence[Path], *, workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +44,7 @@ def near_duplicate_pairs(
     pairs: list[tuple[int, int]] = []
     for start in range(0, len(hashes), _ROWS_PER_CHUNK):
         chunk = hashes[start : start + _ROWS_PER_CHUNK]
-        distances = np.unpackbits(chunk[:, None, :] ^ hashes[None, :, :], axis=2).sum(axis=2, dtype=np.int32)
+        distances = hamming_distances(chunk, hashes)
         rows, columns = np.nonzero(distances <= max_distance)
         pairs += [(start + r, c) for r, c in zip(rows.tolist(), columns.tolist())
                   if start + r < c and readable[start + r] and readable[c]]

@@ -124,6 +124,16 @@ class Classifier:
         stacked = np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32)
         return stacked / np.maximum(np.linalg.norm(stacked, axis=1, keepdims=True), 1e-12)
 
+    def predict_and_embed_tensors(
+        self, batch: np.ndarray, *, operating_points: Mapping[str, OperatingPoint] | None = None
+    ) -> tuple[list[Prediction], np.ndarray]:
+        """Predictions and unit embeddings for an NCHW batch from one forward pass (matching known items costs no
+        second pass)."""
+        points = self.info.operating_points if operating_points is None else operating_points
+        logits, vectors = self._run(("logits", "embedding"), batch)
+        predictions = [self._prediction(row, points) for row in self.probabilities(logits)]
+        return predictions, vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
     def explain(self, image: ImageSource, label: str | None = None) -> Explanation:
         """Where `label`'s evidence lies in the photo (default: the first prohibited label, else the top label)."""
         photo = load_image(image, min_side=self.info.preprocessing.input_size)

@@ -1,4 +1,5 @@
-"""The `wildvision` command: `scan` a folder into JSON Lines, `predict` a few photos, `info` about the model."""
+"""The `wildvision` command: `scan` a folder into JSON Lines, `predict` a few photos, `info` about the model, `index add`
+known items, `serve` over HTTP."""
 
 from __future__ import annotations
 
@@ -6,15 +7,18 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from wildvision.classifier import Classifier
-from wildvision.images import ImageLoadError
+from wildvision.images import ImageLoadError, load_image
+from wildvision.known_items import KnownItemIndex
 from wildvision.model_info import ModelFormatError
 from wildvision.records import format_of
-from wildvision.scan import TerminalProgress, files_from_list, find_images, scan_to_file
+from wildvision.scan import ScanInput, TerminalProgress, files_from_list, find_images, scan_to_file
 
 __all__ = ["main", "run"]
+
+_ADD_CHUNK = 64  # photos embedded and written per transaction by `index add`
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,8 +48,10 @@ def _scan(args: argparse.Namespace, classifier: Classifier) -> int:
         inputs = files_from_list(sys.stdin)
     else:
         inputs = files_from_list(args.files_from.open(encoding="utf-8"))
+    index = KnownItemIndex(args.match_index, classifier) if args.match_index else None
     summary = scan_to_file(
         inputs, args.output, classifier, batch_size=args.batch_size, workers=args.workers, progress=progress,
+        index=index,
     )
     progress.finish()
     print(f"{args.output}: {summary}", file=sys.stderr)
@@ -53,20 +59,83 @@ def _scan(args: argparse.Namespace, classifier: Classifier) -> int:
 
 
 def _predict(args: argparse.Namespace, classifier: Classifier) -> int:
+    index = KnownItemIndex(args.match_index, classifier) if args.match_index else None
+    overlays = _overlay_paths(args.images, args.explain) if args.explain else {}
     failures = 0
     for path in args.images:
         try:
-            prediction = classifier.predict(path)
+            prediction, match = index.predict_and_match(path) if index else (classifier.predict(path), None)
+            if args.explain:
+                classifier.explain(path).overlay().save(overlays[path])
         except ImageLoadError as error:
             failures += 1
             print(f"{path}: error: {error.reason}")
             continue
+        extra = {"match": match.to_dict() if match else None} if index else {}
+        extra |= {"explanation": str(overlays[path])} if args.explain else {}
         if args.json:
-            print(json.dumps({"path": str(path), **prediction.to_dict()}))
+            print(json.dumps({"path": str(path), **prediction.to_dict(), **extra}))
         else:
             scores = "  ".join(f"{label} {score:.3f}" for label, score in prediction.scores.items())
-            print(f"{path}: {prediction.decision.upper():<6} {prediction.label}  ({scores})")
+            notes = "".join(f"  {name}: {value}" for name, value in extra.items())
+            print(f"{path}: {prediction.decision.upper():<6} {prediction.label}  ({scores}){notes}")
     return 1 if failures else 0
+
+
+def _overlay_paths(images: list[Path], folder: Path) -> dict[Path, Path]:
+    """Where each photo's heat-map overlay goes: FOLDER/<photo name>.explain.png, refusing names that would collide."""
+    overlays = {image: folder / f"{image.name}.explain.png" for image in images}
+    if len(set(overlays.values())) < len(set(overlays)):
+        raise ValueError(f"two photos share a file name, so their overlays in {folder} would overwrite each other; "
+                         "explain them in separate runs")
+    folder.mkdir(parents=True, exist_ok=True)
+    return overlays
+
+
+def _index_add(args: argparse.Namespace, classifier: Classifier) -> int:
+    index = KnownItemIndex(args.index, classifier, create=True)
+    side = classifier.info.preprocessing.input_size
+    added = failures = 0
+    photos, references = [], []
+    for item in _photos_in(args.photos):
+        try:
+            photos.append(load_image(item.file, min_side=side))
+            references.append(item.name)
+        except ImageLoadError as error:
+            failures += 1
+            print(f"{item.name}: error: {error.reason}", file=sys.stderr)
+        if len(photos) == _ADD_CHUNK:
+            index.add(photos, references)
+            added += len(photos)
+            photos, references = [], []
+    if photos:
+        index.add(photos, references)
+        added += len(photos)
+    print(f"{args.index}: added {added} photos, {failures} failed; {len(index)} known items", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _photos_in(paths: list[Path]) -> Iterator[ScanInput]:
+    """Each path itself, or the image files under it when it is a folder; referenced by path as given."""
+    for path in paths:
+        if path.is_dir():
+            yield from (ScanInput(item.file, item.file.as_posix()) for item in find_images(path))
+        else:
+            yield ScanInput(path, path.as_posix())
+
+
+def _serve(args: argparse.Namespace, classifier: Classifier) -> int:
+    try:
+        import uvicorn
+
+        from wildvision.service import DEFAULT_MAX_BYTES, create_app
+    except ImportError as error:
+        raise ImportError(f"`wildvision serve` needs the serve extra ({error.name} is missing): "
+                          "pip install 'wildvision[serve]'") from None
+    index = KnownItemIndex(args.match_index, classifier) if args.match_index else None
+    app = create_app(classifier, index=index, max_bytes=args.max_bytes or DEFAULT_MAX_BYTES)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
 
 
 def _info(args: argparse.Namespace, classifier: Classifier) -> int:
@@ -103,12 +172,33 @@ def _parser() -> argparse.ArgumentParser:
     scan.add_argument("--batch-size", type=int, default=16)
     scan.add_argument("--workers", type=int, default=2, help="threads decoding photos")
     scan.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
+    scan.add_argument("--match-index", type=Path, metavar="INDEX",
+                      help="a known-item index (see `index add`): every record gets a `match` field")
     scan.set_defaults(command=_scan)
 
     predict = commands.add_parser("predict", help="score photos and print the results")
     predict.add_argument("images", nargs="+", type=Path)
     predict.add_argument("--json", action="store_true", help="one JSON object per photo")
+    predict.add_argument("--explain", type=Path, metavar="DIR",
+                         help="write a heat-map overlay per photo to DIR/<photo name>.explain.png for a reviewer")
+    predict.add_argument("--match-index", type=Path, metavar="INDEX", help="also say which known item each photo re-posts")
     predict.set_defaults(command=_predict)
+
+    index = commands.add_parser("index", help="the known-item index: photos already confirmed as illegal")
+    index_commands = index.add_subparsers(required=True, metavar="ACTION")
+    add = index_commands.add_parser("add", help="add photos (files or folders) to an index, creating it if absent")
+    add.add_argument("index", type=Path, help="the index file (SQLite), e.g. known-items.sqlite")
+    add.add_argument("photos", nargs="+", type=Path, help="photo files, or folders scanned recursively; the path is "
+                     "the item's reference, and adding a path again replaces its item")
+    add.set_defaults(command=_index_add)
+
+    serve = commands.add_parser("serve", help="an HTTP service: POST a photo to /predict (needs wildvision[serve])")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--match-index", type=Path, metavar="INDEX", help="add the known-item match to every answer")
+    serve.add_argument("--max-bytes", type=int, help="largest accepted upload in bytes (default 20 MiB)")
+    serve.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
+    serve.set_defaults(command=_serve)
 
     info = commands.add_parser("info", help="what the model is: labels, thresholds, measured accuracy, notes")
     info.add_argument("--json", action="store_true", help="the model's full metadata")

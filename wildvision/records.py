@@ -1,5 +1,8 @@
 """Scan records on disk: JSON Lines (nested scores), CSV and Parquet (one `score_<label>` column per label).
 
+Records of a scan against a known-item index also carry `match`: nested in JSON Lines, `match_<field>` columns in
+CSV and Parquet (present only in such files, so files of plain scans keep their columns).
+
 Writing is atomic (a temporary file renamed into place) and streams record by record, so converting a journal of
 millions of records needs no more memory than one Parquet row group. Parquet needs `pip install wildvision[parquet]`.
 """
@@ -16,6 +19,7 @@ __all__ = ["FORMATS", "format_of", "read_records", "write_records"]
 
 FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 _FIELDS = ("path", "label", "decision", "model_name", "model_version", "error", "error_category")
+_MATCH_FIELDS = {"id": int, "reference": str, "hash_distance": int, "cosine": float}  # `Match.to_dict()`, typed
 _ROW_GROUP = 10_000  # Parquet rows buffered before each write
 
 
@@ -26,8 +30,11 @@ def format_of(path: Path) -> str:
         raise ValueError(f"{path}: unknown output format; use one of {', '.join(FORMATS)}") from None
 
 
-def write_records(records: Iterable[dict], path: Path, labels: Sequence[str]) -> None:
-    """Write `records` to `path` in the format its suffix names, replacing it atomically."""
+def write_records(records: Iterable[dict], path: Path, labels: Sequence[str], *, with_match: bool = False) -> None:
+    """Write `records` to `path` in the format its suffix names, replacing it atomically.
+
+    `with_match`: the records carry `match` (a scan against a known-item index), written as `match_<field>` columns.
+    """
     kind = format_of(path)
     partial = path.with_name(path.name + ".tmp")
     if kind == "jsonl":
@@ -35,11 +42,11 @@ def write_records(records: Iterable[dict], path: Path, labels: Sequence[str]) ->
             sink.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
     elif kind == "csv":
         with partial.open("w", encoding="utf-8", newline="") as sink:
-            writer = csv.DictWriter(sink, fieldnames=_columns(labels))
+            writer = csv.DictWriter(sink, fieldnames=_columns(labels, with_match))
             writer.writeheader()
-            writer.writerows(_flat(record, labels) for record in records)
+            writer.writerows(_flat(record, labels, with_match) for record in records)
     else:
-        _write_parquet(records, partial, labels)
+        _write_parquet(records, partial, labels, with_match)
     os.replace(partial, path)
 
 
@@ -58,36 +65,47 @@ def read_records(path: Path, labels: Sequence[str]) -> Iterator[dict]:
             yield from (_nested(row, labels) for row in batch.to_pylist())
 
 
-def _columns(labels: Sequence[str]) -> list[str]:
-    return [*_FIELDS[:3], *(f"score_{label}" for label in labels), *_FIELDS[3:]]
+def _columns(labels: Sequence[str], with_match: bool) -> list[str]:
+    matches = [f"match_{name}" for name in _MATCH_FIELDS] if with_match else []
+    return [*_FIELDS[:3], *(f"score_{label}" for label in labels), *_FIELDS[3:], *matches]
 
 
-def _flat(record: dict, labels: Sequence[str]) -> dict:
+def _flat(record: dict, labels: Sequence[str], with_match: bool) -> dict:
     scores = record["scores"] or {}
-    return {**{name: record[name] for name in _FIELDS}, **{f"score_{label}": scores.get(label) for label in labels}}
+    row = {**{name: record[name] for name in _FIELDS}, **{f"score_{label}": scores.get(label) for label in labels}}
+    if with_match:
+        match = record["match"] or {}
+        row.update({f"match_{name}": match.get(name) for name in _MATCH_FIELDS})
+    return row
 
 
 def _nested(row: dict, labels: Sequence[str]) -> dict:
-    """A flat row back to a record; CSV's empty strings mean null."""
+    """A flat row back to a record; CSV's empty strings mean null, and its numbers come back typed."""
     value = {name: (row[name] if row[name] != "" else None) for name in row}
     scored = value["error"] is None
     scores = {label: float(value[f"score_{label}"]) for label in labels} if scored else None
-    return {"path": value["path"], "scores": scores, **{name: value[name] for name in _FIELDS[1:]}}
+    record = {"path": value["path"], "scores": scores, **{name: value[name] for name in _FIELDS[1:]}}
+    if "match_id" in value:
+        matched = value["match_id"] is not None
+        record["match"] = {name: kind(value[f"match_{name}"]) for name, kind in _MATCH_FIELDS.items()} if matched else None
+    return record
 
 
-def _write_parquet(records: Iterable[dict], path: Path, labels: Sequence[str]) -> None:
+def _write_parquet(records: Iterable[dict], path: Path, labels: Sequence[str], with_match: bool) -> None:
     parquet = _pyarrow_parquet()
     import pyarrow
 
+    types = {int: pyarrow.int64(), str: pyarrow.string(), float: pyarrow.float64()}
     schema = pyarrow.schema(
         [(name, pyarrow.string()) for name in _FIELDS[:3]]
         + [(f"score_{label}", pyarrow.float64()) for label in labels]
         + [(name, pyarrow.string()) for name in _FIELDS[3:]]
+        + ([(f"match_{name}", types[kind]) for name, kind in _MATCH_FIELDS.items()] if with_match else [])
     )
     with parquet.ParquetWriter(path, schema) as writer:
         rows: list[dict] = []
         for record in records:
-            rows.append(_flat(record, labels))
+            rows.append(_flat(record, labels, with_match))
             if len(rows) == _ROW_GROUP:
                 writer.write_table(pyarrow.Table.from_pylist(rows, schema=schema))
                 rows = []

@@ -2,6 +2,8 @@
 
 Decoding runs in a thread pool (Pillow releases the GIL while decoding, and JPEGs are decoded at reduced scale) a
 bounded number of batches ahead of onnxruntime, so both CPU cores stay busy and memory does not grow with the archive.
+With a known-item index, each record also says which known item the photo re-posts (`match`); the hash is computed
+while decoding and the embedding comes out of the same forward pass as the scores, so matching adds little.
 Records are appended to a journal (`OUTPUT.partial.jsonl`) and flushed batch by batch. Re-running the same scan reads
 the journal, skips every input already recorded and drops a half-written last line, so a run killed at any moment loses
 nothing and writes nothing twice. At the end the final file is written in the requested format under a temporary name
@@ -18,18 +20,20 @@ from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from wildvision.classifier import Classifier
+from wildvision.classifier import Classifier, Prediction
+from wildvision.hashing import difference_hash
 from wildvision.images import ImageLoadError, load_image
+from wildvision.known_items import KnownItemIndex, Match
 from wildvision.preprocess import to_tensor
 from wildvision.records import read_records, write_records
 
 __all__ = [
-    "IMAGE_SUFFIXES", "ScanInput", "ScanRecord", "ScanSummary", "TerminalProgress", "files_from_list", "find_images",
-    "scan", "scan_to_file",
+    "IMAGE_SUFFIXES", "ScanInput", "ScanRecord", "ScanRecordWithMatch", "ScanSummary", "TerminalProgress",
+    "files_from_list", "find_images", "scan", "scan_to_file",
 ]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -57,6 +61,13 @@ class ScanRecord:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ScanRecordWithMatch(ScanRecord):
+    """A record of a scan against a known-item index: `match` is `Match.to_dict()` of the re-posted item, or null."""
+
+    match: dict[str, object] | None = None
 
 
 @dataclass
@@ -108,14 +119,19 @@ def files_from_list(lines: Iterable[str]) -> Iterator[ScanInput]:
 
 
 def scan(
-    inputs: Iterable[ScanInput], classifier: Classifier, *, batch_size: int = 16, workers: int = 2
+    inputs: Iterable[ScanInput], classifier: Classifier, *, batch_size: int = 16, workers: int = 2,
+    index: KnownItemIndex | None = None,
 ) -> Iterator[ScanRecord]:
-    """Yield one record per input, in order; unreadable photos yield error records."""
+    """Yield one record per input, in order; unreadable photos yield error records.
+
+    With `index`, records are `ScanRecordWithMatch`es.
+    """
     spec = classifier.info.preprocessing
 
-    def prepare(item: ScanInput) -> np.ndarray | ImageLoadError:
+    def prepare(item: ScanInput) -> _Prepared | ImageLoadError:
         try:
-            return to_tensor(load_image(item.file, min_side=spec.input_size), spec)
+            photo = load_image(item.file, min_side=spec.input_size)
+            return _Prepared(to_tensor(photo, spec), difference_hash(photo) if index is not None else None)
         except ImageLoadError as error:
             return error
         except OSError as error:  # vanished or unreadable between listing and reading
@@ -126,9 +142,9 @@ def scan(
         for batch in _batches(inputs, batch_size):
             pending.append((batch, [pool.submit(prepare, item) for item in batch]))
             if len(pending) > _BATCHES_AHEAD:
-                yield from _score(*pending.popleft(), classifier)
+                yield from _score(*pending.popleft(), classifier, index)
         while pending:
-            yield from _score(*pending.popleft(), classifier)
+            yield from _score(*pending.popleft(), classifier, index)
 
 
 def scan_to_file(
@@ -139,12 +155,19 @@ def scan_to_file(
     batch_size: int = 16,
     workers: int = 2,
     progress: Callable[[int], None] | None = None,
+    index: KnownItemIndex | None = None,
 ) -> ScanSummary:
-    """Scan into `output` (`.jsonl`, `.csv` or `.parquet`), continuing an interrupted or earlier run of the same scan."""
+    """Scan into `output` (`.jsonl`, `.csv` or `.parquet`), continuing an interrupted or earlier run of the same scan.
+
+    With `index`, every record gets a `match` field; an earlier output of the same scan must have been written the
+    same way (with or without matching), else a `ValueError` says so before anything is scored.
+    """
+    with_match = index is not None
     started = time.monotonic()
     summary = ScanSummary()
     journal = output.with_name(output.name + ".partial.jsonl")
     output.parent.mkdir(parents=True, exist_ok=True)
+    _check_same_kind(journal, output, classifier.info.labels, with_match)
     if output.exists() and not journal.exists():  # a finished earlier scan: keep its records, add what is new
         with journal.open("w", encoding="utf-8") as sink:
             sink.writelines(json.dumps(record) + "\n" for record in read_records(output, classifier.info.labels))
@@ -152,14 +175,15 @@ def scan_to_file(
     summary.already_done = len(done)
     todo = (item for item in inputs if item.name not in done)
     with journal.open("a", encoding="utf-8") as sink:
-        for count, record in enumerate(scan(todo, classifier, batch_size=batch_size, workers=workers), 1):
+        records = scan(todo, classifier, batch_size=batch_size, workers=workers, index=index)
+        for count, record in enumerate(records, 1):
             sink.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
             summary.add(record)
             if count % batch_size == 0:
                 sink.flush()  # a killed run keeps every record of every finished batch
                 if progress:
                     progress(count)
-    write_records(_journal_records(journal), output, classifier.info.labels)
+    write_records(_journal_records(journal), output, classifier.info.labels, with_match=with_match)
     journal.unlink()
     summary.seconds = time.monotonic() - started
     return summary
@@ -186,17 +210,43 @@ class TerminalProgress:
             print(file=sys.stderr)
 
 
-def _score(batch: list[ScanInput], futures: list[Future], classifier: Classifier) -> Iterator[ScanRecord]:
+@dataclass(frozen=True)
+class _Prepared:
+    tensor: np.ndarray
+    hash: np.ndarray | None  # only when matching known items
+
+
+def _score(
+    batch: list[ScanInput], futures: list[Future], classifier: Classifier, index: KnownItemIndex | None
+) -> Iterator[ScanRecord]:
     prepared = [future.result() for future in futures]
-    tensors = [item for item in prepared if isinstance(item, np.ndarray)]
-    predictions = iter(classifier.predict_tensors(np.stack(tensors)) if tensors else [])
+    good = [item for item in prepared if isinstance(item, _Prepared)]
+    predictions, matches = _predictions_and_matches(good, classifier, index)
     info = classifier.info
     for item, result in zip(batch, prepared):
         if isinstance(result, ImageLoadError):
-            yield ScanRecord(item.name, None, None, None, info.name, info.version, result.reason, result.category)
+            fields = (item.name, None, None, None, info.name, info.version, result.reason, result.category)
+            match = None
         else:
-            prediction = next(predictions)
-            yield ScanRecord(item.name, prediction.scores, prediction.label, prediction.decision, info.name, info.version)
+            prediction, match = next(predictions), next(matches)
+            fields = (item.name, prediction.scores, prediction.label, prediction.decision, info.name, info.version)
+        if index is None:
+            yield ScanRecord(*fields)
+        else:
+            yield ScanRecordWithMatch(*fields, match=match.to_dict() if match else None)
+
+
+def _predictions_and_matches(
+    good: list[_Prepared], classifier: Classifier, index: KnownItemIndex | None
+) -> tuple[Iterator[Prediction], Iterator[Match | None]]:
+    """Iterators of predictions and matches (None without an index) for the readable photos of a batch."""
+    if not good:
+        return iter([]), iter([])
+    batch = np.stack([item.tensor for item in good])
+    if index is None:
+        return iter(classifier.predict_tensors(batch)), iter([None] * len(good))
+    predictions, embeddings = classifier.predict_and_embed_tensors(batch)
+    return iter(predictions), iter(index.match_features(np.stack([item.hash for item in good]), embeddings))
 
 
 def _batches(items: Iterable[ScanInput], size: int) -> Iterator[list[ScanInput]]:
@@ -227,6 +277,20 @@ def _recorded_names(journal: Path) -> set[str]:
     with journal.open("r+b") as sink:
         sink.truncate(valid_bytes)
     return done
+
+
+def _check_same_kind(journal: Path, output: Path, labels: Sequence[str], with_match: bool) -> None:
+    """Refuse to mix records with and without `match` in one output: a missing match would read as "no match"."""
+    if journal.exists():
+        with journal.open(encoding="utf-8") as source:
+            line = source.readline()
+        first = json.loads(line) if line.endswith("\n") else None  # a torn line is dropped on resuming anyway
+    else:
+        first = next(read_records(output, labels), None) if output.exists() else None
+    if first is not None and ("match" in first) != with_match:
+        earlier = "with" if not with_match else "without"
+        raise ValueError(f"{output}: an earlier scan into this file ran {earlier} --match-index; use the same options "
+                         "or another output file")
 
 
 def _journal_records(journal: Path) -> Iterator[dict[str, object]]:

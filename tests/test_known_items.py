@@ -1,0 +1,214 @@
+"""The known-item index: re-posted photos (resized, re-compressed, cropped, mirrored) match, unrelated ones do not;
+its SQLite file, scan records with `match` in every format, and the `index add` / `--match-index` / `--explain` CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from conftest import make_photo
+from wildvision import Classifier
+from wildvision.cli import main
+from wildvision.hashing import difference_hash
+from wildvision.known_items import IndexFormatError, KnownItemIndex, MatchRule
+from wildvision.records import read_records, write_records
+from wildvision.scan import find_images, scan_to_file
+
+LABELS = ("horn", "ivory", "not_ivory")
+
+
+def listing_photo(label: str, seed: int) -> Image.Image:
+    """A phone-sized generated photo with a textured background, as listings have (plain generated backgrounds give
+    every photo nearly the same difference hash, which no real listing photo does)."""
+    rng = np.random.default_rng(seed)
+    texture = Image.fromarray(rng.integers(0, 256, (12, 15, 3), dtype=np.uint8)).resize((480, 384), Image.Resampling.BICUBIC)
+    return Image.blend(make_photo(label, seed, size=(480, 384)), texture, 0.4)
+
+
+def _jpeg(photo: Image.Image, quality: int) -> Image.Image:
+    buffer = io.BytesIO()
+    photo.save(buffer, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+def _crop(photo: Image.Image, fraction: float) -> Image.Image:
+    dx, dy = round(photo.width * fraction), round(photo.height * fraction)
+    return photo.crop((dx, dy, photo.width - dx, photo.height - dy))
+
+
+REPOSTS = {
+    "resized": lambda p: p.resize((p.width // 2, p.height // 2)),
+    "recompressed": lambda p: _jpeg(p, 60),
+    "cropped": lambda p: _crop(p, 0.05),
+    "mirrored": ImageOps.mirror,
+    "all at once": lambda p: _jpeg(ImageOps.mirror(_crop(p, 0.03)).resize((320, 256)), 75),
+}
+
+
+def test_the_library_owns_the_hash_training_uses():
+    pytest.importorskip("torch", reason="training needs the [train] extra")
+    from training import dedupe
+
+    assert dedupe.difference_hash is difference_hash
+
+
+@pytest.mark.slow
+def test_a_file_that_is_not_an_index_is_refused(tmp_path, tiny_classifier):
+    not_an_index = tmp_path / "notes.sqlite"
+    not_an_index.write_text("plain text")
+    with pytest.raises(IndexFormatError, match="not a wildvision known-item index"):
+        KnownItemIndex(not_an_index, tiny_classifier, create=True)
+    with pytest.raises(FileNotFoundError, match="known-item index not found"):
+        KnownItemIndex(tmp_path / "absent.sqlite", tiny_classifier)
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tiny_run) -> Classifier:
+    return Classifier(tiny_run["model"])
+
+
+@pytest.fixture(scope="module")
+def known(tiny_classifier, tmp_path_factory) -> tuple[KnownItemIndex, list[Image.Image]]:
+    photos = [listing_photo(label, seed) for label in ("ivory", "horn") for seed in range(6)]
+    index = KnownItemIndex(tmp_path_factory.mktemp("index") / "known.sqlite", tiny_classifier, create=True)
+    index.add(photos, [f"case-{number}" for number in range(len(photos))])
+    return index, photos
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("repost", list(REPOSTS))
+def test_a_reposted_photo_matches_its_known_item(known, repost):
+    index, photos = known
+    for number, photo in enumerate(photos):
+        match = index.match(REPOSTS[repost](photo))
+        assert match is not None and match.reference == f"case-{number}", (repost, number, match)
+
+
+@pytest.mark.slow
+def test_unrelated_photos_match_nothing(known):
+    index, _ = known
+    unrelated = [listing_photo(label, seed) for label in LABELS for seed in range(100, 110)]
+    assert [index.match(photo) for photo in unrelated] == [None] * len(unrelated)
+
+
+@pytest.mark.slow
+def test_the_index_file_is_documented_sqlite_and_readding_replaces(known, tiny_classifier, tmp_path):
+    index, photos = known
+    with sqlite3.connect(index.path) as connection:
+        settings = dict(connection.execute("SELECT key, value FROM settings"))
+        hashes, embedding = connection.execute("SELECT hashes, embedding FROM items WHERE reference = 'case-0'").fetchone()
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert settings == {"format": "wildvision-known-items", "model_name": "tiny", "model_version": "0.0.1"}
+    assert len(hashes) == 18 * 32 and bytes(difference_hash(photos[0])) == hashes[:32]
+    vector = np.frombuffer(embedding, "<f4")
+    assert vector @ tiny_classifier.embed([photos[0]])[0] == pytest.approx(1, abs=1e-4)
+    copy = Path(shutil.copy(index.path, tmp_path / "copy.sqlite"))
+    reopened = KnownItemIndex(copy, tiny_classifier, rule=MatchRule(max_hash_distance=0, min_cosine=2.0))
+    reopened.add([photos[1]], ["case-0"])  # the same reference again: its item now shows photo 1
+    assert len(reopened) == len(photos)
+    assert reopened.match(photos[1]).reference in {"case-0", "case-1"} and reopened.match(photos[0]) is None
+
+
+@pytest.mark.slow
+def test_an_index_answers_only_to_the_model_that_built_it(known, tiny_run):
+    index, _ = known
+    other = Classifier(tiny_run["model"])
+    other.info = dataclasses.replace(other.info, version="9.9.9")
+    with pytest.raises(IndexFormatError, match="built with model tiny 0.0.1"):
+        KnownItemIndex(index.path, other)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_records_with_matches_round_trip(tmp_path, suffix):
+    scores = {"horn": 0.1, "ivory": 0.8, "not_ivory": 0.1}
+    base = {"label": "ivory", "decision": "block", "model_name": "m", "model_version": "1", "error": None,
+            "error_category": None}
+    records = [
+        {"path": "a.jpg", "scores": scores, **base,
+         "match": {"id": 3, "reference": "case-3", "hash_distance": 4, "cosine": 0.93}},
+        {"path": "b.jpg", "scores": scores, **base, "match": None},
+        {"path": "c.jpg", "scores": None, **{**base, "label": None, "decision": None, "error": "empty input",
+                                              "error_category": "empty"}, "match": None},
+    ]
+    path = tmp_path / f"records{suffix}"
+    write_records(records, path, LABELS, with_match=True)
+    assert list(read_records(path, LABELS)) == records
+
+
+@pytest.fixture
+def folders(tmp_path) -> tuple[Path, Path]:
+    """Known photos, and listings: two re-posts, one unrelated photo and one broken file."""
+    known, listings = tmp_path / "known", tmp_path / "listings"
+    known.mkdir()
+    listings.mkdir()
+    for seed in range(4):
+        listing_photo("ivory", seed).save(known / f"seized{seed}.jpg", quality=90)
+    REPOSTS["all at once"](listing_photo("ivory", 1)).save(listings / "repost1.jpg")
+    ImageOps.mirror(listing_photo("ivory", 2)).save(listings / "repost2.png")
+    listing_photo("ivory", 50).save(listings / "unrelated.jpg")
+    (listings / "broken.jpg").write_bytes(b"not a photo")
+    return known, listings
+
+
+@pytest.mark.slow
+def test_cli_index_add_then_scan_with_matches(folders, tiny_run, tmp_path, capsys):
+    known, listings = folders
+    model, index = str(tiny_run["model"]), tmp_path / "known.sqlite"
+    assert main(["--model", model, "index", "add", str(index), str(known), str(listings / "broken.jpg")]) == 1
+    assert "added 4 photos, 1 failed; 4 known items" in capsys.readouterr().err
+    assert main(["--model", model, "index", "add", str(index), str(known)]) == 0  # idempotent
+    assert "4 known items" in capsys.readouterr().err
+    for suffix in (".jsonl", ".csv"):
+        output = tmp_path / f"scan{suffix}"
+        assert main(["--model", model, "scan", str(listings), "-o", str(output), "--match-index", str(index)]) == 0
+        matches = {r["path"]: r["match"] for r in read_records(output, LABELS)}
+        assert {path: match and match["reference"] for path, match in matches.items()} == {
+            "broken.jpg": None, "unrelated.jpg": None,
+            "repost1.jpg": (known / "seized1.jpg").as_posix(), "repost2.png": (known / "seized2.jpg").as_posix()}
+    plain = tmp_path / "plain.jsonl"
+    assert main(["--model", model, "scan", str(listings), "-o", str(plain)]) == 0
+    assert all("match" not in json.loads(line) for line in plain.read_text().splitlines())
+    capsys.readouterr()
+    assert main(["--model", model, "scan", str(listings), "-o", str(plain), "--match-index", str(index)]) == 2
+    assert "ran without --match-index" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_scan_with_an_index_keeps_the_scores_of_a_plain_scan(folders, tiny_classifier, tmp_path):
+    known, listings = folders
+    index = KnownItemIndex(tmp_path / "k.sqlite", tiny_classifier, create=True)
+    index.add([known / "seized1.jpg"], ["one"])
+    scan_to_file(find_images(listings), tmp_path / "matched.jsonl", tiny_classifier, index=index)
+    scan_to_file(find_images(listings), tmp_path / "plain.jsonl", tiny_classifier)
+    matched = [json.loads(line) for line in (tmp_path / "matched.jsonl").read_text().splitlines()]
+    plain = [json.loads(line) for line in (tmp_path / "plain.jsonl").read_text().splitlines()]
+    assert [{k: v for k, v in record.items() if k != "match"} for record in matched] == plain
+
+
+@pytest.mark.slow
+def test_cli_predict_explain_writes_an_overlay_per_photo(folders, tiny_run, tmp_path, capsys):
+    _, listings = folders
+    photos = [listings / "repost1.jpg", listings / "unrelated.jpg", listings / "broken.jpg"]
+    overlays = tmp_path / "overlays"
+    assert main(["--model", str(tiny_run["model"]), "predict", *map(str, photos), "--explain", str(overlays),
+                 "--json"]) == 1  # the broken photo fails, the others are explained
+    results = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [Path(r["explanation"]).name for r in results] == ["repost1.jpg.explain.png", "unrelated.jpg.explain.png"]
+    for result, photo in zip(results, photos):
+        with Image.open(result["explanation"]) as overlay, Image.open(photo) as original:
+            # the photo as the model saw it: large JPEGs are decoded at reduced scale, never below the input size
+            assert overlay.format == "PNG" and overlay.width / overlay.height == pytest.approx(original.width / original.height)
+            assert min(overlay.size) >= 64
+    (tmp_path / "other").mkdir()
+    listing_photo("horn", 1).save(tmp_path / "other" / "repost1.jpg")
+    assert main(["--model", str(tiny_run["model"]), "predict", str(photos[0]), str(tmp_path / "other" / "repost1.jpg"),
+                 "--explain", str(overlays)]) == 2
+    assert "share a file name" in capsys.readouterr().err

@@ -1,0 +1,235 @@
+"""Recognise re-posted photos of items a platform already confirmed as illegal, even where the classifier is unsure.
+
+A `KnownItemIndex` is one SQLite file (stdlib `sqlite3`, format below). For every known photo it keeps the model's
+unit-length embedding and eighteen 256-bit difference hashes: of the photo, of eight centre crops, and of the mirror
+image of each. A difference hash survives resizing and re-compression but not mirroring (every bit flips) nor
+cropping (content shifts under the 17x16 thumbnail), so those variants are hashed once when an item is added rather
+than per query. A photo matches a known item when either signal says so (`MatchRule`); the embedding also catches
+crops the ladder misses, at a cosine high enough that different objects stay apart.
+
+File format (`PRAGMA user_version` = 1)::
+
+    settings(key TEXT PRIMARY KEY, value TEXT)  -- format ('wildvision-known-items'), model_name, model_version
+    items(
+        id INTEGER PRIMARY KEY,        -- reported in matches; stable for the life of the item
+        reference TEXT UNIQUE,         -- the platform's reference (listing id, photo path); adding it again replaces it
+        hashes BLOB,                   -- 18 x 32 bytes: difference hashes (`wildvision.hashing`) of the photo and of
+                                       -- centre crops removing 1.5, 3, ... 12% of each side, each then its mirror
+        embedding BLOB,                -- float32 values, little-endian, unit length (the model's embedding size)
+        added_at TEXT                  -- UTC, ISO 8601
+    )
+
+Embeddings belong to one model: an index answers only to the model (name and version) that built it.
+Matching is exact and in memory (every item compared): about 5.7 KB per item with the shipped model's 1,280-value
+embedding, so 100,000 known photos take about 570 MB.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from contextlib import closing
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from wildvision.classifier import Classifier, Prediction
+from wildvision.hashing import HASH_BYTES, difference_hash, hamming_distances
+from wildvision.images import ImageSource, load_image
+from wildvision.preprocess import to_batch
+
+__all__ = ["FORMAT_VERSION", "IndexFormatError", "KnownItemIndex", "Match", "MatchRule", "variant_hashes"]
+
+FORMAT_VERSION = 1
+_FORMAT_NAME = "wildvision-known-items"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY,
+    reference TEXT NOT NULL UNIQUE,
+    hashes BLOB NOT NULL,
+    embedding BLOB NOT NULL,
+    added_at TEXT NOT NULL
+);
+"""
+# Fraction cut from each side: 0, 1.5%, ... 12%. A crop 0.75% off a hashed one still lands within ~18 bits; 1% off,
+# half of them do not (measured on the shared data), hence steps of 1.5%.
+_CROPS = tuple(step * 0.015 for step in range(9))
+_BUSY_TIMEOUT_S = 30.0  # another process adding items holds the write lock this long at most before we give up
+
+
+class IndexFormatError(ValueError):
+    """The file is not a known-item index, or one built by another model."""
+
+
+@dataclass(frozen=True)
+class MatchRule:
+    """A photo matches a known item when its hash is within `max_hash_distance` bits (of 256) of any of the item's
+    hashed variants, OR its embedding's cosine similarity to the item's reaches `min_cosine`.
+
+    The defaults keep false matches near 0.5% of unrelated photos against 300 known items of the shared data
+    (`benchmarks/matching_benchmark.py`); false matches grow with the index, so a large index wants stricter values.
+    """
+
+    max_hash_distance: int = 20  # crops between two hashed ones stay within; few unrelated photos come this close
+    min_cosine: float = 0.98  # 0.5% of unrelated photos reach it, most of them other views of a known object
+
+
+@dataclass(frozen=True)
+class Match:
+    id: int
+    reference: str
+    hash_distance: int  # bits of 256, to the nearest of the item's hashed variants
+    cosine: float  # embedding similarity, -1..1
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class KnownItemIndex:
+    """Known items in an SQLite file, held in memory for matching; safe to share across threads.
+
+    >>> index = KnownItemIndex("known.sqlite", classifier, create=True)   # doctest: +SKIP
+    >>> index.add(["seized/tusk1.jpg"], ["case-2291/tusk1"])              # doctest: +SKIP
+    >>> index.match("listing.jpg")                                        # doctest: +SKIP
+    Match(id=1, reference='case-2291/tusk1', hash_distance=3, cosine=0.97)
+    """
+
+    def __init__(
+        self, path: str | Path, classifier: Classifier, *, rule: MatchRule = MatchRule(), create: bool = False
+    ) -> None:
+        """Open the index at `path` (with `create`, make it if absent) for `classifier`'s model."""
+        self.path = Path(path)
+        self.classifier = classifier
+        self.rule = rule
+        if not create and not self.path.is_file():
+            raise FileNotFoundError(f"known-item index not found: {self.path}")
+        if not self.path.parent.is_dir():
+            raise FileNotFoundError(f"cannot create the known-item index {self.path}: no folder {self.path.parent}")
+        self._lock = threading.Lock()
+        self._items: _Items | None = None  # loaded on first match, dropped when items are added
+        with closing(self._connect()) as connection, connection:
+            self._check_or_initialise(connection, create)
+
+    def __len__(self) -> int:
+        with closing(self._connect()) as connection:
+            return connection.execute("SELECT count(*) FROM items").fetchone()[0]
+
+    def add(self, images: Sequence[ImageSource], references: Sequence[str]) -> None:
+        """Add photos under the platform's references; a reference already present is replaced (re-adding is safe)."""
+        if len(images) != len(references):
+            raise ValueError(f"{len(images)} photos but {len(references)} references")
+        photos = [load_image(image, min_side=self.classifier.info.preprocessing.input_size) for image in images]
+        embeddings = self.classifier.embed(photos).astype("<f4")
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        rows = [(reference, variant_hashes(photo).tobytes(), embedding.tobytes(), now)
+                for reference, photo, embedding in zip(references, photos, embeddings)]
+        with closing(self._connect()) as connection, connection:  # one transaction: all of them or none
+            connection.executemany(
+                "INSERT INTO items (reference, hashes, embedding, added_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (reference) DO UPDATE SET hashes = excluded.hashes, embedding = excluded.embedding, "
+                "added_at = excluded.added_at",
+                rows,
+            )
+        with self._lock:
+            self._items = None
+
+    def match(self, image: ImageSource) -> Match | None:
+        """The known item `image` re-posts, or None."""
+        return self.predict_and_match(image)[1]
+
+    def predict_and_match(self, image: ImageSource) -> tuple[Prediction, Match | None]:
+        """The classifier's prediction for `image` and the known item it re-posts, from one forward pass."""
+        spec = self.classifier.info.preprocessing
+        photo = load_image(image, min_side=spec.input_size)
+        predictions, embeddings = self.classifier.predict_and_embed_tensors(to_batch([photo], spec))
+        return predictions[0], self.match_features(difference_hash(photo)[np.newaxis], embeddings)[0]
+
+    def match_features(self, hashes: np.ndarray, embeddings: np.ndarray) -> list[Match | None]:
+        """For each photo's hash (row of M x 32) and unit embedding (row of M x D), its best known item under the rule.
+
+        Every item is compared (exact, no approximate search): per photo that is N x 32 bytes of hash and N x D
+        multiply-adds, a few milliseconds for 100,000 items. Among the items that match, the most similar embedding wins.
+        """
+        items = self._loaded()
+        if not len(items.ids):
+            return [None] * len(hashes)
+        matches: list[Match | None] = []
+        for photo_hash, embedding in zip(hashes, embeddings):
+            distances = hamming_distances(photo_hash[np.newaxis], items.hashes)[0].reshape(len(items.ids), -1).min(axis=1)
+            cosines = items.embeddings @ embedding.astype(np.float32)
+            candidates = (distances <= self.rule.max_hash_distance) | (cosines >= self.rule.min_cosine)
+            if not candidates.any():
+                matches.append(None)
+                continue
+            best = int(np.flatnonzero(candidates)[np.argmax(cosines[candidates])])
+            matches.append(Match(int(items.ids[best]), items.references[best], int(distances[best]),
+                                 round(float(cosines[best]), 6)))
+        return matches
+
+    def _connect(self) -> sqlite3.Connection:
+        # A connection per operation: sqlite3 connections must not be shared across threads, this object may be.
+        return sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S)
+
+    def _check_or_initialise(self, connection: sqlite3.Connection, create: bool) -> None:
+        model = {"model_name": self.classifier.info.name, "model_version": self.classifier.info.version}
+        try:
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if create and version == 0 and not connection.execute("SELECT name FROM sqlite_master").fetchall():
+                connection.executescript(_SCHEMA)
+                connection.executemany("INSERT INTO settings VALUES (?, ?)", {"format": _FORMAT_NAME, **model}.items())
+                connection.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
+                return
+            settings = dict(connection.execute("SELECT key, value FROM settings"))
+        except sqlite3.DatabaseError as error:
+            raise IndexFormatError(f"{self.path}: not a wildvision known-item index ({error})") from None
+        if settings.get("format") != _FORMAT_NAME or version != FORMAT_VERSION:
+            raise IndexFormatError(f"{self.path}: not a wildvision known-item index of format {FORMAT_VERSION}")
+        built_by = {key: settings.get(key) for key in model}
+        if built_by != model:
+            raise IndexFormatError(
+                f"{self.path}: built with model {built_by['model_name']} {built_by['model_version']}, whose embeddings "
+                f"mean nothing to {model['model_name']} {model['model_version']}; add the photos to a new index")
+
+    def _loaded(self) -> _Items:
+        with self._lock:
+            if self._items is None:
+                with closing(self._connect()) as connection:
+                    self._items = _Items.read(connection)
+            return self._items
+
+
+def variant_hashes(photo: Image.Image) -> np.ndarray:
+    """The 18 x 32-byte hashes stored per item: the photo and its centre crops (`_CROPS`), each then its mirror."""
+    hashes = []
+    for fraction in _CROPS:
+        dx, dy = round(photo.width * fraction), round(photo.height * fraction)
+        cropped = photo.crop((dx, dy, photo.width - dx, photo.height - dy))
+        hashes += [difference_hash(cropped), difference_hash(ImageOps.mirror(cropped))]
+    return np.stack(hashes)
+
+
+@dataclass(frozen=True)
+class _Items:
+    """Every item's features as arrays, in one snapshot (matching never sees a half-applied `add`)."""
+
+    ids: np.ndarray
+    references: list[str]
+    hashes: np.ndarray  # (N x 8) x 32 uint8: each item's variants, consecutive
+    embeddings: np.ndarray  # N x D float32
+
+    @classmethod
+    def read(cls, connection: sqlite3.Connection) -> _Items:
+        rows = connection.execute("SELECT id, reference, hashes, embedding FROM items ORDER BY id").fetchall()
+        if not rows:
+            return cls(np.zeros(0, np.int64), [], np.zeros((0, HASH_BYTES), np.uint8), np.zeros((0, 0), np.float32))
+        ids, references, hashes, embeddings = zip(*rows)
+        return cls(
+            np.array(ids, np.int64), list(references),
+            np.frombuffer(b"".join(hashes), np.uint8).reshape(-1, HASH_BYTES),
+            np.frombuffer(b"".join(embeddings), "<f4").reshape(len(rows), -1).astype(np.float32),
+        )
