@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -224,3 +227,14 @@ def test_shipped_configs_parse():
     for config in sorted((REPO / "training" / "configs").glob("*.toml")):
         args = parse_args(["--config", str(config)])
         assert args.data and args.out and args.name
+
+
+def test_manifest_hash_does_not_depend_on_where_the_data_lies(tmp_path, monkeypatch):
+    data = make_dataset(tmp_path / "data", ("ivory", "not_ivory"), per_label=3)
+    absolute = manifest_hash(assign_splits(load_samples(data), val_fraction=0.3, calib_fraction=0.0))
+    data.rename(tmp_path / "elsewhere")
+    monkeypatch.chdir(tmp_path)
+    relative = assign_splits(load_samples(Path("elsewhere")), val_fraction=0.3, calib_fraction=0.0)
+    assert manifest_hash(relative) == absolute
+    relabelled = [replace(s, label="ivory") for s in relative]
+    assert manifest_hash(relabelled) != absolute

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -112,8 +113,15 @@ def assign_splits(samples: Iterable[Sample], *, val_fraction: float, calib_fract
 
 
 def manifest_hash(samples: Iterable[Sample]) -> str:
-    """A fingerprint of exactly which photos, labels and splits a model was trained on."""
-    lines = sorted(f"{s.path.as_posix()}\t{s.label}\t{s.split}" for s in samples)
+    """A fingerprint of exactly which photos, labels and splits a model was trained on.
+
+    Paths count relative to the photos' common folder, so the same data gives the same fingerprint wherever it lies
+    and however its path was spelled.
+    """
+    samples = list(samples)
+    root = os.path.commonpath([os.path.abspath(s.path) for s in samples]) if samples else ""
+    lines = sorted(f"{Path(os.path.relpath(os.path.abspath(s.path), root)).as_posix()}\t{s.label}\t{s.split}"
+                   for s in samples)
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
