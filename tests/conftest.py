@@ -48,6 +48,27 @@ def make_dataset(root: Path, labels: tuple[str, ...], per_label: int) -> Path:
     return root
 
 
+def identity_onnx(path: Path, outputs: int, metadata: str | None) -> Path:
+    """An ONNX graph that passes its input through as `logits`, with optional wildvision metadata: a stand-in model."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from wildvision.model_info import METADATA_KEY
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["pixels"], ["logits"])], "identity",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", outputs])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", outputs])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if metadata is not None:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, metadata
+    onnx.save(model, path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> dict[str, Path]:
     """Train and export a small model on generated photos, once per test session (torch, about a minute on 2 cores)."""

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_photo
+from conftest import identity_onnx, make_photo
 from wildvision import Classifier, ImageLoadError, ModelFormatError, OperatingPoint
 from wildvision.classifier import decide
-from wildvision.model_info import METADATA_KEY
 
 
 @pytest.fixture(scope="module")
@@ -109,30 +108,12 @@ def test_a_file_that_is_not_onnx_is_refused(tmp_path):
         Classifier(path)
 
 
-def _identity_onnx(path: Path, outputs: int, metadata: str | None) -> Path:
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["pixels"], ["logits"])], "identity",
-        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", outputs])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", outputs])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    if metadata is not None:
-        entry = model.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, metadata
-    onnx.save(model, path)
-    return path
-
-
 def test_an_onnx_model_without_wildvision_metadata_is_refused(tmp_path):
     with pytest.raises(ModelFormatError, match="not a wildvision model"):
-        Classifier(_identity_onnx(tmp_path / "plain.onnx", 2, None))
+        Classifier(identity_onnx(tmp_path / "plain.onnx", 2, None))
 
 
 def test_metadata_that_disagrees_with_the_graph_is_refused(tmp_path, shipped_model):
     metadata = Classifier(shipped_model).info.to_json()  # labels for 2 outputs
     with pytest.raises(ModelFormatError, match="outputs"):
-        Classifier(_identity_onnx(tmp_path / "wrong.onnx", 5, metadata))
+        Classifier(identity_onnx(tmp_path / "wrong.onnx", 5, metadata))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_photo
+from conftest import identity_onnx, make_photo
 from wildvision import Classifier, ModelFormatError, OperatingPoint, Preprocessing
 from wildvision.explain import Explanation, heatmap_on_photo
 
@@ -83,10 +83,8 @@ def test_operating_points_override_for_one_call(tiny_run):
 
 
 def test_a_model_without_explanation_outputs_says_so(tmp_path, shipped_model):
-    from test_classifier import _identity_onnx
-
     metadata = Classifier(shipped_model).info.to_json()
-    classifier = Classifier(_identity_onnx(tmp_path / "bare.onnx", 2, metadata))
+    classifier = Classifier(identity_onnx(tmp_path / "bare.onnx", 2, metadata))
     with pytest.raises(ModelFormatError, match="no embedding output"):
         classifier.embed([make_photo("ivory", 1)])
     with pytest.raises(ModelFormatError, match="no activation_map output"):

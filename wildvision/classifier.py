@@ -115,24 +115,20 @@ class Classifier:
         self, batch: np.ndarray, *, operating_points: Mapping[str, OperatingPoint] | None = None
     ) -> list[Prediction]:
         """Score an already preprocessed NCHW batch (see `wildvision.preprocess.to_batch`)."""
-        points = self.info.operating_points if operating_points is None else operating_points
-        return [self._prediction(row, points) for row in self.probabilities(self.logits(batch))]
+        return self._predictions(self.logits(batch), operating_points)
 
     def embed(self, images: Iterable[ImageSource], *, batch_size: int = 16) -> np.ndarray:
         """One unit-length feature vector per photo (rows): near-identical photos have a dot product near 1."""
         vectors = [self._run("embedding", batch) for batch in self._batches(images, batch_size)]
-        stacked = np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32)
-        return stacked / np.maximum(np.linalg.norm(stacked, axis=1, keepdims=True), 1e-12)
+        return _unit_rows(np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32))
 
     def predict_and_embed_tensors(
         self, batch: np.ndarray, *, operating_points: Mapping[str, OperatingPoint] | None = None
     ) -> tuple[list[Prediction], np.ndarray]:
         """Predictions and unit embeddings for an NCHW batch from one forward pass (matching known items costs no
         second pass)."""
-        points = self.info.operating_points if operating_points is None else operating_points
         logits, vectors = self._run(("logits", "embedding"), batch)
-        predictions = [self._prediction(row, points) for row in self.probabilities(logits)]
-        return predictions, vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return self._predictions(logits, operating_points), _unit_rows(vectors)
 
     def explain(self, image: ImageSource, label: str | None = None) -> Explanation:
         """Where `label`'s evidence lies in the photo (default: the first prohibited label, else the top label)."""
@@ -173,6 +169,12 @@ class Classifier:
         results = self.session.run(list(names), {self._input_name: batch})
         return results[0] if isinstance(outputs, str) else results
 
+    def _predictions(
+        self, logits: np.ndarray, operating_points: Mapping[str, OperatingPoint] | None
+    ) -> list[Prediction]:
+        points = self.info.operating_points if operating_points is None else operating_points
+        return [self._prediction(row, points) for row in self.probabilities(logits)]
+
     def _prediction(self, probabilities: np.ndarray, operating_points: Mapping[str, OperatingPoint]) -> Prediction:
         scores = {label: float(p) for label, p in zip(self.info.labels, probabilities)}
         return Prediction(
@@ -197,6 +199,11 @@ def read_model_info(session: ort.InferenceSession, path: Path) -> ModelInfo:
     if isinstance(width, int) and width != len(info.labels):
         raise ModelFormatError(f"{path}: the graph has {width} outputs but the metadata names {len(info.labels)} labels")
     return info
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, so a dot product is a cosine similarity."""
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def _open_session(path: Path, threads: int | None) -> ort.InferenceSession:

@@ -219,7 +219,7 @@ class _Items:
 
     ids: np.ndarray
     references: list[str]
-    hashes: np.ndarray  # (N x 8) x 32 uint8: each item's variants, consecutive
+    hashes: np.ndarray  # (N x 18) x 32 uint8: each item's variants, consecutive
     embeddings: np.ndarray  # N x D float32
 
     @classmethod
