@@ -1,4 +1,4 @@
-"""A platform's install: numpy, pillow and onnxruntime only, and predicting never imports torch."""
+"""A platform's install: numpy, pillow and onnxruntime only, and predicting never imports torch (or Spark)."""
 
 import subprocess
 import sys
@@ -13,7 +13,7 @@ def test_inference_dependencies_are_exactly_three():
     assert names == {"numpy", "pillow", "onnxruntime"}
 
 
-def test_predicting_and_scanning_never_import_torch(tmp_path):
+def test_predicting_and_scanning_never_import_torch_or_spark(tmp_path):
     from PIL import Image
 
     (tmp_path / "photos").mkdir()
@@ -26,7 +26,7 @@ from wildvision.cli import main
 classifier = wildvision.Classifier()
 classifier.predict({str(tmp_path / "photos" / "a.jpg")!r})
 assert main(["scan", {str(tmp_path / "photos")!r}, "-o", {str(tmp_path / "out.jsonl")!r}]) == 0
-heavy = sorted(name for name in ("torch", "torchvision", "timm", "onnx") if name in sys.modules)
+heavy = sorted(name for name in ("torch", "torchvision", "timm", "onnx", "pyspark", "pandas") if name in sys.modules)
 print(heavy)
 sys.exit(1 if heavy else 0)
 """

@@ -1,5 +1,5 @@
 """The `wildvision` command: `scan` a folder into JSON Lines, `predict` a few photos, `info` about the model, `index add`
-known items, `serve` over HTTP."""
+known items, `serve` over HTTP, and `spark`: score an archive on Apache Spark."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         classifier = Classifier(args.model, precision=args.precision, threads=getattr(args, "threads", None))
         return args.command(args, classifier)
-    except (FileNotFoundError, NotADirectoryError, ModelFormatError, ImportError, ValueError) as error:
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ModelFormatError, ImportError, ValueError) as error:
         print(f"wildvision: {error}", file=sys.stderr)
         return 2
 
@@ -138,6 +138,15 @@ def _serve(args: argparse.Namespace, classifier: Classifier) -> int:
     return 0
 
 
+def _spark(args: argparse.Namespace, classifier: Classifier) -> int:
+    from wildvision.spark import score_archive, session  # pyspark is imported by this command only
+
+    summary = score_archive(session(args.master), args.source, args.output, model=classifier.model_path,
+                            batch_size=args.batch_size, partitions=args.partitions)
+    print(f"{args.output}: {summary}", file=sys.stderr)
+    return 0
+
+
 def _info(args: argparse.Namespace, classifier: Classifier) -> int:
     info = classifier.info
     if args.json:
@@ -199,6 +208,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-bytes", type=int, help="largest accepted upload in bytes (default 20 MiB)")
     serve.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
     serve.set_defaults(command=_serve)
+
+    spark = commands.add_parser("spark", help="score an archive on Apache Spark into a Parquet folder "
+                                "(needs wildvision[spark])")
+    spark.add_argument("source", help="a folder (searched recursively) or glob: a local path, file://, hdfs://, s3a://")
+    spark.add_argument("-o", "--output", required=True, help="the Parquet folder to create, on any file system Spark "
+                       "writes to; same columns as `scan -o x.parquet`")
+    spark.add_argument("--master", help="e.g. local[4] (default: spark-submit's, else local[*])")
+    spark.add_argument("--partitions", type=int, help="about how many tasks score the archive, each writing one "
+                       "Parquet file (default: Spark's split, about 30 photos per task)")
+    spark.add_argument("--batch-size", type=int, default=16)
+    spark.set_defaults(command=_spark)
 
     info = commands.add_parser("info", help="what the model is: labels, thresholds, measured accuracy, notes")
     info.add_argument("--json", action="store_true", help="the model's full metadata")

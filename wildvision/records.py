@@ -3,6 +3,8 @@
 Records of a scan against a known-item index also carry `match`: nested in JSON Lines, `match_<field>` columns in
 CSV and Parquet (present only in such files, so files of plain scans keep their columns).
 
+`flat_columns` and `flatten` define that flat layout once: `wildvision.spark` writes the same columns.
+
 Writing is atomic (a temporary file renamed into place) and streams record by record, so converting a journal of
 millions of records needs no more memory than one Parquet row group. Parquet needs `pip install wildvision[parquet]`.
 """
@@ -15,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-__all__ = ["FORMATS", "format_of", "read_records", "write_records"]
+__all__ = ["FORMATS", "flat_columns", "flatten", "format_of", "read_records", "write_records"]
 
 FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 _FIELDS = ("path", "label", "decision", "model_name", "model_version", "error", "error_category")
@@ -42,9 +44,9 @@ def write_records(records: Iterable[dict], path: Path, labels: Sequence[str], *,
             sink.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
     elif kind == "csv":
         with partial.open("w", encoding="utf-8", newline="") as sink:
-            writer = csv.DictWriter(sink, fieldnames=_columns(labels, with_match))
+            writer = csv.DictWriter(sink, fieldnames=[name for name, _ in flat_columns(labels, with_match=with_match)])
             writer.writeheader()
-            writer.writerows(_flat(record, labels, with_match) for record in records)
+            writer.writerows(flatten(record, labels, with_match=with_match) for record in records)
     else:
         _write_parquet(records, partial, labels, with_match)
     os.replace(partial, path)
@@ -65,18 +67,21 @@ def read_records(path: Path, labels: Sequence[str]) -> Iterator[dict]:
             yield from (_nested(row, labels) for row in batch.to_pylist())
 
 
-def _columns(labels: Sequence[str], with_match: bool) -> list[str]:
-    matches = [f"match_{name}" for name in _MATCH_FIELDS] if with_match else []
-    return [*_FIELDS[:3], *(f"score_{label}" for label in labels), *_FIELDS[3:], *matches]
+def flat_columns(labels: Sequence[str], *, with_match: bool = False) -> list[tuple[str, type]]:
+    """The columns of CSV and Parquet records in order, each with its Python type (`str`, `float` or `int`)."""
+    matches = [(f"match_{name}", kind) for name, kind in _MATCH_FIELDS.items()] if with_match else []
+    return [
+        *((name, str) for name in _FIELDS[:3]), *((f"score_{label}", float) for label in labels),
+        *((name, str) for name in _FIELDS[3:]), *matches,
+    ]
 
 
-def _flat(record: dict, labels: Sequence[str], with_match: bool) -> dict:
-    scores = record["scores"] or {}
-    row = {**{name: record[name] for name in _FIELDS}, **{f"score_{label}": scores.get(label) for label in labels}}
-    if with_match:
-        match = record["match"] or {}
-        row.update({f"match_{name}": match.get(name) for name in _MATCH_FIELDS})
-    return row
+def flatten(record: dict, labels: Sequence[str], *, with_match: bool = False) -> dict:
+    """A record (`ScanRecord.to_dict()`) as one flat row, keys in `flat_columns` order."""
+    scores, match = record["scores"] or {}, record.get("match") or {}
+    values = {**record, **{f"score_{label}": scores.get(label) for label in labels},
+              **{f"match_{name}": match.get(name) for name in _MATCH_FIELDS}}
+    return {name: values[name] for name, _ in flat_columns(labels, with_match=with_match)}
 
 
 def _nested(row: dict, labels: Sequence[str]) -> dict:
@@ -96,16 +101,11 @@ def _write_parquet(records: Iterable[dict], path: Path, labels: Sequence[str], w
     import pyarrow
 
     types = {int: pyarrow.int64(), str: pyarrow.string(), float: pyarrow.float64()}
-    schema = pyarrow.schema(
-        [(name, pyarrow.string()) for name in _FIELDS[:3]]
-        + [(f"score_{label}", pyarrow.float64()) for label in labels]
-        + [(name, pyarrow.string()) for name in _FIELDS[3:]]
-        + ([(f"match_{name}", types[kind]) for name, kind in _MATCH_FIELDS.items()] if with_match else [])
-    )
+    schema = pyarrow.schema([(name, types[kind]) for name, kind in flat_columns(labels, with_match=with_match)])
     with parquet.ParquetWriter(path, schema) as writer:
         rows: list[dict] = []
         for record in records:
-            rows.append(_flat(record, labels, with_match))
+            rows.append(flatten(record, labels, with_match=with_match))
             if len(rows) == _ROW_GROUP:
                 writer.write_table(pyarrow.Table.from_pylist(rows, schema=schema))
                 rows = []

@@ -42,8 +42,8 @@ _BATCHES_AHEAD = 2  # batches decoding while one is scored: enough to hide decod
 
 @dataclass(frozen=True)
 class ScanInput:
-    file: Path  # where to read it
-    name: str  # what the record calls it: relative to the scanned folder, or as listed
+    file: Path | bytes  # where to read it, or its bytes already read (Spark's binaryFile `content`)
+    name: str  # what the record calls it: relative to the scanned folder, as listed, or its URI
 
 
 @dataclass(frozen=True)
