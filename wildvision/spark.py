@@ -66,8 +66,8 @@ def read_photos(spark: SparkSession, source: str) -> DataFrame:
 
     `source` is a folder, searched recursively, or a glob, in any file system Spark reads (`file://`, `hdfs://`,
     `s3a://`, ...). A file that vanishes or cannot be read between listing and reading is skipped (the executor logs
-    it) instead of failing the job; Spark also skips 0-byte files. Names starting with `_` or `.` are listed as scan
-    lists them where Spark honours `ignoredPathSegmentRegex` (4.3 and later); earlier versions skip them.
+    it) instead of failing the job; Spark also skips 0-byte files. Names starting with `_` or `.` are listed, as scan
+    lists them, where Spark has the `ignoredPathSegmentRegex` option (4.3 has it); older versions skip them.
     """
     reader = (
         spark.read.format("binaryFile")
