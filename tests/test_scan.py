@@ -17,7 +17,7 @@ from conftest import REPO, make_photo
 from wildvision import Classifier
 from wildvision.cli import main
 from wildvision.records import read_records, write_records
-from wildvision.scan import ScanRecord, files_from_list, find_images, scan_to_file
+from wildvision.scan import ScanRecord, files_from_list, find_images, scan, scan_to_file
 
 RECORD_FIELDS = set(ScanRecord.__dataclass_fields__)
 
@@ -87,6 +87,16 @@ def test_scores_equal_the_python_api(archive, classifier, tmp_path):
     for record in jsonl(tmp_path / "o.jsonl"):
         if record["error"] is None:
             assert record["scores"] == pytest.approx(classifier.predict(root / record["path"]).scores, abs=1e-6)
+
+
+def test_batches_scored_side_by_side_give_the_same_records_in_input_order(archive, model):
+    root, _ = archive
+    one_at_a_time = list(scan(find_images(root), Classifier(model), batch_size=2))
+    side_by_side = list(scan(find_images(root), Classifier(model, threads=1), batch_size=2, workers=3, scorers=3))
+    assert [r.path for r in side_by_side] == [item.name for item in find_images(root)]
+    assert [r.error_category for r in side_by_side] == [r.error_category for r in one_at_a_time]
+    for parallel, serial in zip(side_by_side, one_at_a_time):
+        assert parallel.scores == (pytest.approx(serial.scores, abs=1e-5) if serial.scores else None)
 
 
 def test_an_interrupted_scan_resumes_without_loss_or_duplicates(archive, classifier, tmp_path):
@@ -187,6 +197,18 @@ def test_cli_bad_arguments_get_a_clear_message(model, tmp_path, capsys, argument
     arguments = [a.format(tmp=tmp_path) for a in arguments]
     assert main(["--model", str(model), *arguments]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--threads", "0", "must be at least 1, got 0"),
+    ("--batch-size", "many", "not a whole number: 'many'"),
+])
+def test_cli_counts_must_be_positive_whole_numbers(model, tmp_path, capsys, option, value, message):
+    with pytest.raises(SystemExit) as stop:
+        main(["--model", str(model), "scan", str(tmp_path), "-o", str(tmp_path / "o.jsonl"), option, value])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()
 
 
 def test_cli_refuses_a_file_that_is_not_a_model(tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -50,8 +51,8 @@ def _scan(args: argparse.Namespace, classifier: Classifier) -> int:
         inputs = files_from_list(args.files_from.open(encoding="utf-8"))
     index = KnownItemIndex(args.match_index, classifier) if args.match_index else None
     summary = scan_to_file(
-        inputs, args.output, classifier, batch_size=args.batch_size, workers=args.workers, progress=progress,
-        index=index,
+        inputs, args.output, classifier, batch_size=args.batch_size, workers=args.workers,
+        scorers=max(1, (os.cpu_count() or 1) // args.threads), progress=progress, index=index,
     )
     progress.finish()
     print(f"{args.output}: {summary}", file=sys.stderr)
@@ -178,9 +179,10 @@ def _parser() -> argparse.ArgumentParser:
     scan.add_argument("--files-from", type=Path, metavar="LIST", help="a file of photo paths, one a line; - for stdin")
     scan.add_argument("-o", "--output", type=Path, required=True,
                       help=".jsonl, .csv or .parquet; re-running the same command continues an interrupted scan")
-    scan.add_argument("--batch-size", type=int, default=16)
-    scan.add_argument("--workers", type=int, default=2, help="threads decoding photos")
-    scan.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
+    scan.add_argument("--batch-size", type=_positive_int, default=16)
+    scan.add_argument("--workers", type=_positive_int, default=2, help="threads decoding photos")
+    scan.add_argument("--threads", type=_positive_int, default=1,
+                      help="onnxruntime threads per batch; one batch is scored per THREADS cores at once (default: 1)")
     scan.add_argument("--match-index", type=Path, metavar="INDEX",
                       help="a known-item index (see `index add`): every record gets a `match` field")
     scan.set_defaults(command=_scan)
@@ -206,7 +208,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--match-index", type=Path, metavar="INDEX", help="add the known-item match to every answer")
     serve.add_argument("--max-bytes", type=int, help="largest accepted upload in bytes (default 20 MiB)")
-    serve.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
+    serve.add_argument("--threads", type=_positive_int, help="onnxruntime threads (default: all cores)")
     serve.set_defaults(command=_serve)
 
     spark = commands.add_parser("spark", help="score an archive on Apache Spark into a Parquet folder "
@@ -215,12 +217,23 @@ def _parser() -> argparse.ArgumentParser:
     spark.add_argument("-o", "--output", required=True, help="the Parquet folder to create, on any file system Spark "
                        "writes to; same columns as `scan -o x.parquet`")
     spark.add_argument("--master", help="e.g. local[4] (default: spark-submit's, else local[*])")
-    spark.add_argument("--partitions", type=int, help="about how many tasks score the archive, each writing one "
+    spark.add_argument("--partitions", type=_positive_int, help="about how many tasks score the archive, each writing one "
                        "Parquet file (default: Spark's split, about 30 photos per task)")
-    spark.add_argument("--batch-size", type=int, default=16)
+    spark.add_argument("--batch-size", type=_positive_int, default=16)
     spark.set_defaults(command=_spark)
 
     info = commands.add_parser("info", help="what the model is: labels, thresholds, measured accuracy, notes")
     info.add_argument("--json", action="store_true", help="the model's full metadata")
     info.set_defaults(command=_info)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a count of threads, photos or tasks, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

@@ -2,6 +2,8 @@
 
 Decoding runs in a thread pool (Pillow releases the GIL while decoding, and JPEGs are decoded at reduced scale) a
 bounded number of batches ahead of onnxruntime, so both CPU cores stay busy and memory does not grow with the archive.
+Batches are scored side by side in their own threads (onnxruntime releases the GIL too); with one single-threaded
+scorer per core, decoding never stalls an inference that waits for its slowest thread.
 With a known-item index, each record also says which known item the photo re-posts (`match`); the hash is computed
 while decoding and the embedding comes out of the same forward pass as the scores, so matching adds little.
 Records are appended to a journal (`OUTPUT.partial.jsonl`) and flushed batch by batch. Re-running the same scan reads
@@ -28,6 +30,7 @@ from wildvision.classifier import Classifier, Prediction
 from wildvision.hashing import difference_hash
 from wildvision.images import ImageLoadError, load_image
 from wildvision.known_items import KnownItemIndex, Match
+from wildvision.model_info import ModelInfo
 from wildvision.preprocess import to_tensor
 from wildvision.records import read_records, write_records
 
@@ -37,7 +40,7 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-_BATCHES_AHEAD = 2  # batches decoding while one is scored: enough to hide decoding, small enough to keep memory flat
+_BATCHES_AHEAD = 2  # batches decoding while others are scored: enough to hide decoding, few enough for flat memory
 
 
 @dataclass(frozen=True)
@@ -119,11 +122,14 @@ def files_from_list(lines: Iterable[str]) -> Iterator[ScanInput]:
 
 
 def scan(
-    inputs: Iterable[ScanInput], classifier: Classifier, *, batch_size: int = 16, workers: int = 2,
+    inputs: Iterable[ScanInput], classifier: Classifier, *, batch_size: int = 16, workers: int = 2, scorers: int = 1,
     index: KnownItemIndex | None = None,
 ) -> Iterator[ScanRecord]:
     """Yield one record per input, in order; unreadable photos yield error records.
 
+    `workers` threads decode; `scorers` batches are scored at once, each on the classifier's own threads. For the
+    most photos per second give one scorer per core and a `Classifier(threads=1)`: on this small model, whole batches
+    side by side beat one batch split across cores, and the decoding threads then slow no scorer down.
     With `index`, records are `ScanRecordWithMatch`es.
     """
     spec = classifier.info.preprocessing
@@ -137,14 +143,15 @@ def scan(
         except OSError as error:  # vanished or unreadable between listing and reading
             return ImageLoadError(item.name, f"cannot read file ({error.strerror or error})", "unreadable")
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque[tuple[list[ScanInput], list[Future]]] = deque()
+    with ThreadPoolExecutor(max_workers=workers) as decoders, ThreadPoolExecutor(max_workers=scorers) as scoring:
+        pending: deque[Future[list[ScanRecord]]] = deque()
         for batch in _batches(inputs, batch_size):
-            pending.append((batch, [pool.submit(prepare, item) for item in batch]))
-            if len(pending) > _BATCHES_AHEAD:
-                yield from _score(*pending.popleft(), classifier, index)
+            prepared = [decoders.submit(prepare, item) for item in batch]
+            pending.append(scoring.submit(_score, batch, prepared, classifier, index))
+            if len(pending) > scorers + _BATCHES_AHEAD:
+                yield from pending.popleft().result()
         while pending:
-            yield from _score(*pending.popleft(), classifier, index)
+            yield from pending.popleft().result()
 
 
 def scan_to_file(
@@ -154,6 +161,7 @@ def scan_to_file(
     *,
     batch_size: int = 16,
     workers: int = 2,
+    scorers: int = 1,
     progress: Callable[[int], None] | None = None,
     index: KnownItemIndex | None = None,
 ) -> ScanSummary:
@@ -175,7 +183,7 @@ def scan_to_file(
     summary.already_done = len(done)
     todo = (item for item in inputs if item.name not in done)
     with journal.open("a", encoding="utf-8") as sink:
-        records = scan(todo, classifier, batch_size=batch_size, workers=workers, index=index)
+        records = scan(todo, classifier, batch_size=batch_size, workers=workers, scorers=scorers, index=index)
         for count, record in enumerate(records, 1):
             sink.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
             summary.add(record)
@@ -218,22 +226,29 @@ class _Prepared:
 
 def _score(
     batch: list[ScanInput], futures: list[Future], classifier: Classifier, index: KnownItemIndex | None
-) -> Iterator[ScanRecord]:
+) -> list[ScanRecord]:
+    """The batch's records, in order, once its photos are decoded (runs in a scoring thread)."""
     prepared = [future.result() for future in futures]
     good = [item for item in prepared if isinstance(item, _Prepared)]
     predictions, matches = _predictions_and_matches(good, classifier, index)
-    info = classifier.info
-    for item, result in zip(batch, prepared):
-        if isinstance(result, ImageLoadError):
-            fields = (item.name, None, None, None, info.name, info.version, result.reason, result.category)
-            match = None
-        else:
-            prediction, match = next(predictions), next(matches)
-            fields = (item.name, prediction.scores, prediction.label, prediction.decision, info.name, info.version)
-        if index is None:
-            yield ScanRecord(*fields)
-        else:
-            yield ScanRecordWithMatch(*fields, match=match.to_dict() if match else None)
+    return [_record(item, result, predictions, matches, classifier.info, index is not None)
+            for item, result in zip(batch, prepared)]
+
+
+def _record(
+    item: ScanInput, result: _Prepared | ImageLoadError, predictions: Iterator[Prediction],
+    matches: Iterator[Match | None], info: ModelInfo, with_match: bool,
+) -> ScanRecord:
+    """One input's record; `predictions` and `matches` advance only for readable photos."""
+    if isinstance(result, ImageLoadError):
+        fields = (item.name, None, None, None, info.name, info.version, result.reason, result.category)
+        match = None
+    else:
+        prediction, match = next(predictions), next(matches)
+        fields = (item.name, prediction.scores, prediction.label, prediction.decision, info.name, info.version)
+    if not with_match:
+        return ScanRecord(*fields)
+    return ScanRecordWithMatch(*fields, match=match.to_dict() if match else None)
 
 
 def _predictions_and_matches(
