@@ -1,11 +1,12 @@
 """`wildvision spark` in local mode against `wildvision scan` on one machine: throughput, per-photo overhead, startup.
 
     python benchmarks/spark_benchmark.py [--photos 1000] [--archive DIR] [--model M.onnx] [--master local[2]]
+                                         [--partitions N]
 
 Builds (or reuses) the archive of `scan_benchmark.py` (phone-sized JPEGs of 1,000-2,000 px, 1 in 50 truncated), then
 runs each command twice over the whole archive in one fresh process, as a user runs it, into a new Parquet output:
   scan    wildvision scan --files-from LIST -o records.parquet
-  spark   wildvision spark ARCHIVE -o records.parquet --master local[2]
+  spark   wildvision spark ARCHIVE -o records.parquet --master local[2] [--partitions N]
 The first run, timed from the process's start, is what a user waits for; the second finds everything started and
 warm (for Spark: the JVM and its compiled code, the Python workers and their loaded model), so it gives the
 throughput a long run settles at. Fixed cost = first run - second run. Both commands run in the same run of this
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--archive", type=Path, help="reuse or create the archive here (default: a temporary folder)")
     parser.add_argument("--model", type=Path, help="default: the shipped model")
     parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--partitions", type=int, help="Spark tasks (default: Spark's split, about 30 photos a task)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -58,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         listing.write_text("".join(f"{path}\n" for path in photos))
         model = ["--model", str(args.model)] if args.model else []
         scan = time_twice([*model, "scan", "--files-from", str(listing), "-o", f"{scratch}/scan-{{run}}.parquet"])
+        partitions = ["--partitions", str(args.partitions)] if args.partitions else []
         spark = time_twice([*model, "spark", str(archive), "-o", f"{scratch}/spark-{{run}}.parquet",
-                            "--master", args.master])
+                            "--master", args.master, *partitions])
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     count, cores = len(photos), os.cpu_count() or 1
     for name, (first, second) in (("scan", scan), ("spark", spark)):
