@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 try:
     import pandas as pd
+    from py4j.protocol import Py4JJavaError
     from pyspark import SparkFiles, TaskContext
     from pyspark.errors import AnalysisException
     from pyspark.sql import DataFrame, SparkSession
@@ -35,8 +36,9 @@ except ImportError as error:
                       "pip install 'wildvision[spark]'") from None
 
 from wildvision.classifier import Classifier, default_model_path
+from wildvision.model_info import ModelInfo
 from wildvision.records import flat_columns, flatten
-from wildvision.scan import IMAGE_SUFFIXES, ScanInput, ScanSummary, scan
+from wildvision.scan import IMAGE_SUFFIXES, ScanInput, ScanRecord, ScanSummary, scan
 
 __all__ = ["read_photos", "record_schema", "score_archive", "score_photos", "session"]
 
@@ -66,8 +68,9 @@ def read_photos(spark: SparkSession, source: str) -> DataFrame:
 
     `source` is a folder, searched recursively, or a glob, in any file system Spark reads (`file://`, `hdfs://`,
     `s3a://`, ...). A file that vanishes or cannot be read between listing and reading is skipped (the executor logs
-    it) instead of failing the job; Spark also skips 0-byte files. Names starting with `_` or `.` are listed, as scan
-    lists them, where Spark has the `ignoredPathSegmentRegex` option (4.3 has it); older versions skip them.
+    it) instead of failing the job; Spark also skips 0-byte files (`score_archive` gives both their error records
+    afterwards). Names starting with `_` or `.` are listed, as scan lists them, where Spark has the
+    `ignoredPathSegmentRegex` option (4.3 has it); older versions skip them.
     """
     reader = (
         spark.read.format("binaryFile")
@@ -123,7 +126,8 @@ def score_archive(
     file split, roughly 30 photos of 300 KB per task, since it counts 4 MB per file opened).
     """
     started = time.monotonic()
-    records = score_photos(read_photos(spark, source), model=model, batch_size=batch_size)
+    photos = read_photos(spark, source)
+    records = score_photos(photos, model=model, batch_size=batch_size)
     split = {} if partitions is None else {
         "spark.sql.files.minPartitionNum": str(partitions), "spark.sql.files.maxPartitionNum": str(partitions),
     }
@@ -134,9 +138,47 @@ def score_archive(
         if error.getCondition() == "PATH_ALREADY_EXISTS":
             raise FileExistsError(f"{output} already exists; remove it or write to another folder") from None
         raise
+    _append_unread_files(photos, output, Classifier(SparkFiles.get(_model_file(model))).info)
     summary = _summary(spark.read.parquet(output))
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _append_unread_files(photos: DataFrame, output: str, info: ModelInfo) -> None:
+    """Give every file Spark listed but never handed over (0 bytes, or unreadable) its error record, as `scan` does.
+
+    Spark's file reader silently drops 0-byte files, and skips unreadable ones under `ignoreCorruptFiles`; they are
+    found by comparing the listing with the written records (on the cluster: only the few misses reach the driver).
+    """
+    spark = photos.sparkSession
+    written = spark.read.parquet(output).select("path")
+    missed = [row.path for row in _listed_files(photos).join(written, "path", "left_anti").collect()]
+    if missed:
+        records = [flatten(_unread_record(spark, path, info).to_dict(), info.labels) for path in missed]
+        spark.createDataFrame(records, record_schema(info.labels)).coalesce(1).write.mode("append").parquet(output)
+
+
+def _listed_files(photos: DataFrame) -> DataFrame:
+    """Every file in `photos`' listing as a `path` column, built on the JVM (an archive's listing never enters Python)."""
+    spark, jvm = photos.sparkSession, photos.sparkSession._jvm
+    # unsafeWrapArray takes the String[] without a copy (py4j cannot pass it to Java's varargs methods).
+    uris = jvm.scala.collection.immutable.ArraySeq.unsafeWrapArray(photos._jdf.inputFiles())
+    listing = DataFrame(spark._jsparkSession.createDataset(uris, jvm.org.apache.spark.sql.Encoders.STRING()).toDF(), spark)
+    # The listing holds URIs (file:///a/b%20c.jpg), the rows Hadoop paths (file:/a/b c.jpg). A URI may hold a raw "+",
+    # which url_decode would turn into a space.
+    decoded = F.url_decode(F.replace(F.col("value"), F.lit("+"), F.lit("%2B")))
+    return listing.select(F.regexp_replace(decoded, r"^([A-Za-z][A-Za-z0-9+.-]*):///", "$1:/").alias("path"))
+
+
+def _unread_record(spark: SparkSession, path: str, info: ModelInfo) -> ScanRecord:
+    """The error record of a listed file Spark did not read: empty, vanished, or unreadable."""
+    hadoop_path = spark._jvm.org.apache.hadoop.fs.Path(path)
+    try:
+        size = hadoop_path.getFileSystem(spark._jsc.hadoopConfiguration()).getFileStatus(hadoop_path).getLen()
+        reason, category = ("empty file (0 bytes)", "empty") if size == 0 else ("cannot read file", "unreadable")
+    except Py4JJavaError:
+        reason, category = "cannot read file (it vanished after it was listed)", "unreadable"
+    return ScanRecord(path, None, None, None, info.name, info.version, reason, category)
 
 
 @functools.cache
@@ -169,11 +211,20 @@ def _local_path(path: str) -> Path:
 
 def _ship_model(spark: SparkSession, model: str | os.PathLike[str] | None) -> str:
     """Send the model file to every executor (and the driver's SparkFiles folder); the name `SparkFiles.get` takes."""
-    source = os.fspath(model) if model is not None else str(default_model_path())
+    source = _model_source(model)
     if "://" not in source and not Path(source).is_file():
         raise FileNotFoundError(f"model file not found: {source}")
     spark.sparkContext.addFile(source)
-    return os.path.basename(urlsplit(source).path)
+    return _model_file(model)
+
+
+def _model_source(model: str | os.PathLike[str] | None) -> str:
+    return os.fspath(model) if model is not None else str(default_model_path())
+
+
+def _model_file(model: str | os.PathLike[str] | None) -> str:
+    """The name under which `SparkFiles.get` finds a shipped model."""
+    return os.path.basename(urlsplit(_model_source(model)).path)
 
 
 @contextmanager
