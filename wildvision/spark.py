@@ -110,7 +110,7 @@ def score_photos(
     each (what `scan` found fastest for this small model).
     """
     model_file = _ship_model(photos.sparkSession, model)
-    labels = Classifier(SparkFiles.get(model_file)).info.labels
+    labels = _classifier(SparkFiles.get(model_file)).info.labels
     columns = ["path", "content"] if "content" in photos.columns else ["path"]
     score = functools.partial(_score_partition, model_file=model_file, batch_size=batch_size)
     return photos.where(F.col("path").isNotNull()).select(*columns).mapInPandas(score, record_schema(labels))
@@ -138,7 +138,7 @@ def score_archive(
         if error.getCondition() == "PATH_ALREADY_EXISTS":
             raise FileExistsError(f"{output} already exists; remove it or write to another folder") from None
         raise
-    _append_unread_files(photos, output, Classifier(SparkFiles.get(_model_file(model))).info)
+    _append_unread_files(photos, output, _classifier(SparkFiles.get(_model_file(model))).info)
     summary = _summary(spark.read.parquet(output))
     summary.seconds = time.monotonic() - started
     return summary
@@ -183,7 +183,7 @@ def _unread_record(spark: SparkSession, path: str, info: ModelInfo) -> ScanRecor
 
 @functools.cache
 def _classifier(model_file: str) -> Classifier:
-    """The executor process's Classifier: loaded at its first task, reused by every later one."""
+    """This process's Classifier of `model_file` (an executor's, or the driver's for labels): loaded once, then reused."""
     return Classifier(model_file, threads=1)
 
 
