@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         scan_rate, memory = time_scan(archive, Path(scratch), model_args + ["scan", "--threads", str(args.threads)],
                                       args.batch_size)
         ceiling_rate = time_ceiling(classifier.model_path, photos[:256], args.batch_size)
-        naive_rate = time_naive(photos[: args.naive_photos], classifier.info.preprocessing.input_size)
+        naive_rate = time_naive(photos[: args.naive_photos], classifier.info.preprocessing.input_size,
+                                architecture=classifier.info.training.get("architecture", "tf_efficientnet_lite0"))
     print(f"scan      {scan_rate:7.1f} photos/s")
     print(f"ceiling   {ceiling_rate:7.1f} photos/s  (onnxruntime on pre-decoded tensors, batches of {args.batch_size})")
     if naive_rate:
@@ -155,8 +156,9 @@ def time_ceiling(model: Path, photos: list[Path], batch_size: int) -> float:
     return max(rates)
 
 
-def time_naive(photos: list[Path], input_size: int) -> float | None:
-    """What a user writes with the training stack: full decode, torchvision transforms, eager PyTorch, batch of one."""
+def time_naive(photos: list[Path], input_size: int, architecture: str) -> float | None:
+    """What a user writes with the training stack: full decode, torchvision transforms, eager PyTorch, batch of one,
+    on the same timm architecture as the scanned model."""
     try:
         import timm
         import torch
@@ -165,7 +167,7 @@ def time_naive(photos: list[Path], input_size: int) -> float | None:
         print("naive pipeline skipped: needs the [train] extra (torch, torchvision, timm)")
         return None
     torch.set_num_threads(2)
-    model = timm.create_model("tf_efficientnet_lite0", num_classes=2).eval()
+    model = timm.create_model(architecture, num_classes=2).eval()
     transform = transforms.Compose([
         transforms.Resize((input_size, input_size)), transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3),
     ])

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import io
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO, Iterator, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -69,18 +70,8 @@ def load_image(
             return _to_rgb(_first_frame(source), name)
         except (OSError, SyntaxError) as error:
             raise ImageLoadError(name, f"corrupt or truncated image data ({error})", "corrupt") from None
-    try:
-        image = Image.open(_as_file(source, name))
-    except ImageLoadError:
-        raise
-    except Image.DecompressionBombError as error:
-        reason = f"too many pixels, refused as a possible decompression bomb ({error})"
-        raise ImageLoadError(name, reason, "too_large") from None
-    except UnidentifiedImageError:
-        raise ImageLoadError(name, "not an image file, or a format Pillow cannot read", "not_an_image") from None
-    except OSError as error:
-        raise ImageLoadError(name, f"cannot read file ({error.strerror or error})", "unreadable") from None
-    with image:
+    with _opened(source, name) as file:
+        image = _open(file, name)
         if image.width * image.height > max_pixels:
             reason = f"{image.width}x{image.height} exceeds the {max_pixels:,}-pixel limit (possible decompression bomb)"
             raise ImageLoadError(name, reason, "too_large")
@@ -90,26 +81,46 @@ def load_image(
             image.load()
         except (OSError, SyntaxError, ValueError) as error:
             raise ImageLoadError(name, f"corrupt or truncated image data ({error})", "corrupt") from None
-        return _to_rgb(_first_frame(image), name)
+        # Loaded pixels outlive the file, so the image is ours to rotate in place: no copy of a decoded photo.
+        return _to_rgb(_first_frame(image), name, in_place=True)
 
 
-def _as_file(source: ImageSource, name: str) -> BinaryIO | Path:
+@contextmanager
+def _opened(source: ImageSource, name: str) -> Iterator[BinaryIO]:
+    """`source` as a readable file: one opened here is closed on leaving, a caller's own file is left open."""
     if isinstance(source, (bytes, bytearray)):
         if not source:
             raise ImageLoadError(name, "empty input (0 bytes)", "empty")
-        return io.BytesIO(source)
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if path.is_dir():
+        yield io.BytesIO(source)
+    elif isinstance(source, (str, os.PathLike)):
+        if Path(source).is_dir():
             raise ImageLoadError(name, "is a directory, not an image file", "not_an_image")
-        if path.is_file() and path.stat().st_size == 0:
-            raise ImageLoadError(name, "empty file (0 bytes)", "empty")
-        # PIL closes only files it opened itself (never a file object it is handed), so it gets the path.
-        return path
-    if hasattr(source, "read"):
-        return source
-    reason = f"unsupported input type {type(source).__name__}; give a path, bytes, a file, a PIL image or an array"
-    raise ImageLoadError(name, reason, "unsupported_input")
+        try:
+            file = open(source, "rb")
+        except OSError as error:
+            raise ImageLoadError(name, f"cannot read file ({error.strerror or error})", "unreadable") from None
+        with file:
+            if os.fstat(file.fileno()).st_size == 0:
+                raise ImageLoadError(name, "empty file (0 bytes)", "empty")
+            yield file
+    elif hasattr(source, "read"):
+        yield source
+    else:
+        reason = f"unsupported input type {type(source).__name__}; give a path, bytes, a file, a PIL image or an array"
+        raise ImageLoadError(name, reason, "unsupported_input")
+
+
+def _open(file: BinaryIO, name: str) -> Image.Image:
+    """Pillow's lazy open (header only), with its failures named."""
+    try:
+        return Image.open(file)
+    except Image.DecompressionBombError as error:
+        reason = f"too many pixels, refused as a possible decompression bomb ({error})"
+        raise ImageLoadError(name, reason, "too_large") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(name, "not an image file, or a format Pillow cannot read", "not_an_image") from None
+    except OSError as error:
+        raise ImageLoadError(name, f"cannot read file ({error.strerror or error})", "unreadable") from None
 
 
 def _decode_reduced(image: Image.Image, min_side: int) -> None:
@@ -128,8 +139,12 @@ def _first_frame(image: Image.Image) -> Image.Image:
     return image
 
 
-def _to_rgb(image: Image.Image, name: str) -> Image.Image:
-    image = ImageOps.exif_transpose(image)
+def _to_rgb(image: Image.Image, name: str, *, in_place: bool = False) -> Image.Image:
+    """`image` upright in RGB; without `in_place` the result never shares pixels with `image` (a caller's own)."""
+    if in_place:
+        ImageOps.exif_transpose(image, in_place=True)
+    else:
+        image = ImageOps.exif_transpose(image)  # always a new image
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         return _from_array(np.asarray(image), name)
@@ -142,7 +157,7 @@ def _to_rgb(image: Image.Image, name: str) -> Image.Image:
         flat.paste(image, mask=image.getchannel("A"))
         return flat
     # CMYK, YCbCr, L, 1 and RGB convert directly.
-    return image.convert("RGB") if image.mode != "RGB" else image.copy()
+    return image.convert("RGB") if image.mode != "RGB" else image
 
 
 def _from_array(array: np.ndarray, name: str) -> Image.Image:
