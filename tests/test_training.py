@@ -162,6 +162,26 @@ def test_export_parity_on_photos_the_model_never_saw(tiny_run):
     assert export.check_parity(model.eval(), tiny_run["model"], photos, tolerance=1e-3) < 1e-3
 
 
+@pytest.mark.parametrize("architecture", ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"])
+def test_imagenet_weights_load_by_position_with_a_fresh_zero_classifier(architecture):
+    import importlib
+
+    import torch
+
+    from training.backbone import ARCHITECTURES, build_model
+
+    model = build_model(architecture, 3)
+    module_name, class_name = ARCHITECTURES[architecture]
+    locator = getattr(importlib.import_module(module_name), class_name)
+    source = list(torch.load(locator.get_model_file_path(), map_location="cpu", weights_only=True).values())
+    loaded = model.state_dict()
+    classifier = model.get_classifier()
+    assert classifier.out_features == 3 and not classifier.weight.any() and not classifier.bias.any()
+    for (name, tensor), expected in zip(loaded.items(), source):
+        if not name.startswith("classifier."):
+            assert torch.equal(tensor, expected), name
+
+
 def _train_args(data, out, epochs: int) -> list[str]:
     return ["--data", str(data), "--out", str(out), "--image-size", "64", "--views", "1", "--epochs", str(epochs),
             "--batch-size", "8", "--val-fraction", "0.25", "--calib-fraction", "0.3", "--workers", "0", "--threads", "1"]

