@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 from contextlib import contextmanager
-from pathlib import Path
 from typing import BinaryIO, Iterator, Union
 
 import numpy as np
@@ -93,10 +92,10 @@ def _opened(source: ImageSource, name: str) -> Iterator[BinaryIO]:
             raise ImageLoadError(name, "empty input (0 bytes)", "empty")
         yield io.BytesIO(source)
     elif isinstance(source, (str, os.PathLike)):
-        if Path(source).is_dir():
-            raise ImageLoadError(name, "is a directory, not an image file", "not_an_image")
         try:
             file = open(source, "rb")
+        except IsADirectoryError:
+            raise ImageLoadError(name, "is a directory, not an image file", "not_an_image") from None
         except OSError as error:
             raise ImageLoadError(name, f"cannot read file ({error.strerror or error})", "unreadable") from None
         with file:
