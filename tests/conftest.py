@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data" / "wildlife-products-v1"
+EVERYDAY_DATA = REPO.parent / "shared" / "data" / "everyday-v1"  # harmless photos of every kind: the open world
 
 # Three visually distinct synthetic "products", so a few epochs on a few photos can learn them.
 _LOOKS = {
@@ -82,7 +83,7 @@ def tiny_run(tmp_path_factory) -> dict[str, Path]:
         "--data", str(data), "--out", str(run), "--name", "tiny", "--version", "0.0.1",
         "--prohibited", "ivory", "horn", "--image-size", "64", "--views", "1", "--epochs", "3",
         "--batch-size", "8", "--lr", "3e-3", "--val-fraction", "0.25", "--calib-fraction", "0.3",
-        "--workers", "0", "--threads", "2",
+        "--workers", "0", "--threads", "2", "--allow-rare",  # a few generated photos per label, knowingly
     ])
     assert status == 0
     model = root / "tiny.onnx"

@@ -97,7 +97,7 @@ def test_errors_by_kind_worst_first_and_decisions_as_measured(report, evaluated)
     accuracies = [float(row[2]) for row in kinds]
     assert accuracies == sorted(accuracies) and sum(int(row[1]) for row in kinds) == len(evaluation.samples)
     _, *decisions = _table_rows(report, "decisions")
-    rates = [None if rate == "&ndash;" else float(rate) for _, rate in decisions]
+    rates = [None if rate == "n/a" else float(rate) for _, rate in decisions]
     assert rates == list(evaluation.metrics["decisions"].values())
 
 
@@ -122,3 +122,8 @@ def test_evaluate_command_writes_the_report(tiny_run, tmp_path):
     path = tmp_path / "report.html"
     assert main(["--model", str(tiny_run["model"]), "--data", str(tiny_run["data"]), "--report", str(path)]) == 0
     assert "<h2>Worst mistakes</h2>" in path.read_text(encoding="utf-8")
+
+
+def _number(cell: str) -> float | None:
+    """A table cell as the metric it shows: n/a is an undefined metric."""
+    return None if cell == "n/a" else float(cell)

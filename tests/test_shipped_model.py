@@ -1,16 +1,18 @@
-"""The shipped model on the shared photos it never trained on: the accuracy its model card states, reproduced."""
+"""The shipped model on the shared photos it never trained on: the figures its model card states, reproduced."""
 
 from __future__ import annotations
 
 import pytest
 
-from conftest import SHARED_DATA
+from conftest import EVERYDAY_DATA, SHARED_DATA
 
 pytestmark = pytest.mark.skipif(
-    not SHARED_DATA.is_dir(), reason=f"needs the shared labelled photos at {SHARED_DATA} (absent in a fresh clone)"
+    not (SHARED_DATA.is_dir() and EVERYDAY_DATA.is_dir()),
+    reason=f"needs the shared labelled photos at {SHARED_DATA.parent} (absent in a fresh clone)",
 )
 
-EVERYDAY_KINDS = ("clothing_", "furniture", "glass", "silverware")  # harmless things listed every day
+LISTED_KINDS = ("clothing_", "furniture", "glass", "silverware")  # harmless things listed every day
+SOURCES = (SHARED_DATA, EVERYDAY_DATA)  # in the order the model's training config records them
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +21,7 @@ def evaluation(shipped_model):
     from wildvision import Classifier
 
     classifier = Classifier(shipped_model)
-    return evaluate(classifier, SHARED_DATA), classifier.info
+    return evaluate(classifier, SOURCES), classifier.info
 
 
 def test_the_val_photos_are_the_ones_held_out_in_training(shipped_model):
@@ -27,25 +29,34 @@ def test_the_val_photos_are_the_ones_held_out_in_training(shipped_model):
     from wildvision import Classifier
 
     info = Classifier(shipped_model).info
-    samples, _ = prepare_samples_like(SHARED_DATA, info.training["config"])
+    samples, _ = prepare_samples_like(info.training["config"], SOURCES)
     assert manifest_hash(samples) == info.training["data"]["manifest_sha256"]
+
+
+def test_everyday_val_photos_are_allowed(evaluation):
+    """The open world: at most 0.5 % of harmless everyday photos flagged, and none of them blocked."""
+    result, _ = evaluation
+    everyday = result.metrics["decisions_by_dataset"]["everyday-v1"]
+    assert everyday["harmless"] > 800 and everyday["prohibited"] == 0
+    assert everyday["harmless_flagged"] <= 0.005
+    assert everyday["harmless_blocked"] <= 0.0005
 
 
 def test_met_val_accuracy_reaches_the_bar_and_matches_the_model_file(evaluation):
     result, info = evaluation
     met = result.metrics["accuracy_by_source"]["met"]
     assert met["photos"] == info.metrics["accuracy_by_source"]["met"]["photos"]
-    assert met["accuracy"] >= 0.93
+    assert met["accuracy"] >= 0.94
     # onnxruntime and PyTorch may round a borderline photo differently: one photo of slack.
     assert met["accuracy"] == pytest.approx(info.metrics["accuracy_by_source"]["met"]["accuracy"], abs=1.5 / met["photos"])
 
 
-def test_everyday_harmless_photos_are_almost_never_blocked(evaluation):
+def test_listed_harmless_photos_are_almost_never_blocked(evaluation):
     result, _ = evaluation
-    everyday = {kind: value for kind, value in result.metrics["blocked_by_kind"].items()
-                if kind.startswith(EVERYDAY_KINDS)}
-    photos = sum(value["photos"] for value in everyday.values())
-    blocked = sum(value["blocked"] * value["photos"] for value in everyday.values())
+    listed = {kind: value for kind, value in result.metrics["decisions_by_kind"].items()
+              if kind.startswith(LISTED_KINDS)}
+    photos = sum(value["harmless"] for value in listed.values())
+    blocked = sum(value["harmless_blocked"] * value["harmless"] for value in listed.values())
     assert photos > 300
     assert blocked / photos <= 0.005
 

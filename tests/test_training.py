@@ -121,6 +121,91 @@ def test_operating_point_meets_its_targets():
     assert point.review <= point.block
 
 
+def test_open_world_operating_point_bounds_false_alarms_in_every_source():
+    rng = np.random.default_rng(2)
+    positives = rng.beta(6, 2, 300)
+    easy, hard = rng.beta(1, 8, 2000), rng.beta(3, 4, 400)  # a source of harmless look-alikes scores much higher
+    scores = np.concatenate([positives, easy, hard])
+    positive = np.arange(len(scores)) < 300
+    groups = ["ivory"] * 300 + ["everyday"] * 2000 + ["lookalikes"] * 400
+    point = choose_operating_point(scores, positive, review_false_positive_rate=0.01, block_false_positive_rate=0.001,
+                                   groups=groups)
+    for start, stop in ((300, 2300), (2300, 2700)):
+        assert (scores[start:stop] >= point.review).mean() <= 0.01
+        assert (scores[start:stop] >= point.block).mean() <= 0.001
+    pooled = choose_operating_point(scores, positive, review_false_positive_rate=0.01, block_false_positive_rate=0.001)
+    assert (scores[2300:] >= pooled.review).mean() > 0.01  # pooled, the look-alikes alone would exceed the rate
+    with pytest.raises(ValueError, match="exactly one"):
+        choose_operating_point(scores, positive, review_recall=0.9, review_false_positive_rate=0.01,
+                               block_false_positive_rate=0.001)
+
+
+def _harmless_source(folder: Path, count: int) -> Path:
+    """A CSV source of harmless photos from two places, labelled with a name no model uses: its config relabels it."""
+    folder.mkdir(parents=True)
+    rows = ["path,label,kind,source,source_id"]
+    for index in range(count):
+        make_photo("horn", 700 + index).save(folder / f"h{index}.jpg")
+        rows.append(f"h{index}.jpg,unlabelled,thing{index % 3},{'shelves' if index % 2 else 'kitchens'},id{index}")
+    (folder / "manifest.csv").write_text("\n".join(rows))
+    return folder
+
+
+def test_training_on_several_sources_records_and_reports_each(tmp_path):
+    from training import train
+    from training.evaluate import evaluate
+
+    products = make_dataset(tmp_path / "products", ("ivory", "not_ivory"), per_label=14)
+    everyday = _harmless_source(tmp_path / "everyday", 24)
+    config = tmp_path / "run.toml"
+    config.write_text(f"""out = "{tmp_path / 'run'}"
+name = "multi"
+image-size = 64
+views = 1
+epochs = 2
+batch-size = 8
+val-fraction = 0.25
+calib-fraction = 0.3
+workers = 0
+threads = 1
+allow-rare = true
+review-fpr = 0.1
+block-fpr = 0.01
+[[data]]
+path = "{products}"
+[[data]]
+path = "{everyday}"
+label = "not_ivory"
+calib-fraction = 0.5
+views = 0
+""")
+    assert train.main(["--config", str(config)]) == 0
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert checkpoint["labels"] == ["ivory", "not_ivory"]
+    assert checkpoint["config"]["data"] == [{"path": str(products)}, {"path": str(everyday), "label": "not_ivory",
+                                                                        "calib_fraction": 0.5, "views": 0}]
+    datasets = checkpoint["data"]["datasets"]
+    assert set(datasets) == {"products", "everyday"} and datasets["everyday"]["photos"] == 24
+    assert len(datasets["everyday"]["manifest_sha256"]) == 64 and len(checkpoint["data"]["content_sha256"]) == 64
+    assert checkpoint["history"]["loss"] and len(checkpoint["history"]["loss"]) == 2
+
+    model = tmp_path / "multi.onnx"
+    assert export.main(["--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--out", str(model),
+                        "--parity-photos", "4"]) == 0
+    metrics = evaluate(Classifier(model)).metrics  # the sources are found where the model records them
+    assert set(metrics["accuracy_by_dataset"]) == {"products", "everyday"}
+    assert {"shelves", "kitchens"} <= set(metrics["decisions_by_source"])
+    everyday_val = metrics["decisions_by_dataset"]["everyday"]
+    assert everyday_val["harmless"] > 0 and everyday_val["prohibited"] == 0
+
+
+def test_evaluate_takes_moved_sources_in_order_and_refuses_a_miscount(tiny_run, tmp_path):
+    from training.evaluate import main
+
+    assert main(["--model", str(tiny_run["model"]), "--data", str(tiny_run["data"])]) == 0
+    assert main(["--model", str(tiny_run["model"]), "--data", str(tiny_run["data"]), "--data", str(tmp_path)]) == 2
+
+
 def test_checkpoint_describes_itself(tiny_run):
     checkpoint = load_checkpoint(tiny_run["checkpoint"])
     assert checkpoint["architecture"] == "tf_efficientnet_lite0"
@@ -184,7 +269,8 @@ def test_imagenet_weights_load_by_position_with_a_fresh_zero_classifier(architec
 
 def _train_args(data, out, epochs: int) -> list[str]:
     return ["--data", str(data), "--out", str(out), "--image-size", "64", "--views", "1", "--epochs", str(epochs),
-            "--batch-size", "8", "--val-fraction", "0.25", "--calib-fraction", "0.3", "--workers", "0", "--threads", "1"]
+            "--batch-size", "8", "--val-fraction", "0.25", "--calib-fraction", "0.3", "--workers", "0", "--threads", "1",
+            "--allow-rare"]
 
 
 def test_resuming_an_interrupted_run_gives_the_same_model(tmp_path, monkeypatch, capsys):
@@ -202,10 +288,11 @@ def test_resuming_an_interrupted_run_gives_the_same_model(tmp_path, monkeypatch,
         raise KeyboardInterrupt  # the process dies right after epoch 1 was saved
 
     monkeypatch.setattr(train.TrainingState, "save", killed_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train.main(_train_args(data, tmp_path / "resumed", epochs=3))
-    monkeypatch.setattr(train.TrainingState, "save", save)
     capsys.readouterr()
+    assert train.main(_train_args(data, tmp_path / "resumed", epochs=3)) == 130
+    interrupted = capsys.readouterr().err.strip()
+    assert "run the same command again to resume" in interrupted and "Traceback" not in interrupted
+    monkeypatch.setattr(train.TrainingState, "save", save)
     assert train.main(_train_args(data, tmp_path / "resumed", epochs=3)) == 0
     log = capsys.readouterr().out
     assert "resuming after epoch 1" in log and "epoch 1:" not in log and "epoch 3:" in log
@@ -234,7 +321,8 @@ def test_options_come_from_a_config_file_and_the_command_line_wins(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text('data = "somewhere"\nout = "runs/x"\nepochs = 5\nbackground-sources = ["clothing"]\n')
     args = parse_args(["--config", str(config), "--epochs", "2"])
-    assert (str(args.data), args.epochs, args.background_sources) == ("somewhere", 2, ["clothing"])
+    assert ([str(s.path) for s in args.data], args.epochs, args.background_sources) == (["somewhere"], 2, ["clothing"])
+    assert [str(s.path) for s in parse_args(["--config", str(config), "--data", "here"]).data] == ["here"]
     config.write_text('data = "d"\nout = "o"\nepoch = 5\n')
     with pytest.raises(SystemExit, match="unknown option"):
         parse_args(["--config", str(config)])

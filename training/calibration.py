@@ -1,11 +1,13 @@
 """Calibration and operating points, fitted on held-out photos that neither training nor reporting uses.
 
 Temperature scaling keeps the ranking (and so accuracy) and makes scores mean what they say. Operating points turn
-calibrated scores into decisions: `review` catches a target share of prohibited items, `block` keeps false alarms on
-harmless photos under a target rate.
+calibrated scores into decisions: `review` catches a target share of prohibited items or keeps false alarms under a
+target rate (open world), `block` keeps false alarms on harmless photos under a target rate.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 
@@ -53,19 +55,42 @@ def expected_calibration_error(probabilities: np.ndarray, targets: np.ndarray, b
 
 
 def choose_operating_point(
-    scores: np.ndarray, is_positive: np.ndarray, *, review_recall: float, block_false_positive_rate: float
+    scores: np.ndarray,
+    is_positive: np.ndarray,
+    *,
+    block_false_positive_rate: float,
+    review_recall: float | None = None,
+    review_false_positive_rate: float | None = None,
+    groups: Sequence[str] | None = None,
 ) -> OperatingPoint:
     """Thresholds on one label's calibrated score.
 
-    review: the highest threshold that still flags `review_recall` of the positives.
     block: the lowest threshold at which at most `block_false_positive_rate` of the negatives are flagged.
+    review: either the highest threshold that still flags `review_recall` of the positives, or (open world) the lowest
+    at which at most `review_false_positive_rate` of the negatives are flagged. With `groups` (one name per photo, e.g.
+    its source), each false-positive rate must hold in every group of negatives, not just on their pool: a platform's
+    photo mix differs from the calib mix, so no single kind of harmless photo may be flooded.
     """
-    positives, negatives = np.sort(scores[is_positive]), np.sort(scores[~is_positive])
-    if len(positives) == 0 or len(negatives) == 0:
+    if (review_recall is None) == (review_false_positive_rate is None):
+        raise ValueError("set review by exactly one of review_recall and review_false_positive_rate")
+    positives = np.sort(scores[is_positive])
+    groups = np.asarray(groups if groups is not None else [""] * len(scores))
+    negatives = [np.sort(scores[~is_positive & (groups == group)]) for group in sorted(set(groups[~is_positive]))]
+    if len(positives) == 0 or not negatives:
         raise ValueError("choosing thresholds needs held-out photos of both the label and others")
-    # The k-th smallest positive score: thresholds at or below it keep the rest.
-    review = float(positives[int(np.floor((1 - review_recall) * len(positives)))])
-    allowed_false_positives = int(np.floor(block_false_positive_rate * len(negatives)))
-    block = float(np.nextafter(negatives[len(negatives) - 1 - allowed_false_positives], 1.0))
-    block = min(block, 1.0)
+    block = _false_positive_threshold(negatives, block_false_positive_rate)
+    if review_recall is not None:
+        # The k-th smallest positive score: thresholds at or below it keep the rest.
+        review = float(positives[int(np.floor((1 - review_recall) * len(positives)))])
+    else:
+        review = _false_positive_threshold(negatives, review_false_positive_rate)
     return OperatingPoint(review=min(review, block), block=block)
+
+
+def _false_positive_threshold(negatives_per_group: Sequence[np.ndarray], rate: float) -> float:
+    """The lowest threshold at which at most `rate` of every group's (sorted) negatives score at or above it."""
+    thresholds = []
+    for negatives in negatives_per_group:
+        allowed = int(np.floor(rate * len(negatives)))  # a group too small to allow one false alarm allows none
+        thresholds.append(float(np.nextafter(negatives[len(negatives) - 1 - allowed], 1.0)))
+    return min(max(thresholds), 1.0)

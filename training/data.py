@@ -1,8 +1,10 @@
-"""Labelled photos from a folder-per-label tree or a CSV, split without leakage between groups.
+"""Labelled photos from one or several data sources, split without leakage between groups.
 
-A CSV needs `path` and `label` columns; optional columns are `group` (or `source_id`: one object, seller or listing,
-never split across train and val), `split` (train/val), `kind` and `source` (used to break metrics down). A folder with
-a `manifest.csv` is read as that CSV; any other folder is read as one sub-folder per label.
+A source is a folder-per-label tree or a CSV. A CSV needs `path` and `label` columns; optional columns are `group` (or
+`source_id`: one object, seller or listing, never split across train and val), `split` (train/val), `kind` and
+`source` (used to break metrics down). A folder with a `manifest.csv` is read as that CSV; any other folder is read as
+one sub-folder per label. Each source keeps its own relabelling and calib share (`DataSource`); near-duplicates are
+found across all of them, so one photo posted in two sources never straddles the split.
 """
 
 from __future__ import annotations
@@ -11,15 +13,57 @@ import csv
 import hashlib
 import os
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 from training.dedupe import DEFAULT_MAX_DISTANCE, hash_files, near_duplicate_pairs
 from wildvision.scan import IMAGE_SUFFIXES
 
-__all__ = ["Sample", "SplitReport", "assign_splits", "load_samples", "manifest_hash", "prepare_samples",
-           "parse_relabel", "prepare_samples_like", "summarise"]
+__all__ = ["DataError", "DataSource", "Sample", "SplitReport", "assign_splits", "content_hash", "load_samples",
+           "manifest_hash", "prepare_samples",
+           "parse_relabel", "prepare_samples_like", "sources_from_config", "summarise"]
+
+
+class DataError(ValueError):
+    """The data cannot be read or split as given; the message names the file or option to fix."""
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One labelled dataset and how a run reads it; unset options fall back to the run's own."""
+
+    path: Path
+    relabel: Mapping[str, str] = field(default_factory=dict)  # kind -> label, on top of the run's --relabel
+    label: str | None = None  # every photo gets this label: a harmless source reused under any label set
+    calib_fraction: float | None = None  # share of training groups held out for temperature and thresholds
+    views: int | None = None  # augmented views cached per training photo
+
+    @property
+    def name(self) -> str:
+        """How reports and provenance name the source: its folder (or CSV file) name."""
+        path = Path(self.path)
+        return path.parent.name if path.name == "manifest.csv" else path.stem if path.is_file() else path.name
+
+    @classmethod
+    def from_config(cls, value: str | Path | Mapping[str, object]) -> DataSource:
+        """A path, or a table of `path` plus options (TOML `[[data]]`, or a recorded run's config)."""
+        if isinstance(value, (str, Path)):
+            return cls(Path(value))
+        options = {key.replace("-", "_"): item for key, item in value.items()}
+        unknown = sorted(set(options) - {f.name for f in fields(cls)})
+        if unknown or "path" not in options:
+            raise DataError(f"a data source takes 'path' and optionally {[f.name for f in fields(cls)][1:]}; "
+                             f"got {sorted(value)}")
+        relabel = options.get("relabel") or {}
+        return cls(**{**options, "path": Path(options["path"]),
+                      "relabel": parse_relabel(relabel) if isinstance(relabel, list) else dict(relabel)})
+
+    def to_config(self) -> dict[str, object]:
+        """JSON-ready, as recorded in checkpoints and model files; `from_config` reads it back."""
+        return {key: value for key, value in
+                [("path", str(self.path)), ("relabel", dict(self.relabel)), ("label", self.label),
+                 ("calib_fraction", self.calib_fraction), ("views", self.views)] if value not in (None, {})}
 
 
 @dataclass(frozen=True)
@@ -29,7 +73,8 @@ class Sample:
     group: str  # photos sharing a group always land in the same split
     split: str  # train | calib | val
     kind: str = ""
-    source: str = ""
+    source: str = ""  # the photo's origin as its data names it (e.g. met, caltech101), else its data source's name
+    dataset: str = ""  # the DataSource it came from
     description: str = ""  # catalogue text where the data has it: helps a person judge a doubted label
 
 
@@ -44,35 +89,67 @@ class SplitReport:
 
 
 def prepare_samples(
-    data: Path,
+    data: Path | DataSource | Sequence[DataSource],
     *,
     val_fraction: float,
     calib_fraction: float,
     near_duplicate_distance: int = DEFAULT_MAX_DISTANCE,
     relabel: Mapping[str, str] | None = None,
 ) -> tuple[list[Sample], SplitReport]:
-    """Load a dataset and split it without leakage: by group, with near-duplicate photos joined into one group.
+    """Load one or several data sources and split them without leakage: by group, near-duplicates joined into one.
 
-    `relabel` maps a `kind` to a label of its own (a new class carved out of existing photos). Train, evaluate and
-    export all call this, so each rebuilds exactly the same split from the same data.
+    `relabel` maps a `kind` to a label of its own (a new class carved out of existing photos) in every source. Train,
+    evaluate and export all call this, so each rebuilds exactly the same split from the same data.
     """
-    samples = [replace(s, label=relabel.get(s.kind, s.label)) if relabel else s for s in load_samples(data)]
+    sources = _as_sources(data)
+    names = [source.name for source in sources]
+    if len(set(names)) < len(names):
+        raise DataError(f"data sources need distinct folder or file names, got {names}")
+    samples, calib_fractions = [], {}
+    for source in sources:
+        calib_fractions[source.name] = calib_fraction if source.calib_fraction is None else source.calib_fraction
+        samples += _source_samples(source, {**(relabel or {}), **source.relabel}, namespaced=len(sources) > 1)
+    _check_relabel_rules(sources, relabel or {}, samples)
     hashes, readable = hash_files([s.path for s in samples])
     pairs = near_duplicate_pairs(hashes, readable, max_distance=near_duplicate_distance)
-    samples = assign_splits(_join_groups(samples, pairs), val_fraction=val_fraction, calib_fraction=calib_fraction)
+    samples = assign_splits(_join_groups(samples, pairs), val_fraction=val_fraction, calib_fraction=calib_fractions)
+    samples = _calib_for_every_label(samples)
     # Where the data fixes the split itself, a group can still straddle it: val stays intact, training gives way.
     val_groups = {s.group for s in samples if s.split == "val"}
     kept = [s for s in samples if s.split == "val" or s.group not in val_groups]
     return kept, SplitReport(len(pairs), len(samples) - len(kept))
 
 
-def prepare_samples_like(data: Path, config: dict) -> tuple[list[Sample], SplitReport]:
-    """The split a model was trained with, rebuilt from its recorded training config."""
+def prepare_samples_like(
+    config: Mapping[str, object], data: Path | Sequence[Path] = ()
+) -> tuple[list[Sample], SplitReport]:
+    """The split a model was trained with, rebuilt from its recorded training config.
+
+    `data` relocates the recorded sources (same order and count), keeping each source's recorded options.
+    """
     return prepare_samples(
-        data, val_fraction=config.get("val_fraction", 0.15), calib_fraction=config.get("calib_fraction", 0.1),
+        sources_from_config(config, data), val_fraction=config.get("val_fraction", 0.15),
+        calib_fraction=config.get("calib_fraction", 0.1),
         near_duplicate_distance=config.get("near_duplicate_distance", DEFAULT_MAX_DISTANCE),
         relabel=parse_relabel(config.get("relabel", [])),
     )
+
+
+def sources_from_config(config: Mapping[str, object], data: Path | Sequence[Path] = ()) -> list[DataSource]:
+    """A run's data sources as its config records them (a path or a list of sources), optionally moved to `data`."""
+    data = [data] if isinstance(data, (str, Path)) else list(data)
+    recorded = config.get("data") or []
+    sources = [DataSource.from_config(item) for item in (recorded if isinstance(recorded, list) else [recorded])]
+    if not data:
+        if not sources:
+            raise DataError("the model records no training data: name it with --data")
+        return sources
+    if sources and len(data) != len(sources):
+        raise DataError(f"the model was trained on {len(sources)} data source(s) "
+                         f"({', '.join(str(s.path) for s in sources)}); give as many --data, in that order")
+    if not sources:
+        return [DataSource(Path(path)) for path in data]
+    return [replace(source, path=Path(path)) for source, path in zip(sources, data)]
 
 
 def parse_relabel(pairs: Iterable[str]) -> dict[str, str]:
@@ -80,7 +157,7 @@ def parse_relabel(pairs: Iterable[str]) -> dict[str, str]:
     pairs = list(pairs)
     malformed = [pair for pair in pairs if pair.count("=") != 1 or pair.startswith("=") or pair.endswith("=")]
     if malformed:
-        raise ValueError(f"relabel takes KIND=LABEL pairs, got {malformed}")
+        raise DataError(f"relabel takes KIND=LABEL pairs, got {malformed}")
     return dict(pair.split("=") for pair in pairs)
 
 
@@ -93,20 +170,24 @@ def load_samples(data: Path) -> list[Sample]:
         return _from_csv(data / "manifest.csv")
     if data.is_dir():
         return _from_folders(data)
-    raise FileNotFoundError(f"no dataset at {data}: give a folder with one sub-folder per label, or a CSV")
+    raise DataError(f"no dataset at {data}: give a folder with one sub-folder per label, or a CSV")
 
 
-def assign_splits(samples: Iterable[Sample], *, val_fraction: float, calib_fraction: float) -> list[Sample]:
+def assign_splits(
+    samples: Iterable[Sample], *, val_fraction: float, calib_fraction: float | Mapping[str, float]
+) -> list[Sample]:
     """Give every sample a split: keep `val` where the data says so, otherwise hash the group.
 
     A `calib` part is always carved out of training groups: temperature and thresholds are fitted there, so neither
-    training nor calibration ever touches the photos that accuracy is reported on.
+    training nor calibration ever touches the photos that accuracy is reported on. `calib_fraction` may differ per
+    dataset (a mapping from `Sample.dataset`).
     """
     assigned = []
     for sample in samples:
         position = _group_position(sample.group)
         split = sample.split or ("val" if position < val_fraction else "train")
-        if split == "train" and _group_position("calib:" + sample.group) < calib_fraction:
+        share = calib_fraction if isinstance(calib_fraction, float | int) else calib_fraction[sample.dataset]
+        if split == "train" and _group_position("calib:" + sample.group) < share:
             split = "calib"
         assigned.append(replace(sample, split=split))
     return assigned
@@ -125,13 +206,83 @@ def manifest_hash(samples: Iterable[Sample]) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def summarise(samples: Iterable[Sample]) -> dict[str, dict[str, int]]:
-    """Photo counts per split and label, and per source, for the model card and metadata."""
+def content_hash(samples: Iterable[Sample]) -> str:
+    """A fingerprint of the photos' bytes, labels and splits: changes when any photo is edited or replaced, which
+    `manifest_hash` (paths only) cannot see."""
+    samples = sorted(samples, key=lambda s: str(s.path))
+    digest = hashlib.sha256()
+    for sample in samples:
+        try:
+            content = hashlib.sha256(Path(sample.path).read_bytes()).hexdigest()
+        except OSError:  # an unreadable photo was left out of training; its absence is part of the fingerprint
+            content = "unreadable"
+        digest.update(f"{content}\t{sample.label}\t{sample.split}\n".encode())
+    return digest.hexdigest()
+
+
+def summarise(samples: Iterable[Sample]) -> dict[str, object]:
+    """Photo counts per split and label, per source, and each data source's own fingerprint, for the metadata."""
     samples = list(samples)
+    datasets = sorted({s.dataset for s in samples})
+    return {
+        "by_split": _counts_by_split(samples),
+        "by_source": dict(sorted(Counter(s.source or "unknown" for s in samples).items())),
+        "datasets": {name: {"manifest_sha256": manifest_hash(part), "photos": len(part), "by_split": _counts_by_split(part)}
+                     for name in datasets for part in [[s for s in samples if s.dataset == name]]},
+    }
+
+
+def _counts_by_split(samples: list[Sample]) -> dict[str, dict[str, int]]:
     by_split: dict[str, dict[str, int]] = {}
     for (split, label), count in sorted(Counter((s.split, s.label) for s in samples).items()):
         by_split.setdefault(split, {})[label] = count
-    return {"by_split": by_split, "by_source": dict(sorted(Counter(s.source or "unknown" for s in samples).items()))}
+    return by_split
+
+
+def _check_relabel_rules(sources: Sequence[DataSource], relabel: Mapping[str, str], samples: list[Sample]) -> None:
+    """A rule whose kind matches no photo is a typo that would silently train the model the rules meant to change."""
+    kinds = {(s.dataset, s.kind) for s in samples}
+    unmatched = [f"{kind}={label}" for kind, label in relabel.items() if not any(k == kind for _, k in kinds)]
+    unmatched += [f"{kind}={label} (in {source.name})" for source in sources for kind, label in source.relabel.items()
+                  if (source.name, kind) not in kinds]
+    if unmatched:
+        known = sorted({kind for _, kind in kinds if kind})
+        raise DataError(f"relabel rule(s) {unmatched} match no photo's kind; kinds in the data: {known[:40]}")
+
+
+def _calib_for_every_label(samples: list[Sample]) -> list[Sample]:
+    """Move one training group into `calib` for each label that has none there: thresholds need every label.
+
+    A rare label's few groups can all hash outside the calib share; the group moved is the one that hashes closest
+    to it, so the choice is as stable as the rest of the split.
+    """
+    present = {s.label for s in samples if s.split == "calib"}
+    moved: set[str] = set()
+    for label in sorted({s.label for s in samples} - present):
+        groups = sorted({s.group for s in samples if s.label == label and s.split == "train"},
+                        key=lambda group: _group_position("calib:" + group))
+        if len(groups) >= 2:  # never take a label's only training group
+            moved.add(groups[0])
+    return [replace(s, split="calib") if s.group in moved and s.split == "train" else s for s in samples]
+
+
+def _as_sources(data: Path | str | DataSource | Sequence[DataSource]) -> list[DataSource]:
+    if isinstance(data, DataSource):
+        return [data]
+    if isinstance(data, (str, Path)):
+        return [DataSource(Path(data))]
+    return list(data)
+
+
+def _source_samples(source: DataSource, relabel: Mapping[str, str], *, namespaced: bool) -> list[Sample]:
+    """A source's photos, labelled as the source says; groups are prefixed by the source where several are mixed,
+    so two sources' object ids never merge (a single source keeps its groups, and so the splits it always had)."""
+    samples = []
+    for sample in load_samples(source.path):
+        label = relabel.get(sample.kind, source.label or sample.label)
+        group = f"{source.name}/{sample.group}" if namespaced else sample.group
+        samples.append(replace(sample, label=label, group=group, dataset=source.name, source=sample.source or source.name))
+    return samples
 
 
 def _join_groups(samples: list[Sample], pairs: list[tuple[int, int]]) -> list[Sample]:
@@ -162,14 +313,14 @@ def _from_csv(csv_path: Path) -> list[Sample]:
         reader = csv.DictReader(handle)
         missing = {"path", "label"} - set(reader.fieldnames or ())
         if missing:
-            raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)}; needs at least 'path' and 'label'")
+            raise DataError(f"{csv_path}: missing column(s) {sorted(missing)}; needs at least 'path' and 'label'")
         samples = []
         for line, row in enumerate(reader, start=2):
             if not row["path"] or not row["label"]:
-                raise ValueError(f"{csv_path}:{line}: empty path or label")
+                raise DataError(f"{csv_path}:{line}: empty path or label")
             split = (row.get("split") or "").strip()
             if split not in ("", "train", "val"):
-                raise ValueError(f"{csv_path}:{line}: split must be 'train', 'val' or empty, got {split!r}")
+                raise DataError(f"{csv_path}:{line}: split must be 'train', 'val' or empty, got {split!r}")
             path = Path(row["path"])
             samples.append(Sample(
                 path=path if path.is_absolute() else root / path,
@@ -192,5 +343,5 @@ def _from_folders(root: Path) -> list[Sample]:
         if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
     ]
     if len({s.label for s in samples}) < 2:
-        raise ValueError(f"{root}: found images for fewer than two labels; expected one sub-folder per label")
+        raise DataError(f"{root}: found images for fewer than two labels; expected one sub-folder per label")
     return samples

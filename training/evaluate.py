@@ -29,7 +29,9 @@ __all__ = ["Evaluation", "evaluate", "main"]
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, help="a wildvision .onnx model (default: the shipped model)")
-    parser.add_argument("--data", type=Path, required=True, help="folder per label, a CSV, or a folder with manifest.csv")
+    parser.add_argument("--data", type=Path, action="append", default=[],
+                        help="where the model's training data lies now (default: where its config recorded it); "
+                             "repeat for each of its sources, in order")
     parser.add_argument("--split", default="val", choices=("val", "calib", "train", "all"),
                         help="part to score: val or calib are held out; train and all are for --audit, not accuracy")
     parser.add_argument("--json", type=Path, help="also write the metrics here")
@@ -41,8 +43,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     classifier = Classifier(args.model)
-    evaluation = evaluate(classifier, args.data, split=args.split)
-    print(f"{classifier.info.full_name} on the {args.split} split of {args.data}")
+    try:
+        evaluation = evaluate(classifier, args.data, split=args.split)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    sources = ", ".join(sorted({s.dataset for s in evaluation.samples}))
+    print(f"{classifier.info.full_name} on the {args.split} split of {sources}")
     if args.split in ("train", "all"):
         print("not held out: these figures include photos the model may have trained on; use them for --audit only")
     print(format_report(evaluation.metrics))
@@ -71,13 +78,14 @@ class Evaluation:
     unreadable: list[str]  # one message per photo that could not be read
 
 
-def evaluate(classifier: Classifier, data: Path, *, split: str = "val") -> Evaluation:
-    """Score one split of `data` (or `all` of it); photos that cannot be read are counted and named, not scored."""
+def evaluate(classifier: Classifier, data: Path | Sequence[Path] = (), *, split: str = "val") -> Evaluation:
+    """Score one split (or `all`) of the model's training data, found at `data` where given, else where the model
+    records it; photos that cannot be read are counted and named, not scored."""
     config = classifier.info.training.get("config", {})
-    samples, _ = prepare_samples_like(data, config)
+    samples, _ = prepare_samples_like(config, data)
     held_out = [s for s in samples if split in (s.split, "all")]
     if not held_out:
-        raise SystemExit(f"no {split} photos in {data}")
+        raise SystemExit(f"no {split} photos in {data or config.get('data')}")
     labels = list(classifier.info.labels)
     unknown = {s.label for s in held_out} - set(labels)
     if unknown:

@@ -50,7 +50,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
-    parser.add_argument("--data", type=Path, help="photos for the parity check (default: the checkpoint's training data)")
+    parser.add_argument("--data", type=Path, action="append", default=[],
+                        help="where the checkpoint's training data lies now, for the parity check (default: where "
+                             "it was); repeat for each of its sources, in order")
     parser.add_argument("--parity-photos", type=int, default=32, help="validation photos both runtimes must agree on")
     parser.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed logit difference")
     parser.add_argument("--notes", default=DEFAULT_NOTES, help="licences, intended use and weaknesses, stored in the file")
@@ -71,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
     info = model_info_from_checkpoint(checkpoint, notes=args.notes)
-    data = args.data or Path(checkpoint["config"]["data"])
+    data = args.data
     photos = parity_photos(data, checkpoint, args.parity_photos)
     twin = _int8_path(args.out)
 
@@ -105,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def export_int8(
-    float_model: Path, data: Path, checkpoint: dict, photos: list, *,
+    float_model: Path, data: Sequence[Path], checkpoint: dict, photos: list, *,
     calibration_count: int, min_agreement: float, max_probability_difference: float,
 ) -> Path:
     """Quantise `float_model` into a twin next to it and record both models' accuracy on `val` in the twin's metadata.
@@ -143,7 +145,7 @@ def model_info_from_checkpoint(checkpoint: dict, *, notes: str) -> ModelInfo:
         temperature=checkpoint["temperature"],
         operating_points={label: OperatingPoint(**point) for label, point in checkpoint["operating_points"].items()},
         training={"architecture": checkpoint["architecture"], "created": checkpoint["created"],
-                  "data": checkpoint["data"], "config": config},
+                  "data": checkpoint["data"], "config": config, "history": checkpoint.get("history", {})},
         metrics={"split": "val", **checkpoint["metrics"]},
         notes=notes,
     )
@@ -185,16 +187,16 @@ def write_onnx(model: torch.nn.Module, info: ModelInfo, path: Path) -> None:
     onnx.save(graph, str(path))
 
 
-def parity_photos(data: Path, checkpoint: dict, count: int) -> list:
+def parity_photos(data: Sequence[Path], checkpoint: dict, count: int) -> list:
     """Up to `count` real validation photos (clean, as users would send them), spread over the labels."""
-    samples, _ = prepare_samples_like(data, checkpoint["config"])
+    samples, _ = prepare_samples_like(checkpoint["config"], data)
     val = [s for s in samples if s.split == "val"] or samples
     return [load_image(s.path) for s in _spread(val, count)]
 
 
-def calibration_samples(data: Path, checkpoint: dict, count: int) -> list[Sample]:
+def calibration_samples(data: Sequence[Path], checkpoint: dict, count: int) -> list[Sample]:
     """Up to `count` photos of the `calib` split, spread over the labels: held out of training, and never `val`."""
-    samples, _ = prepare_samples_like(data, checkpoint["config"])
+    samples, _ = prepare_samples_like(checkpoint["config"], data)
     calib = [s for s in samples if s.split == "calib"]
     if not calib:
         raise SystemExit(f"no calib photos in {data} to calibrate an int8 model on (was calib_fraction 0?)")

@@ -16,7 +16,7 @@ from training.data import Sample
 from wildvision.classifier import decide
 from wildvision.model_info import OperatingPoint
 
-__all__ = ["measure", "format_report"]
+__all__ = ["format_report", "measure", "wilson_interval"]
 
 
 def measure(
@@ -33,23 +33,32 @@ def measure(
     prohibited = [labels.index(label) for label in operating_points]
     is_prohibited = np.isin(targets, prohibited)
     kinds = [s.kind or s.label for s in samples]
+    sources = [s.source or "unknown" for s in samples]
+    datasets = [s.dataset or "unknown" for s in samples]
     return {
         "photos": len(samples),
         "accuracy": _rate(correct),
         "expected_calibration_error": round(expected_calibration_error(probabilities, targets), 4),
         "per_label": {label: _label_metrics(predicted, targets, index) for index, label in enumerate(labels)},
-        "accuracy_by_source": _grouped(correct, [s.source or "unknown" for s in samples]),
+        "accuracy_by_dataset": _grouped(correct, datasets),
+        "accuracy_by_source": _grouped(correct, sources),
         "accuracy_by_kind": _grouped(correct, kinds),
-        # Where the block threshold bites: a platform checks its everyday harmless kinds here.
-        "blocked_by_kind": _grouped(np.array([d == "block" for d in decisions]), kinds, rate="blocked"),
-        "decisions": {
-            # Of prohibited items, how many were blocked or at least sent to review; of harmless ones, how many were not.
-            "prohibited_blocked": _rate([d == "block" for d, p in zip(decisions, is_prohibited) if p]),
-            "prohibited_flagged": _rate([d != "allow" for d, p in zip(decisions, is_prohibited) if p]),
-            "harmless_blocked": _rate([d == "block" for d, p in zip(decisions, is_prohibited) if not p]),
-            "harmless_flagged": _rate([d != "allow" for d, p in zip(decisions, is_prohibited) if not p]),
-        },
+        "decisions": _decision_rates(decisions, is_prohibited),
+        # The open world: where the thresholds flag harmless photos, and how much of each source's prohibited photos
+        # they catch. A platform checks the kinds of photo it sees most here.
+        "decisions_by_dataset": _grouped_decisions(decisions, is_prohibited, datasets),
+        "decisions_by_source": _grouped_decisions(decisions, is_prohibited, sources),
+        "decisions_by_kind": _grouped_decisions(decisions, is_prohibited, kinds),
     }
+
+
+def wilson_interval(rate: float | None, photos: int, *, z: float = 1.96) -> tuple[float, float] | None:
+    """The 95 % Wilson score interval of a rate measured on `photos` photos: honest at 0 %, 100 % and small counts."""
+    if rate is None or photos == 0:
+        return None
+    centre = (rate + z * z / (2 * photos)) / (1 + z * z / photos)
+    half = z * np.sqrt(rate * (1 - rate) / photos + z * z / (4 * photos * photos)) / (1 + z * z / photos)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def format_report(metrics: Mapping[str, object]) -> str:
@@ -57,24 +66,60 @@ def format_report(metrics: Mapping[str, object]) -> str:
     lines = [f"photos {metrics['photos']}  accuracy {metrics['accuracy']}  ECE {metrics['expected_calibration_error']}"]
     for label, values in metrics["per_label"].items():
         lines.append(f"  {label:<20} precision {values['precision']}  recall {values['recall']}  f1 {values['f1']}")
-    for title in ("accuracy_by_source", "accuracy_by_kind"):
+    for title in ("accuracy_by_dataset", "accuracy_by_source", "accuracy_by_kind"):
         lines.append(title.replace("_", " ") + ":")
         lines += [f"  {name:<20} {value['accuracy']}  (n={value['photos']})" for name, value in metrics[title].items()]
     lines.append("decisions: " + "  ".join(f"{key} {value}" for key, value in metrics["decisions"].items()))
+    lines.append("decisions by source (flagged = sent to review or blocked):")
+    lines += [f"  {name:<20} prohibited flagged {value['prohibited_flagged']} (n={value['prohibited']})  "
+              f"harmless flagged {value['harmless_flagged']} blocked {value['harmless_blocked']} (n={value['harmless']})"
+              for name, value in metrics["decisions_by_source"].items()]
     return "\n".join(lines)
+
+
+def _decision_rates(decisions: Sequence[str], is_prohibited: Sequence[bool]) -> dict[str, float | int | None]:
+    """Of prohibited photos, how many were blocked or at least sent to review; of harmless ones, how many were too."""
+    prohibited = [d for d, p in zip(decisions, is_prohibited) if p]
+    harmless = [d for d, p in zip(decisions, is_prohibited) if not p]
+    return {
+        "prohibited_blocked": _rate([d == "block" for d in prohibited]),
+        "prohibited_flagged": _rate([d != "allow" for d in prohibited]),
+        "harmless_blocked": _rate([d == "block" for d in harmless]),
+        "harmless_flagged": _rate([d != "allow" for d in harmless]),
+    }
+
+
+def _grouped_decisions(
+    decisions: Sequence[str], is_prohibited: np.ndarray, keys: Sequence[str]
+) -> dict[str, dict[str, float | int | None]]:
+    groups: dict[str, list[int]] = defaultdict(list)
+    for index, key in enumerate(keys):
+        groups[key].append(index)
+    return {
+        key: {"prohibited": int(is_prohibited[members].sum()), "harmless": int((~is_prohibited[members]).sum()),
+              **_decision_rates([decisions[i] for i in members], is_prohibited[members])}
+        for key, members in sorted(groups.items())
+    }
 
 
 def _rate(flags: Sequence[bool] | np.ndarray) -> float | None:
     return round(float(np.mean(flags)), 4) if len(flags) else None
 
 
-def _label_metrics(predicted: np.ndarray, targets: np.ndarray, index: int) -> dict[str, float | int]:
+def _label_metrics(predicted: np.ndarray, targets: np.ndarray, index: int) -> dict[str, float | int | None]:
+    """Precision, recall and F1 of one label; None where undefined (nothing predicted, or no photos of it)."""
     true_positive = int(((predicted == index) & (targets == index)).sum())
-    precision = true_positive / max(1, int((predicted == index).sum()))
-    recall = true_positive / max(1, int((targets == index).sum()))
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
-            "photos": int((targets == index).sum())}
+    predicted_count, actual_count = int((predicted == index).sum()), int((targets == index).sum())
+    precision = true_positive / predicted_count if predicted_count else None
+    recall = true_positive / actual_count if actual_count else None
+    f1 = None
+    if precision is not None and recall is not None:
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": _round(precision), "recall": _round(recall), "f1": _round(f1), "photos": actual_count}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def _grouped(flags: np.ndarray, keys: Sequence[str], *, rate: str = "accuracy") -> dict[str, dict[str, float | int]]:

@@ -28,6 +28,7 @@ except ImportError:
 
 from training.audit import rank_doubts
 from training.calibration import expected_calibration_error, softmax
+from training.metrics import wilson_interval
 from training.data import Sample
 from wildvision.images import load_image
 from wildvision.model_info import ModelInfo
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # evaluate imports this module when asked for a report; at ru
 __all__ = ["Curve", "precision_recall_curve", "roc_curve", "write_report"]
 
 GALLERY_SIZE = 12  # photos per gallery: enough to see a pattern in the mistakes, few enough to keep the file small
+OPEN_WORLD_GALLERY_SIZE = 30  # the harmless photos closest to being flagged: where the next false alarms come from
 THUMBNAIL_SIDE = 160  # pixels, longer side
 CALIBRATION_BINS = 15  # the same equal-width confidence bins as expected_calibration_error
 
@@ -107,9 +109,12 @@ def write_report(evaluation: Evaluation, info: ModelInfo, path: Path) -> None:
         _curves_section(evaluation.probabilities, targets, info),
         _calibration_section(evaluation, targets, info.temperature),
         _operating_points_section(info, evaluation.metrics),
+        _open_world_section(evaluation, info),
+        _sources_section(evaluation.metrics),
         _kinds_section(evaluation.samples, predicted == targets),
         _gallery_section(evaluation, targets, info),
         _doubts_section(evaluation, info),
+        _provenance_section(info),
     ]
     title = html.escape(f"{info.full_name} evaluation report")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -259,14 +264,115 @@ def _operating_points_section(info: ModelInfo, metrics: Mapping[str, object]) ->
     return _section("Operating points and decisions", note, body)
 
 
+def _open_world_section(evaluation: Evaluation, info: ModelInfo) -> str:
+    """Where the thresholds flag harmless photos, per data source, source and kind; what they catch; the near misses."""
+    metrics = evaluation.metrics
+    harmless_columns = ("harmless photos", "flagged (95 % interval)", "blocked (95 % interval)")
+    parts = []
+    for title, key in (("by data source", "decisions_by_dataset"), ("by source", "decisions_by_source")):
+        rows = [(name, *_harmless_cells(values)) for name, values in metrics[key].items() if values["harmless"]]
+        parts.append(f"<h3>Harmless photos flagged, {title}</h3>\n"
+                     + _table((title.split()[-1], *harmless_columns), rows, table_id=f"open-world-{key}"))
+    kinds = [(name, *_harmless_cells(values), values["harmless_flagged"])
+             for name, values in metrics["decisions_by_kind"].items() if values["harmless"]]
+    kinds.sort(key=lambda row: (-row[-1], row[0]))
+    parts.append("<h3>Harmless photos flagged, by kind (most flagged first)</h3>\n"
+                 + _table(("kind", *harmless_columns), [row[:-1] for row in kinds], table_id="open-world-kinds"))
+    recall = [(name, values["prohibited"], _with_interval(values["prohibited_flagged"], values["prohibited"]),
+               _with_interval(values["prohibited_blocked"], values["prohibited"]))
+              for name, values in metrics["decisions_by_source"].items() if values["prohibited"]]
+    parts.append("<h3>Prohibited photos caught at these thresholds, by source</h3>\n"
+                 + _table(("source", "prohibited photos", "sent at least to review", "blocked"), recall,
+                          table_id="open-world-recall"))
+    parts.append(f"<h3>The {OPEN_WORLD_GALLERY_SIZE} harmless photos with the highest scores</h3>\n"
+                 + _nearest_false_alarms(evaluation, info))
+    note = ("A marketplace sees mostly harmless photos of every kind: these tables show how many of them the shipped "
+            "thresholds send to review (flagged: review or block) or block, and how much of each source's prohibited "
+            "photos the same thresholds catch. Intervals are 95 % Wilson intervals: a rate on few photos is a rough one.")
+    return _section("Open world", note, "\n".join(parts))
+
+
+def _harmless_cells(values: Mapping[str, object]) -> tuple[object, str, str]:
+    photos = values["harmless"]
+    return photos, _with_interval(values["harmless_flagged"], photos), _with_interval(values["harmless_blocked"], photos)
+
+
+def _with_interval(rate: float | None, photos: int) -> str:
+    """`0.0125 (0.0051–0.0301)`, or n/a where there is nothing to take the rate over."""
+    interval = wilson_interval(rate, photos)
+    return "n/a" if interval is None else f"{rate:.4f} ({interval[0]:.4f}–{interval[1]:.4f})"
+
+
+def _nearest_false_alarms(evaluation: Evaluation, info: ModelInfo) -> str:
+    """Harmless photos ranked by their highest prohibited score: the false alarms a lower threshold would add."""
+    prohibited = [info.labels.index(label) for label in info.operating_points]
+    harmless = np.flatnonzero([s.label not in info.operating_points for s in evaluation.samples])
+    if not len(harmless) or not prohibited:
+        return '<p class="note">None.</p>'
+    scores = evaluation.probabilities[harmless][:, prohibited]
+    order = harmless[np.argsort(-scores.max(axis=1), kind="stable")][:OPEN_WORLD_GALLERY_SIZE]
+    figures = []
+    for index in order:
+        row = evaluation.probabilities[index]
+        best = max(prohibited, key=lambda label_index: row[label_index])
+        figures.append(_figure(evaluation.samples[index], _caption(evaluation.samples[index], info.labels[best], row[best])))
+    return '<div class="gallery" id="open-world-gallery">' + "".join(figures) + "</div>"
+
+
+def _caption(sample: Sample, label: str, score: float) -> str:
+    """What a reader needs to find and judge a thumbnail: the score, what the photo is, where it came from."""
+    kind = f"{sample.kind}, " if sample.kind and sample.kind != sample.label else ""
+    return (f"{_escape(label)} {score:.3f}<br>{_escape(sample.label)} ({_escape(kind)}{_escape(sample.source)})"
+            f"<br><small>{_escape(_short_path(sample))}</small>")
+
+
+def _short_path(sample: Sample) -> str:
+    """The photo's path from its data source's folder on: enough to find it, short enough to caption."""
+    parts = sample.path.parts
+    return "/".join(parts[parts.index(sample.dataset):]) if sample.dataset in parts else str(sample.path)
+
+
+def _sources_section(metrics: Mapping[str, object]) -> str:
+    parts = []
+    for title, key in (("data source", "accuracy_by_dataset"), ("source", "accuracy_by_source")):
+        rows = [(name, values["photos"], _with_interval(values["accuracy"], values["photos"]))
+                for name, values in metrics[key].items()]
+        parts.append(_table((title, "photos", "accuracy (95 % interval)"), rows, table_id=key.replace("_", "-")))
+    note = "Top-label accuracy per data source and per source within them."
+    return _section("Accuracy by source", note, "".join(parts))
+
+
 def _kinds_section(samples: Sequence[Sample], correct: np.ndarray) -> str:
     groups: dict[str, list[bool]] = defaultdict(list)
     for sample, flag in zip(samples, correct):  # as in metrics, a photo without a kind counts under its label
         groups[sample.kind or sample.label].append(bool(flag))
-    rows = [(kind, len(flags), round(float(np.mean(flags)), 4), flags.count(False)) for kind, flags in groups.items()]
+    rows = [(kind, len(flags), float(np.mean(flags)), flags.count(False)) for kind, flags in groups.items()]
     rows.sort(key=lambda row: (row[2], -row[3], row[0]))
-    note = "Top-label accuracy per kind of photo, worst first."
-    return _section("Errors by kind", note, _table(("kind", "photos", "accuracy", "errors"), rows, table_id="kinds"))
+    rows = [(kind, photos, _with_interval(accuracy, photos), errors) for kind, photos, accuracy, errors in rows]
+    note = "Top-label accuracy per kind of photo, worst first, with 95 % Wilson intervals."
+    table = _table(("kind", "photos", "accuracy (95 % interval)", "errors"), rows, table_id="kinds")
+    return _section("Errors by kind", note, table)
+
+
+def _provenance_section(info: ModelInfo) -> str:
+    """How the model was made: its training options, each data source's fingerprint, and the loss per epoch."""
+    training = info.training
+    config = training.get("config", {})
+    settings = [(key, _setting(value)) for key, value in sorted(config.items()) if key not in ("data", "config")]
+    datasets = training.get("data", {}).get("datasets", {})
+    sources = [(name, values.get("photos"), values.get("manifest_sha256", "")[:16]) for name, values in datasets.items()]
+    losses = [(epoch, loss) for epoch, loss in enumerate(training.get("history", {}).get("loss", []), start=1)]
+    body = (_table((), [("architecture", training.get("architecture")), ("trained", training.get("created")),
+                        ("parent model", training.get("parent") or "none (ImageNet weights)")])
+            + "<h3>Data sources</h3>\n" + _table(("source", "photos", "fingerprint (SHA-256, first 16)"), sources,
+                                                table_id="provenance-data")
+            + "<h3>Mean training loss per epoch</h3>\n" + _table(("epoch", "loss"), losses, table_id="provenance-loss")
+            + "<details><summary>training options</summary>" + _table(("option", "value"), settings) + "</details>")
+    return _section("How this model was trained", "As recorded in the model file.", body)
+
+
+def _setting(value: object) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def _gallery_section(evaluation: Evaluation, targets: np.ndarray, info: ModelInfo) -> str:
@@ -309,10 +415,7 @@ def _gallery(evaluation: Evaluation, indices: np.ndarray, label: str, info: Mode
     figures = []
     for index in indices:
         sample, scores = evaluation.samples[index], evaluation.probabilities[index]
-        top, score = info.labels[int(scores.argmax())], scores[info.labels.index(label)]
-        caption = (f"{_escape(sample.path.name)}<br>true: {_escape(sample.label)}, top: {_escape(top)}"
-                   f"<br>{_escape(label)} score {score:.3f}")
-        figures.append(_figure(sample, caption))
+        figures.append(_figure(sample, _caption(sample, label, scores[info.labels.index(label)])))
     return '<div class="gallery">' + "".join(figures) + "</div>"
 
 
@@ -353,9 +456,9 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[object]], *, table_id:
 
 
 def _escape(value: object) -> str:
-    """Any cell or caption as escaped text; a missing rate (no photos to take it over) shows as a dash."""
+    """Any cell or caption as escaped text; an undefined metric (nothing to take it over) shows as n/a."""
     if value is None:
-        return "&ndash;"
+        return "n/a"
     if isinstance(value, float):
         return f"{value:.4f}"
     return html.escape(str(value))

@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
@@ -22,13 +23,16 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from training.augment import ListingStyle
 from training.backbone import ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD, build_model, split_model
 from training.calibration import choose_operating_point, fit_temperature, softmax
 from training.checkpoint import save_checkpoint
-from training.data import Sample, manifest_hash, parse_relabel, prepare_samples, summarise
+from training.checks import MIN_PHOTOS, check_labels, photo_table
+from training.data import (
+    DataError, DataSource, Sample, content_hash, manifest_hash, parse_relabel, prepare_samples, summarise,
+)
 from training.dedupe import DEFAULT_MAX_DISTANCE
 from training.metrics import format_report, measure
 from wildvision.images import ImageLoadError, load_image
@@ -40,13 +44,18 @@ __all__ = ["main", "parse_args"]
 _CACHE_FORMAT = 2  # bump when the way photos become cached features changes
 # Labels named like these are the harmless rest; every other label is prohibited and gets operating points.
 _HARMLESS_PREFIXES = ("not_", "other", "harmless", "background", "lookalike")
+# Options that do not change the trained weights (see `_run_key`).
+_NOT_TRAINING = ("workers", "threads", "out", "config", "name", "version", "prohibited", "review_recall", "review_fpr",
+                 "block_fpr", "threshold_sources", "allow_rare", "allow_similar_labels")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Options from the command line, with defaults from `--config FILE.toml` (same names, `-` or `_`)."""
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, help="a TOML file of option values, e.g. training/configs/ivory.toml")
-    parser.add_argument("--data", type=Path, help="folder per label, a CSV, or a folder with manifest.csv")
+    parser.add_argument("--data", type=Path, action="append",
+                        help="folder per label, a CSV, or a folder with manifest.csv; repeat for several sources "
+                             "(a config's [[data]] tables also set per-source options)")
     parser.add_argument("--out", type=Path, help="run folder: feature cache, checkpoint, metrics")
     parser.add_argument("--relabel", nargs="*", default=[], metavar="KIND=LABEL",
                         help="give photos of a `kind` their own label, e.g. horn_antler=lookalike")
@@ -72,16 +81,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--near-duplicate-distance", type=int, default=DEFAULT_MAX_DISTANCE,
                         help="photos whose 256-bit hashes differ in at most this many bits share a split")
     parser.add_argument("--review-recall", type=float, default=0.95, help="share of prohibited photos sent at least to review")
-    parser.add_argument("--block-fpr", type=float, default=0.005, help="highest share of harmless photos blocked")
+    parser.add_argument("--review-fpr", type=float,
+                        help="open world: set review instead so that at most this share of each source's harmless "
+                             "calib photos is flagged (replaces --review-recall)")
+    parser.add_argument("--block-fpr", type=float, default=0.005,
+                        help="highest share of each source's harmless calib photos blocked")
+    parser.add_argument("--threshold-sources", nargs="*", default=(), metavar="SOURCE",
+                        help="sources whose harmless calib photos bound --review-fpr and --block-fpr (default: all)")
+    parser.add_argument("--allow-rare", action="store_true",
+                        help=f"train even where a label has fewer photos than {MIN_PHOTOS} in a split")
+    parser.add_argument("--allow-similar-labels", action="store_true",
+                        help="train even where two labels differ only by case, spaces or one typo")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="processes decoding and augmenting photos")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     parser.add_argument("--no-pretrained", action="store_true", help="random init: for tests only, never for a release")
     config, _ = parser.parse_known_args(argv)
-    if config.config:
-        parser.set_defaults(**_read_config(config.config, parser))
+    configured = _read_config(config.config, parser) if config.config else {}
+    # Sources from the config are kept aside: argparse would append --data to them instead of replacing them.
+    configured_sources = configured.pop("data", [])
+    parser.set_defaults(**configured)
     args = parser.parse_args(argv)
-    if args.data is None or args.out is None:
+    try:
+        args.data = [DataSource(path) for path in args.data] if args.data else configured_sources
+    except ValueError as error:
+        parser.error(str(error))
+    if not args.data or args.out is None:
         parser.error("--data and --out are required (on the command line or in --config)")
     return args
 
@@ -94,14 +119,32 @@ def _read_config(path: Path, parser: argparse.ArgumentParser) -> dict:
     unknown = sorted(set(values) - known)
     if unknown:
         raise SystemExit(f"{path}: unknown option(s) {unknown}")
-    for key in ("data", "out"):
-        if key in values:  # relative to the checkout, where `python -m training.train` runs
-            values[key] = Path(values[key])
+    if "out" in values:  # relative to the checkout, where `python -m training.train` runs
+        values["out"] = Path(values["out"])
+    if "data" in values:  # a path, a list of paths, or [[data]] tables of a path and per-source options
+        data = values["data"] if isinstance(values["data"], list) else [values["data"]]
+        try:
+            values["data"] = [DataSource.from_config(item) for item in data]
+        except ValueError as error:
+            raise SystemExit(f"{path}: {error}") from None
     return values
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        return train(args)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: cached features and finished epochs are kept in {args.out}; "
+              "run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def train(args: argparse.Namespace) -> int:
+    """The whole run: split, check, cache, train, calibrate, measure, write. Returns the exit status."""
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     samples, split_report = prepare_samples(
@@ -110,36 +153,100 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(split_report)
     labels = sorted({s.label for s in samples})
+    print(photo_table(samples, labels))
     prohibited = args.prohibited or [label for label in labels if not label.startswith(_HARMLESS_PREFIXES)]
-    _check_inputs(samples, labels, prohibited)
+    _check_prohibited(labels, prohibited)
+    check_labels(samples, labels, allow_rare=args.allow_rare, allow_similar=args.allow_similar_labels)
+    identity = model_identity(args.name, args.version, samples)
     spec = Preprocessing(args.image_size, args.resize, IMAGENET_MEAN, IMAGENET_STD)
-    print(f"{len(samples)} photos, labels {labels}, prohibited {prohibited}: {summarise(samples)['by_split']}")
+    print(f"training {identity}: {len(samples)} photos, labels {labels}, prohibited {prohibited}")
 
     model = build_model(args.architecture, len(labels), pretrained=not args.no_pretrained)
     front, tail = split_model(model, args.trainable_from_block)
     cache = FeatureCache.build(args, samples, front, spec)
 
     tail_trainer = nn.Sequential(*tail[:-1], nn.Dropout(args.dropout), tail[-1])  # timm applies head dropout functionally
-    train_tail(tail_trainer, cache, samples, labels, args)
+    history = train_tail(tail_trainer, cache, samples, labels, args)
     tail.eval()
 
     calib_logits, calib = cache.logits(tail, samples, "calib")
-    calib_targets = np.array([labels.index(s.label) for s in calib])
-    temperature = fit_temperature(calib_logits, calib_targets)
-    calib_probabilities = softmax(calib_logits, temperature)
-    operating_points = {
-        label: choose_operating_point(
-            calib_probabilities[:, labels.index(label)], calib_targets == labels.index(label),
-            review_recall=args.review_recall, block_false_positive_rate=args.block_fpr,
-        )
-        for label in prohibited
-    }
+    temperature, operating_points = fit_calibration(calib_logits, calib, labels, prohibited, args)
     val_logits, val = cache.logits(tail, samples, "val")
     metrics = measure(softmax(val_logits, temperature), val, labels, operating_points) if val else {}
     print(format_report(metrics) if metrics else "no val photos: nothing to report")
 
-    write_run(args.out, model, args, samples, split_report, labels, spec, temperature, operating_points, metrics)
-    return 0
+    write_run(args.out, model, args, identity, samples, split_report, labels, spec, temperature, operating_points,
+              metrics, history)
+    return _check_learnt(metrics, val, args.out)
+
+
+def fit_calibration(
+    logits: np.ndarray, calib: list[Sample], labels: list[str], prohibited: list[str], args: argparse.Namespace
+) -> tuple[float, dict[str, OperatingPoint]]:
+    """Temperature, then each prohibited label's operating point, on the held-out `calib` photos."""
+    targets = np.array([labels.index(s.label) for s in calib])
+    temperature = fit_temperature(logits, targets)
+    probabilities = softmax(logits, temperature)
+    # Only the named sources' harmless photos bound the false-alarm rates (all where none are named); prohibited
+    # photos of every source count for recall.
+    bounded = set(args.threshold_sources) or {s.source for s in calib}
+    unknown = bounded - {s.source for s in calib}
+    if unknown:
+        raise DataError(f"--threshold-sources names sources with no calib photos: {sorted(unknown)}")
+    operating_points = {}
+    for label in prohibited:
+        is_positive = targets == labels.index(label)
+        kept = is_positive | np.array([s.source in bounded for s in calib])
+        operating_points[label] = choose_operating_point(
+            probabilities[kept, labels.index(label)], is_positive[kept],
+            block_false_positive_rate=args.block_fpr, groups=[s.source for s, k in zip(calib, kept) if k],
+            **({"review_false_positive_rate": args.review_fpr} if args.review_fpr is not None
+               else {"review_recall": args.review_recall}),
+        )
+    print("operating points (fitted on calib): " + ", ".join(
+        f"{label} review {point.review:.4f} block {point.block:.4f}" for label, point in operating_points.items()))
+    return temperature, operating_points
+
+
+def model_identity(name: str, version: str, samples: list[Sample]) -> str:
+    """`name@version`, never that of a shipped model: a retrained copy gets a local version naming its data.
+
+    Records carry the identity, so a model trained here must never pass for the release it was trained like.
+    """
+    identity = f"{name}@{version}"
+    if identity in _shipped_identities():
+        local = f"{version}+retrained.{manifest_hash(samples)[:8]}"
+        print(f"note: {identity} is a shipped model's identity; this model is {name}@{local} "
+              "(set --name/--version to choose another)")
+        identity = f"{name}@{local}"
+    return identity
+
+
+def _shipped_identities() -> set[str]:
+    """`name@version` of the models this installation ships."""
+    from wildvision.classifier import Classifier, default_model_path
+
+    identities = set()
+    for precision in ("float32", "int8"):
+        try:
+            identities.add(Classifier(default_model_path(precision)).info.full_name)
+        except FileNotFoundError:  # a checkout or wheel without that file ships nothing to clash with
+            continue
+    return identities
+
+
+def _check_learnt(metrics: dict, val: list[Sample], out: Path) -> int:
+    """Exit status 1 where the model is no better than always answering the commonest val label."""
+    if not val:
+        return 0
+    label, count = Counter(s.label for s in val).most_common(1)[0]
+    baseline = count / len(val)
+    if metrics["accuracy"] > baseline:
+        return 0
+    print(f"error: val accuracy {metrics['accuracy']} is not above {baseline:.4f}, what always answering {label!r} "
+          f"scores: this model learnt nothing useful. {out / 'checkpoint.pt'} is kept for inspection; do not ship it",
+          file=sys.stderr)
+    return 1
 
 
 class FeatureCache:
@@ -150,8 +257,9 @@ class FeatureCache:
 
     @classmethod
     def build(cls, args: argparse.Namespace, samples: list[Sample], front: nn.Module, spec: Preprocessing) -> FeatureCache:
+        views = {source.name: args.views if source.views is None else source.views for source in args.data}
         items = [(index, view) for index, sample in enumerate(samples)
-                 for view in range(1 + (args.views if sample.split == "train" else 0))]
+                 for view in range(1 + (views[sample.dataset] if sample.split == "train" else 0))]
         key = _cache_key(args, samples)
         path = args.out / f"features-{key}.pt"
         if path.is_file():
@@ -159,21 +267,25 @@ class FeatureCache:
             stored = torch.load(path, weights_only=True)
             return cls(stored["features"], stored["owners"], stored["views"])
         backgrounds = [s.path for s in samples if s.split == "train" and s.source in args.background_sources]
+        parts = _CachedParts(args.out / f"features-{key}.parts")
+        remaining = [position for position in range(len(items)) if position not in parts.covered]
+        if parts.covered:
+            print(f"resuming the feature cache: {len(parts.covered)} of {len(items)} views already cached")
         loader = DataLoader(
-            _PhotoViews(samples, items, spec, backgrounds, args.seed), batch_size=32, num_workers=args.workers,
+            Subset(_PhotoViews(samples, items, spec, backgrounds, args.seed), remaining), batch_size=32,
+            num_workers=args.workers,
         )
         front.eval().to(memory_format=torch.channels_last)  # channels-last runs depthwise convs ~2x faster on CPU
-        chunks, kept, failed = [], [], []
         with torch.no_grad():
             for pixels, ok, positions in _progress(loader, "caching frozen features"):
-                chunks.append(front(pixels.to(memory_format=torch.channels_last)).to(torch.float16)[ok])
-                kept += positions[ok].tolist()
-                failed += [samples[items[p][0]].path for p in positions[~ok].tolist()]
+                parts.add(front(pixels.to(memory_format=torch.channels_last)).to(torch.float16)[ok], positions, ok)
+        features, kept, failed = parts.finish()
         if failed:
-            print(f"skipped {len(failed)} unreadable photo(s): {', '.join(map(str, failed[:10]))}", file=sys.stderr)
-        cache = cls(torch.cat(chunks), [items[p][0] for p in kept], [items[p][1] for p in kept])
-        args.out.mkdir(parents=True, exist_ok=True)
+            paths = [str(samples[items[p][0]].path) for p in failed]
+            print(f"skipped {len(failed)} unreadable photo view(s): {', '.join(paths[:10])}", file=sys.stderr)
+        cache = cls(features, [items[p][0] for p in kept], [items[p][1] for p in kept])
         torch.save({"features": cache.features, "owners": cache.owners, "views": cache.views}, path)
+        parts.remove()
         return cache
 
     def rows(self, samples: list[Sample], split: str, *, clean_only: bool) -> dict[int, list[int]]:
@@ -194,19 +306,60 @@ class FeatureCache:
         return logits, [samples[o] for o in owners]
 
 
-def train_tail(tail: nn.Module, cache: FeatureCache, samples: list[Sample], labels: list[str], args) -> None:
+class _CachedParts:
+    """The feature cache written in parts as it is computed, so an interrupted run resumes where it stopped."""
+
+    ROWS_PER_PART = 1024  # photo views: at 288 px on 2 cores, about two minutes of work lost at most
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.stored = [torch.load(part, weights_only=True) for part in sorted(folder.glob("part-*.pt"))]
+        self.covered = {p for part in self.stored for p in part["kept"] + part["failed"]}
+        self.pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def add(self, features: torch.Tensor, positions: torch.Tensor, ok: torch.Tensor) -> None:
+        self.pending.append((features, positions, ok))
+        if sum(len(positions) for _, positions, _ in self.pending) >= self.ROWS_PER_PART:
+            self._write()
+
+    def finish(self) -> tuple[torch.Tensor, list[int], list[int]]:
+        """All cached features in position order, the positions they belong to, and the unreadable positions."""
+        self._write()
+        kept = [p for part in self.stored for p in part["kept"]]
+        order = sorted(range(len(kept)), key=kept.__getitem__)  # as an uninterrupted run, however it was resumed
+        features = torch.cat([part["features"] for part in self.stored])[order]
+        return features, sorted(kept), sorted(p for part in self.stored for p in part["failed"])
+
+    def remove(self) -> None:
+        for part in self.folder.glob("part-*.pt"):
+            part.unlink()
+        self.folder.rmdir()
+
+    def _write(self) -> None:
+        if not self.pending:
+            return
+        positions = torch.cat([positions for _, positions, _ in self.pending])
+        ok = torch.cat([ok for _, _, ok in self.pending])
+        part = {"features": torch.cat([features for features, _, _ in self.pending]),
+                "kept": positions[ok].tolist(), "failed": positions[~ok].tolist()}
+        path = self.folder / f"part-{int(positions.min()):08d}.pt"
+        torch.save(part, path.with_suffix(".partial"))
+        path.with_suffix(".partial").replace(path)  # a kill mid-write leaves no half part behind
+        self.stored.append(part)
+        self.pending = []
+
+
+def train_tail(tail: nn.Module, cache: FeatureCache, samples: list[Sample], labels: list[str], args) -> dict:
     """Fine-tune the unfrozen blocks and classifier; each epoch sees one random cached view per training photo.
 
     After every epoch the whole training state is saved; re-running the same command resumes after the last finished
-    epoch and ends with the same weights as an uninterrupted run.
+    epoch and ends with the same weights as an uninterrupted run. Returns the history: mean loss per epoch.
     """
     rows = cache.rows(samples, "train", clean_only=False)
     owners = sorted(rows)
     targets = torch.tensor([labels.index(samples[o].label) for o in owners])
-    counts = torch.bincount(targets, minlength=len(labels)).float()
-    # Inverse-frequency class weights: a rare label counts as much as a common one in the loss.
-    weights = counts.sum() / (len(labels) * counts.clamp(min=1))
-    loss_function = nn.CrossEntropyLoss(weight=weights, label_smoothing=args.label_smoothing)
+    loss_function = BalancedLoss(targets, len(labels), label_smoothing=args.label_smoothing)
     optimiser = torch.optim.AdamW([p for p in tail.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.01)
     total_steps = args.epochs * math.ceil(len(owners) / args.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=args.lr, total_steps=max(1, total_steps), pct_start=0.1)
@@ -227,7 +380,33 @@ def train_tail(tail: nn.Module, cache: FeatureCache, samples: list[Sample], labe
             schedule.step()
             losses.append(loss.item())
         print(f"epoch {epoch + 1}: mean loss {np.mean(losses):.4f}")
+        state.history["loss"].append(round(float(np.mean(losses)), 4))
         state.save(epoch + 1)
+    return state.history
+
+
+class BalancedLoss(nn.Module):
+    """Label-smoothed cross-entropy in which each label counts about as much as another, however few its photos.
+
+    Each photo is weighted by its own label's inverse frequency, capped at `MAX_CLASS_WEIGHT` times the commonest
+    label's weight so that a 38-photo label cannot swamp 4,000 others. The weight is applied per photo, not through
+    `CrossEntropyLoss(weight=...)`: that also weights the smoothing term, which then pulls *every* photo towards the
+    rarest label (a model answering the rare label for nearly everything).
+    """
+
+    MAX_CLASS_WEIGHT = 10.0
+
+    def __init__(self, targets: torch.Tensor, label_count: int, *, label_smoothing: float) -> None:
+        super().__init__()
+        counts = torch.bincount(targets, minlength=label_count).float().clamp(min=1)
+        weights = (counts.max() / counts).clamp(max=self.MAX_CLASS_WEIGHT)
+        # Scaled so that the mean weight over the training photos is 1: the learning rate means what it says.
+        self.register_buffer("weights", weights / weights[targets].mean())
+        self.per_photo = nn.CrossEntropyLoss(reduction="none", label_smoothing=label_smoothing)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        weights = self.weights[targets]
+        return (self.per_photo(logits, targets) * weights).sum() / weights.sum()
 
 
 class TrainingState:
@@ -235,6 +414,7 @@ class TrainingState:
 
     def __init__(self, path: Path, tail: nn.Module, optimiser, schedule, generator: torch.Generator) -> None:
         self.path, self.tail, self.optimiser, self.schedule, self.generator = path, tail, optimiser, schedule, generator
+        self.history: dict[str, list[float]] = {"loss": []}
 
     def resume(self) -> int:
         """The number of epochs already done (0 for a fresh run), with the state restored."""
@@ -246,6 +426,7 @@ class TrainingState:
         self.schedule.load_state_dict(state["schedule"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        self.history = state.get("history", self.history)
         print(f"resuming after epoch {state['epochs_done']} from {self.path}")
         return state["epochs_done"]
 
@@ -255,16 +436,18 @@ class TrainingState:
         torch.save({
             "epochs_done": epochs_done, "tail": self.tail.state_dict(), "optimiser": self.optimiser.state_dict(),
             "schedule": self.schedule.state_dict(), "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": torch.get_rng_state(), "history": self.history,
         }, partial)
         partial.replace(self.path)  # a kill mid-save leaves the previous epoch's state intact
 
 
 def write_run(
-    out: Path, model: nn.Module, args, samples, split_report, labels, spec, temperature, operating_points, metrics
+    out: Path, model: nn.Module, args, identity: str, samples, split_report, labels, spec, temperature,
+    operating_points, metrics, history: dict,
 ) -> None:
     """The checkpoint (weights plus everything export needs) and the metrics as JSON, in the run folder."""
-    config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
+    name, version = identity.split("@", 1)
+    config = {**_config(args), "name": name, "version": version}
     save_checkpoint(out / "checkpoint.pt", {
         "architecture": args.architecture,
         "labels": labels,
@@ -272,8 +455,11 @@ def write_run(
         "temperature": temperature,
         "operating_points": {label: asdict(point) for label, point in operating_points.items()},
         "metrics": metrics,
-        "data": {"manifest_sha256": manifest_hash(samples), **summarise(samples), **asdict(split_report)},
+        "data": {"manifest_sha256": manifest_hash(samples), "content_sha256": content_hash(samples),
+                 **summarise(samples), **asdict(split_report)},
+        "parent": f"ImageNet weights of {args.architecture}" if not args.no_pretrained else None,
         "config": config,
+        "history": history,
         "state_dict": model.state_dict(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
@@ -303,35 +489,58 @@ class _PhotoViews(Dataset):
         return torch.from_numpy(to_tensor(image, self.spec)), True, position
 
 
-def _check_inputs(samples: list[Sample], labels: list[str], prohibited: list[str]) -> None:
+def _check_prohibited(labels: list[str], prohibited: list[str]) -> None:
     unknown = set(prohibited) - set(labels)
     if unknown:
-        raise SystemExit(f"--prohibited names labels not in the data: {sorted(unknown)} (labels: {labels})")
+        raise DataError(f"--prohibited names labels not in the data: {sorted(unknown)} (labels: {labels})")
     if not prohibited:
-        raise SystemExit(f"no prohibited label among {labels}; name them with --prohibited")
-    for split in ("train", "calib"):
-        present = {s.label for s in samples if s.split == split}
-        if present != set(labels):
-            raise SystemExit(f"the {split} split lacks photos of {sorted(set(labels) - present)}; add more photos")
+        raise DataError(f"no prohibited label among {labels}; name them with --prohibited")
 
 
 def _cache_key(args: argparse.Namespace, samples: list[Sample]) -> str:
     """Cached features are valid only for the same photos, splits, network front, input and augmentation."""
     parts = [_CACHE_FORMAT, manifest_hash(samples), args.architecture, args.image_size, args.resize, args.trainable_from_block,
-             args.views, sorted(args.background_sources), args.seed, args.no_pretrained]
+             args.views, [(s.name, s.views) for s in args.data], sorted(args.background_sources), args.seed,
+             args.no_pretrained]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 
 def _run_key(args: argparse.Namespace, samples: list[Sample]) -> str:
-    """Training state resumes only into the same run: same data, features and every training setting."""
-    config = {key: str(value) for key, value in sorted(vars(args).items()) if key not in ("workers", "threads", "out")}
+    """Training state resumes only into the same run: same data, features and every training setting.
+
+    Settings applied after training (names, prohibited labels, thresholds) are left out, so changing them and rerunning
+    refits the thresholds on the finished training state in seconds.
+    """
+    config = {key: str(value) for key, value in sorted(_config(args).items()) if key not in _NOT_TRAINING}
     return hashlib.sha256(json.dumps([_cache_key(args, samples), config]).encode()).hexdigest()[:16]
 
 
-def _progress(iterable, description: str):
-    from tqdm import tqdm
+def _config(args: argparse.Namespace) -> dict[str, object]:
+    """The run's options, JSON-ready, as the checkpoint and model file record them (each data source with its options)."""
+    config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
+    return {**config, "data": [source.to_config() for source in args.data]}
 
-    return tqdm(iterable, desc=description, unit="batch", disable=None, mininterval=5)
+
+def _progress(iterable, description: str):
+    """A progress bar on a terminal; elsewhere (a log file, CI) a plain line a minute, so a log never goes quiet."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(iterable, desc=description, unit="batch", mininterval=5)
+    return _logged_progress(iterable, description)
+
+
+def _logged_progress(iterable, description: str, interval_s: float = 60.0):
+    total = len(iterable)
+    start = last = time.monotonic()
+    for done, item in enumerate(iterable, start=1):
+        yield item
+        now = time.monotonic()
+        if now - last >= interval_s and done < total:
+            left = (now - start) / done * (total - done)
+            print(f"{description}: {done}/{total} batches, {(now - start) / 60:.1f} min so far, "
+                  f"about {left / 60:.0f} min left", flush=True)
+            last = now
 
 
 if __name__ == "__main__":
