@@ -7,7 +7,7 @@ target rate (open world), `block` keeps false alarms on harmless photos under a 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 
@@ -62,6 +62,7 @@ def choose_operating_point(
     review_recall: float | None = None,
     review_false_positive_rate: float | None = None,
     groups: Sequence[str] | None = None,
+    review_groups: Collection[str] | None = None,
 ) -> OperatingPoint:
     """Thresholds on one label's calibrated score.
 
@@ -69,21 +70,26 @@ def choose_operating_point(
     review: either the highest threshold that still flags `review_recall` of the positives, or (open world) the lowest
     at which at most `review_false_positive_rate` of the negatives are flagged. With `groups` (one name per photo, e.g.
     its source), each false-positive rate must hold in every group of negatives, not just on their pool: a platform's
-    photo mix differs from the calib mix, so no single kind of harmless photo may be flooded.
+    photo mix differs from the calib mix, so no single kind of harmless photo may be flooded. `review_groups` limits
+    the groups that bound the review rate (block is always bounded by all): a reviewer's queue is where hard
+    look-alikes belong, while an automatic block must stay above every kind of harmless photo.
     """
     if (review_recall is None) == (review_false_positive_rate is None):
         raise ValueError("set review by exactly one of review_recall and review_false_positive_rate")
     positives = np.sort(scores[is_positive])
     groups = np.asarray(groups if groups is not None else [""] * len(scores))
-    negatives = [np.sort(scores[~is_positive & (groups == group)]) for group in sorted(set(groups[~is_positive]))]
+    negatives = {group: np.sort(scores[~is_positive & (groups == group)]) for group in sorted(set(groups[~is_positive]))}
     if len(positives) == 0 or not negatives:
         raise ValueError("choosing thresholds needs held-out photos of both the label and others")
-    block = _false_positive_threshold(negatives, block_false_positive_rate)
+    block = _false_positive_threshold(list(negatives.values()), block_false_positive_rate)
     if review_recall is not None:
         # The k-th smallest positive score: thresholds at or below it keep the rest.
         review = float(positives[int(np.floor((1 - review_recall) * len(positives)))])
     else:
-        review = _false_positive_threshold(negatives, review_false_positive_rate)
+        bounding = [values for group, values in negatives.items() if review_groups is None or group in review_groups]
+        if not bounding:
+            raise ValueError(f"no harmless photos in the groups that bound review: {sorted(review_groups or ())}")
+        review = _false_positive_threshold(bounding, review_false_positive_rate)
     return OperatingPoint(review=min(review, block), block=block)
 
 

@@ -10,11 +10,11 @@ import re
 from collections import Counter
 from typing import Iterable, Sequence
 
-from training.data import DataError, Sample
+from training.data import MIN_CALIB_PHOTOS, DataError, Sample
 
 __all__ = ["MIN_PHOTOS", "check_labels", "photo_table", "similar_labels"]
 
-MIN_PHOTOS = {"train": 10, "calib": 2, "val": 2}  # per label and split
+MIN_PHOTOS = {"train": 10, "calib": MIN_CALIB_PHOTOS, "val": 2}  # per label and split
 SPLITS = ("train", "calib", "val")
 
 

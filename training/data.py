@@ -20,9 +20,12 @@ from typing import Iterable, Mapping, Sequence
 from training.dedupe import DEFAULT_MAX_DISTANCE, hash_files, near_duplicate_pairs
 from wildvision.scan import IMAGE_SUFFIXES
 
-__all__ = ["DataError", "DataSource", "Sample", "SplitReport", "assign_splits", "content_hash", "load_samples",
+__all__ = ["MIN_CALIB_PHOTOS", "DataError", "DataSource", "Sample", "SplitReport", "assign_splits", "content_hash", "load_samples",
            "manifest_hash", "prepare_samples",
            "parse_relabel", "prepare_samples_like", "sources_from_config", "summarise"]
+
+
+MIN_CALIB_PHOTOS = 2  # per label: temperature and thresholds need a label's photos among the held-out ones
 
 
 class DataError(ValueError):
@@ -251,18 +254,22 @@ def _check_relabel_rules(sources: Sequence[DataSource], relabel: Mapping[str, st
 
 
 def _calib_for_every_label(samples: list[Sample]) -> list[Sample]:
-    """Move one training group into `calib` for each label that has none there: thresholds need every label.
+    """Move training groups into `calib` until every label has `MIN_CALIB_PHOTOS` there: thresholds need them all.
 
-    A rare label's few groups can all hash outside the calib share; the group moved is the one that hashes closest
-    to it, so the choice is as stable as the rest of the split.
+    A rare label's few groups can all hash outside the calib share; the groups moved are those that hash closest to
+    it, so the choice is as stable as the rest of the split. A label's last training group is never taken.
     """
-    present = {s.label for s in samples if s.split == "calib"}
     moved: set[str] = set()
-    for label in sorted({s.label for s in samples} - present):
+    for label in sorted({s.label for s in samples}):
+        in_calib = sum(s.label == label and s.split == "calib" for s in samples)
         groups = sorted({s.group for s in samples if s.label == label and s.split == "train"},
                         key=lambda group: _group_position("calib:" + group))
-        if len(groups) >= 2:  # never take a label's only training group
-            moved.add(groups[0])
+        sizes = Counter(s.group for s in samples if s.label == label and s.split == "train")
+        for group in groups[:-1]:
+            if in_calib >= MIN_CALIB_PHOTOS:
+                break
+            moved.add(group)
+            in_calib += sizes[group]
     return [replace(s, split="calib") if s.group in moved and s.split == "train" else s for s in samples]
 
 

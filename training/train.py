@@ -46,7 +46,7 @@ _CACHE_FORMAT = 2  # bump when the way photos become cached features changes
 _HARMLESS_PREFIXES = ("not_", "other", "harmless", "background", "lookalike")
 # Options that do not change the trained weights (see `_run_key`).
 _NOT_TRAINING = ("workers", "threads", "out", "config", "name", "version", "prohibited", "review_recall", "review_fpr",
-                 "block_fpr", "threshold_sources", "allow_rare", "allow_similar_labels")
+                 "block_fpr", "review_sources", "allow_rare", "allow_similar_labels")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -86,8 +86,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "calib photos is flagged (replaces --review-recall)")
     parser.add_argument("--block-fpr", type=float, default=0.005,
                         help="highest share of each source's harmless calib photos blocked")
-    parser.add_argument("--threshold-sources", nargs="*", default=(), metavar="SOURCE",
-                        help="sources whose harmless calib photos bound --review-fpr and --block-fpr (default: all)")
+    parser.add_argument("--review-sources", nargs="*", default=(), metavar="SOURCE",
+                        help="sources whose harmless calib photos bound --review-fpr (default: all; --block-fpr is "
+                             "always bounded by all)")
     parser.add_argument("--allow-rare", action="store_true",
                         help=f"train even where a label has fewer photos than {MIN_PHOTOS} in a split")
     parser.add_argument("--allow-similar-labels", action="store_true",
@@ -187,22 +188,19 @@ def fit_calibration(
     targets = np.array([labels.index(s.label) for s in calib])
     temperature = fit_temperature(logits, targets)
     probabilities = softmax(logits, temperature)
-    # Only the named sources' harmless photos bound the false-alarm rates (all where none are named); prohibited
-    # photos of every source count for recall.
-    bounded = set(args.threshold_sources) or {s.source for s in calib}
-    unknown = bounded - {s.source for s in calib}
+    review_sources = set(args.review_sources) or None  # None: every source's harmless photos bound review
+    unknown = (review_sources or set()) - {s.source for s in calib}
     if unknown:
-        raise DataError(f"--threshold-sources names sources with no calib photos: {sorted(unknown)}")
-    operating_points = {}
-    for label in prohibited:
-        is_positive = targets == labels.index(label)
-        kept = is_positive | np.array([s.source in bounded for s in calib])
-        operating_points[label] = choose_operating_point(
-            probabilities[kept, labels.index(label)], is_positive[kept],
-            block_false_positive_rate=args.block_fpr, groups=[s.source for s, k in zip(calib, kept) if k],
+        raise DataError(f"--review-sources names sources with no calib photos: {sorted(unknown)}")
+    operating_points = {
+        label: choose_operating_point(
+            probabilities[:, labels.index(label)], targets == labels.index(label),
+            block_false_positive_rate=args.block_fpr, groups=[s.source for s in calib], review_groups=review_sources,
             **({"review_false_positive_rate": args.review_fpr} if args.review_fpr is not None
                else {"review_recall": args.review_recall}),
         )
+        for label in prohibited
+    }
     print("operating points (fitted on calib): " + ", ".join(
         f"{label} review {point.review:.4f} block {point.block:.4f}" for label, point in operating_points.items()))
     return temperature, operating_points
