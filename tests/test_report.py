@@ -10,10 +10,13 @@ import pytest
 
 pytest.importorskip("matplotlib", reason="the evaluation report needs the [train] extra: pip install '.[train]'")
 
-from training.report import GALLERY_SIZE, precision_recall_curve, roc_curve, write_report  # noqa: E402
+from training.report import (  # noqa: E402
+    GALLERY_SIZE, OPEN_WORLD_GALLERY_SIZE, precision_recall_curve, roc_curve, write_report,
+)
 
 SECTIONS = ("Per-label metrics", "Confusion matrix", "ROC and precision-recall curves", "Calibration",
-            "Operating points and decisions", "Errors by kind", "Worst mistakes", "Doubtful labels")
+            "Operating points and decisions", "Open world", "Accuracy by source", "Errors by kind", "Worst mistakes",
+            "Doubtful labels", "How this model was trained")
 
 
 @pytest.fixture(scope="module")
@@ -87,18 +90,47 @@ def test_per_label_table_matches_the_metrics(report, evaluated):
         expected = evaluation.metrics["per_label"][label]
         assert prohibited == ("yes" if label in info.operating_points else "no")
         assert int(photos) == expected["photos"]
-        assert [float(precision), float(recall), float(f1)] == [expected["precision"], expected["recall"], expected["f1"]]
+        assert [_number(precision), _number(recall), _number(f1)] == [
+            expected["precision"], expected["recall"], expected["f1"]]
 
 
 @pytest.mark.slow
 def test_errors_by_kind_worst_first_and_decisions_as_measured(report, evaluated):
     evaluation, _ = evaluated
     _, *kinds = _table_rows(report, "kinds")
-    accuracies = [float(row[2]) for row in kinds]
+    accuracies = [float(row[2].split()[0]) for row in kinds]  # "0.9000 (0.5958–0.9821)": rate, then interval
     assert accuracies == sorted(accuracies) and sum(int(row[1]) for row in kinds) == len(evaluation.samples)
     _, *decisions = _table_rows(report, "decisions")
     rates = [None if rate == "n/a" else float(rate) for _, rate in decisions]
     assert rates == list(evaluation.metrics["decisions"].values())
+
+
+@pytest.mark.slow
+def test_open_world_section_shows_false_alarms_per_source_and_the_nearest_ones(report, evaluated):
+    evaluation, info = evaluated
+    heading, *rows = _table_rows(report, "open-world-sources")
+    assert heading[:2] == ["source", "harmless photos"]
+    by_source = evaluation.metrics["decisions_by_source"]
+    for source, photos, flagged, blocked in rows:
+        assert int(photos) == by_source[source]["harmless"]
+        assert _number(flagged.split()[0]) == by_source[source]["harmless_flagged"]
+        low, high = (float(bound) for bound in flagged.split()[1].strip("()").split("–"))
+        assert low <= by_source[source]["harmless_flagged"] <= high
+    harmless = sum(s.label not in info.operating_points for s in evaluation.samples)
+    gallery = re.search(r'id="open-world-gallery">(.*?)</div>', report, re.S).group(1)
+    assert gallery.count("<figure>") == min(harmless, OPEN_WORLD_GALLERY_SIZE)
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", gallery)
+    scores = [float(caption.split("<br>")[0].split()[-1]) for caption in captions]
+    assert scores == sorted(scores, reverse=True)  # the harmless photos closest to a false alarm come first
+
+
+@pytest.mark.slow
+def test_provenance_names_every_source_and_the_loss_per_epoch(report, evaluated):
+    _, info = evaluated
+    _, *sources = _table_rows(report, "provenance-data")
+    assert [row[0] for row in sources] == list(info.training["data"]["datasets"])
+    _, *losses = _table_rows(report, "provenance-loss")
+    assert [float(loss) for _, loss in losses] == info.training["history"]["loss"]
 
 
 @pytest.mark.slow

@@ -133,6 +133,10 @@ def test_open_world_operating_point_bounds_false_alarms_in_every_source():
     for start, stop in ((300, 2300), (2300, 2700)):
         assert (scores[start:stop] >= point.review).mean() <= 0.01
         assert (scores[start:stop] >= point.block).mean() <= 0.001
+    everyday_bound = choose_operating_point(scores, positive, review_false_positive_rate=0.01,
+                                            block_false_positive_rate=0.001, groups=groups, review_groups={"everyday"})
+    assert everyday_bound.review < point.review and everyday_bound.block == point.block  # block still bounds all
+    assert (scores[300:2300] >= everyday_bound.review).mean() <= 0.01
     pooled = choose_operating_point(scores, positive, review_false_positive_rate=0.01, block_false_positive_rate=0.001)
     assert (scores[2300:] >= pooled.review).mean() > 0.01  # pooled, the look-alikes alone would exceed the rate
     with pytest.raises(ValueError, match="exactly one"):

@@ -45,7 +45,7 @@ class DataSource:
     @property
     def name(self) -> str:
         """How reports and provenance name the source: its folder (or CSV file) name."""
-        path = Path(self.path)
+        path = Path(self.path).resolve()  # `.` or `data/` name the folder they point at
         return path.parent.name if path.name == "manifest.csv" else path.stem if path.is_file() else path.name
 
     @classmethod

@@ -269,10 +269,11 @@ def _open_world_section(evaluation: Evaluation, info: ModelInfo) -> str:
     metrics = evaluation.metrics
     harmless_columns = ("harmless photos", "flagged (95 % interval)", "blocked (95 % interval)")
     parts = []
-    for title, key in (("by data source", "decisions_by_dataset"), ("by source", "decisions_by_source")):
+    for title, key, table_id in (("by data source", "decisions_by_dataset", "open-world-datasets"),
+                                 ("by source", "decisions_by_source", "open-world-sources")):
         rows = [(name, *_harmless_cells(values)) for name, values in metrics[key].items() if values["harmless"]]
         parts.append(f"<h3>Harmless photos flagged, {title}</h3>\n"
-                     + _table((title.split()[-1], *harmless_columns), rows, table_id=f"open-world-{key}"))
+                     + _table((title.split()[-1], *harmless_columns), rows, table_id=table_id))
     kinds = [(name, *_harmless_cells(values), values["harmless_flagged"])
              for name, values in metrics["decisions_by_kind"].items() if values["harmless"]]
     kinds.sort(key=lambda row: (-row[-1], row[0]))
