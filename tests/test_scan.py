@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -185,7 +186,9 @@ def test_cli_scan_predict_and_info(archive, model, tmp_path, capsys, monkeypatch
     assert main(["--model", str(model), "predict", str(root / "item0.png"), str(root / "fake.jpg")]) == 1
     assert "fake.jpg: error: not an image" in capsys.readouterr().out
     assert main(["--model", str(model), "info"]) == 0
-    assert "labels     horn, ivory, not_ivory" in capsys.readouterr().out
+    info = capsys.readouterr().out
+    assert "labels     horn, ivory, not_ivory" in info
+    assert re.search(r"flagged    \S+: [\d.]+% of \d+ harmless photos, [\d.]+% of \d+ prohibited photos", info)
 
 
 @pytest.mark.parametrize("arguments, message", [

@@ -163,8 +163,9 @@ def _info(args: argparse.Namespace, classifier: Classifier) -> int:
         by_source = ", ".join(f"{name} {value['accuracy']}" for name, value in metrics.get("accuracy_by_source", {}).items())
         print(f"accuracy   {metrics.get('accuracy')} on {metrics.get('photos')} held-out photos ({by_source})")
         for name, rates in metrics.get("decisions_by_dataset", {}).items():  # the open world, per data source
-            print(f"flagged    {name}: {rates['harmless_flagged']} of {rates['harmless']} harmless photos, "
-                  f"{rates['prohibited_flagged']} of {rates['prohibited']} prohibited photos")
+            parts = [f"{rates[f'{kind}_flagged']:.2%} of {rates[kind]} {kind} photos"
+                     for kind in ("harmless", "prohibited") if rates[kind]]
+            print(f"flagged    {name}: {', '.join(parts)} (sent to review or blocked)")
     print(f"trained on {json.dumps(info.training.get('data', {}).get('by_split', {}))}")
     print(f"notes      {info.notes}")
     return 0
