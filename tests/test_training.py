@@ -240,7 +240,6 @@ def test_export_refuses_a_model_that_disagrees(tiny_run, tmp_path, capsys):
 
 
 def test_export_parity_on_photos_the_model_never_saw(tiny_run):
-    import torch
 
     from training.backbone import build_model
 

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("torch", reason="training tests need the [train] extra: pip install '.[train]'")
 
-from conftest import make_dataset, make_photo  # noqa: E402
+from conftest import make_dataset  # noqa: E402
 from training.checks import check_labels, photo_table, similar_labels  # noqa: E402
 from training.checkpoint import load_checkpoint  # noqa: E402
 from training.data import DataError, Sample, prepare_samples  # noqa: E402
