@@ -196,6 +196,7 @@ views = 0
     model = tmp_path / "multi.onnx"
     assert export.main(["--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--out", str(model),
                         "--parity-photos", "4"]) == 0
+    assert Classifier(model).info.training["parent"] == "ImageNet weights of tf_efficientnet_lite0"
     metrics = evaluate(Classifier(model)).metrics  # the sources are found where the model records them
     assert set(metrics["accuracy_by_dataset"]) == {"products", "everyday"}
     assert {"shelves", "kitchens"} <= set(metrics["decisions_by_source"])

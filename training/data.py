@@ -20,9 +20,9 @@ from typing import Iterable, Mapping, Sequence
 from training.dedupe import DEFAULT_MAX_DISTANCE, hash_files, near_duplicate_pairs
 from wildvision.scan import IMAGE_SUFFIXES
 
-__all__ = ["MIN_CALIB_PHOTOS", "DataError", "DataSource", "Sample", "SplitReport", "assign_splits", "content_hash", "load_samples",
-           "manifest_hash", "prepare_samples",
-           "parse_relabel", "prepare_samples_like", "sources_from_config", "summarise"]
+__all__ = ["MIN_CALIB_PHOTOS", "DataError", "DataSource", "Sample", "SplitReport", "assign_splits", "content_hash",
+           "load_samples", "manifest_hash", "parse_relabel", "prepare_samples", "prepare_samples_like",
+           "sources_from_config", "summarise"]
 
 
 MIN_CALIB_PHOTOS = 2  # per label: temperature and thresholds need a label's photos among the held-out ones
@@ -226,12 +226,14 @@ def content_hash(samples: Iterable[Sample]) -> str:
 def summarise(samples: Iterable[Sample]) -> dict[str, object]:
     """Photo counts per split and label, per source, and each data source's own fingerprint, for the metadata."""
     samples = list(samples)
-    datasets = sorted({s.dataset for s in samples})
+    by_dataset: dict[str, list[Sample]] = {}
+    for sample in samples:
+        by_dataset.setdefault(sample.dataset, []).append(sample)
     return {
         "by_split": _counts_by_split(samples),
         "by_source": dict(sorted(Counter(s.source or "unknown" for s in samples).items())),
         "datasets": {name: {"manifest_sha256": manifest_hash(part), "photos": len(part), "by_split": _counts_by_split(part)}
-                     for name in datasets for part in [[s for s in samples if s.dataset == name]]},
+                     for name, part in sorted(by_dataset.items())},
     }
 
 
@@ -245,11 +247,12 @@ def _counts_by_split(samples: list[Sample]) -> dict[str, dict[str, int]]:
 def _check_relabel_rules(sources: Sequence[DataSource], relabel: Mapping[str, str], samples: list[Sample]) -> None:
     """A rule whose kind matches no photo is a typo that would silently train the model the rules meant to change."""
     kinds = {(s.dataset, s.kind) for s in samples}
-    unmatched = [f"{kind}={label}" for kind, label in relabel.items() if not any(k == kind for _, k in kinds)]
+    any_kind = {kind for _, kind in kinds}
+    unmatched = [f"{kind}={label}" for kind, label in relabel.items() if kind not in any_kind]
     unmatched += [f"{kind}={label} (in {source.name})" for source in sources for kind, label in source.relabel.items()
                   if (source.name, kind) not in kinds]
     if unmatched:
-        known = sorted({kind for _, kind in kinds if kind})
+        known = sorted(kind for kind in any_kind if kind)
         raise DataError(f"relabel rule(s) {unmatched} match no photo's kind; kinds in the data: {known[:40]}")
 
 
@@ -284,11 +287,12 @@ def _as_sources(data: Path | str | DataSource | Sequence[DataSource]) -> list[Da
 def _source_samples(source: DataSource, relabel: Mapping[str, str], *, namespaced: bool) -> list[Sample]:
     """A source's photos, labelled as the source says; groups are prefixed by the source where several are mixed,
     so two sources' object ids never merge (a single source keeps its groups, and so the splits it always had)."""
+    name = source.name  # resolved once, not per photo
     samples = []
     for sample in load_samples(source.path):
         label = relabel.get(sample.kind, source.label or sample.label)
-        group = f"{source.name}/{sample.group}" if namespaced else sample.group
-        samples.append(replace(sample, label=label, group=group, dataset=source.name, source=sample.source or source.name))
+        group = f"{name}/{sample.group}" if namespaced else sample.group
+        samples.append(replace(sample, label=label, group=group, dataset=name, source=sample.source or name))
     return samples
 
 

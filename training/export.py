@@ -145,7 +145,8 @@ def model_info_from_checkpoint(checkpoint: dict, *, notes: str) -> ModelInfo:
         temperature=checkpoint["temperature"],
         operating_points={label: OperatingPoint(**point) for label, point in checkpoint["operating_points"].items()},
         training={"architecture": checkpoint["architecture"], "created": checkpoint["created"],
-                  "data": checkpoint["data"], "config": config, "history": checkpoint.get("history", {})},
+                  "data": checkpoint["data"], "config": config, "history": checkpoint.get("history", {}),
+                  "parent": checkpoint.get("parent")},
         metrics={"split": "val", **checkpoint["metrics"]},
         notes=notes,
     )
