@@ -87,8 +87,8 @@ def tiny_run(tmp_path_factory) -> dict[str, Path]:
     ])
     assert status == 0
     model = root / "tiny.onnx"
-    assert export.main(["--checkpoint", str(run / "checkpoint.pt"), "--out", str(model), "--parity-photos", "8"]) == 0
-    return {"data": data, "run": run, "checkpoint": run / "checkpoint.pt", "model": model}
+    assert export.main(["--checkpoint", str(run / "checkpoint.safetensors"), "--out", str(model), "--parity-photos", "8"]) == 0
+    return {"data": data, "run": run, "checkpoint": run / "checkpoint.safetensors", "model": model}
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 
 from training.audit import rank_doubts, write_doubts_csv
 from training.data import Sample
-from training.evaluate import Evaluation
+from training.evaluation import Evaluation
 
 LABELS = ("ivory", "not_ivory")
 

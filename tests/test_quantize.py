@@ -10,7 +10,8 @@ pytest.importorskip("torch", reason="quantisation tests need the [train] extra: 
 from conftest import make_photo  # noqa: E402
 from training import export  # noqa: E402
 from training.checkpoint import load_checkpoint  # noqa: E402
-from training.evaluate import evaluate  # noqa: E402
+from training.evaluation import evaluate  # noqa: E402
+from training.split import load_split  # noqa: E402
 from training.quantize import QuantizationError, quantize_model  # noqa: E402
 from wildvision import Classifier  # noqa: E402
 
@@ -68,8 +69,9 @@ def test_each_file_carries_its_own_metrics_and_the_twin_shows_the_cost(int8_expo
     assert float_classifier.info.metrics == {"split": "val", **checkpoint["metrics"]}
     int8_metrics = int8_classifier.info.metrics
     assert int8_metrics["split"] == "val"
-    assert int8_metrics["accuracy"] == evaluate(int8_classifier, int8_export["data"]).metrics["accuracy"]
-    assert int8_metrics["float_accuracy"] == evaluate(float_classifier, int8_export["data"]).metrics["accuracy"]
+    samples = load_split(checkpoint)
+    assert int8_metrics["accuracy"] == evaluate(int8_classifier, samples).metrics["accuracy"]
+    assert int8_metrics["float_accuracy"] == evaluate(float_classifier, samples).metrics["accuracy"]
 
 
 def test_int8_predictions_agree_with_the_float_model(int8_export):
@@ -85,10 +87,10 @@ def test_int8_predictions_agree_with_the_float_model(int8_export):
 
 
 def test_calibration_uses_only_calib_photos(tiny_run):
-    checkpoint = load_checkpoint(tiny_run["checkpoint"])
-    samples = export.calibration_samples(tiny_run["data"], checkpoint, 200)
+    split = load_split(load_checkpoint(tiny_run["checkpoint"]))
+    samples = export.calibration_samples(split, 200)
     assert samples and {s.split for s in samples} == {"calib"}
-    assert len(export.calibration_samples(tiny_run["data"], checkpoint, 2)) == 2
+    assert len(export.calibration_samples(split, 2)) == 2
 
 
 @pytest.mark.parametrize("threshold", [{"min_agreement": 1.01}, {"max_probability_difference": -1.0}])

@@ -21,11 +21,12 @@ SECTIONS = ("Per-label metrics", "Confusion matrix", "ROC and precision-recall c
 
 @pytest.fixture(scope="module")
 def evaluated(tiny_run):
-    from training.evaluate import evaluate
+    from training.evaluation import evaluate
+    from training.split import load_split
     from wildvision import Classifier
 
     classifier = Classifier(tiny_run["model"])
-    return evaluate(classifier, tiny_run["data"]), classifier.info
+    return evaluate(classifier, load_split(classifier.info.training)), classifier.info
 
 
 @pytest.fixture(scope="module")

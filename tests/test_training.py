@@ -20,6 +20,8 @@ from training.data import (  # noqa: E402
     assign_splits, load_samples, manifest_hash, parse_relabel, prepare_samples,
 )
 from training.dedupe import hash_files, near_duplicate_pairs  # noqa: E402
+from training.errors import DataError  # noqa: E402
+from training.split import load_split  # noqa: E402
 from wildvision import Classifier  # noqa: E402
 
 
@@ -95,7 +97,7 @@ def test_training_copies_of_given_val_photos_are_dropped(tmp_path):
 ])
 def test_bad_csv_is_refused_with_its_line(tmp_path, csv_text, message):
     (tmp_path / "d.csv").write_text(csv_text)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(DataError, match=message):
         load_samples(tmp_path / "d.csv")
 
 
@@ -157,7 +159,7 @@ def _harmless_source(folder: Path, count: int) -> Path:
 
 def test_training_on_several_sources_records_and_reports_each(tmp_path):
     from training import train
-    from training.evaluate import evaluate
+    from training.evaluation import evaluate
 
     products = make_dataset(tmp_path / "products", ("ivory", "not_ivory"), per_label=14)
     everyday = _harmless_source(tmp_path / "everyday", 24)
@@ -184,7 +186,7 @@ calib-fraction = 0.5
 views = 0
 """)
     assert train.main(["--config", str(config)]) == 0
-    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
     assert checkpoint["labels"] == ["ivory", "not_ivory"]
     assert checkpoint["config"]["data"] == [{"path": str(products)}, {"path": str(everyday), "label": "not_ivory",
                                                                         "calib_fraction": 0.5, "views": 0}]
@@ -194,10 +196,11 @@ views = 0
     assert checkpoint["history"]["loss"] and len(checkpoint["history"]["loss"]) == 2
 
     model = tmp_path / "multi.onnx"
-    assert export.main(["--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--out", str(model),
+    assert export.main(["--checkpoint", str(tmp_path / "run" / "checkpoint.safetensors"), "--out", str(model),
                         "--parity-photos", "4"]) == 0
     assert Classifier(model).info.training["parent"] == "ImageNet weights of tf_efficientnet_lite0"
-    metrics = evaluate(Classifier(model)).metrics  # the sources are found where the model records them
+    classifier = Classifier(model)
+    metrics = evaluate(classifier, load_split(classifier.info.training)).metrics  # the run's split, where recorded
     assert set(metrics["accuracy_by_dataset"]) == {"products", "everyday"}
     assert {"shelves", "kitchens"} <= set(metrics["decisions_by_source"])
     everyday_val = metrics["decisions_by_dataset"]["everyday"]
@@ -301,8 +304,8 @@ def test_resuming_an_interrupted_run_gives_the_same_model(tmp_path, monkeypatch,
     log = capsys.readouterr().out
     assert "resuming after epoch 1" in log and "epoch 1:" not in log and "epoch 3:" in log
 
-    straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["state_dict"]
-    resumed = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["state_dict"]
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoint.safetensors")["state_dict"]
+    resumed = load_checkpoint(tmp_path / "resumed" / "checkpoint.safetensors")["state_dict"]
     assert all(torch.allclose(straight[key].float(), resumed[key].float(), atol=1e-6) for key in straight)
 
 
@@ -315,11 +318,11 @@ def test_relabel_turns_a_kind_into_a_label_of_its_own(tmp_path):
                                  relabel=parse_relabel(["horn_antler=lookalike"]))
     assert {s.path.name: s.label for s in samples} == {
         f"p{i}.png": "lookalike" if i % 3 == 0 else "not_ivory" for i in range(12)}
-    with pytest.raises(ValueError, match="KIND=LABEL"):
+    with pytest.raises(DataError, match="KIND=LABEL"):
         parse_relabel(["horn_antler"])
 
 
-def test_options_come_from_a_config_file_and_the_command_line_wins(tmp_path):
+def test_options_come_from_a_config_file_and_the_command_line_wins(tmp_path, capsys):
     from training.train import parse_args
 
     config = tmp_path / "c.toml"
@@ -328,8 +331,9 @@ def test_options_come_from_a_config_file_and_the_command_line_wins(tmp_path):
     assert ([str(s.path) for s in args.data], args.epochs, args.background_sources) == (["somewhere"], 2, ["clothing"])
     assert [str(s.path) for s in parse_args(["--config", str(config), "--data", "here"]).data] == ["here"]
     config.write_text('data = "d"\nout = "o"\nepoch = 5\n')
-    with pytest.raises(SystemExit, match="unknown option"):
+    with pytest.raises(SystemExit) as exit:  # a usage error, reported by argparse as such
         parse_args(["--config", str(config)])
+    assert exit.value.code == 2 and "unknown option(s) ['epoch']" in capsys.readouterr().err
 
 
 def test_shipped_configs_parse():

@@ -124,8 +124,8 @@ def test_an_interrupted_feature_cache_resumes_and_gives_the_same_model(tmp_path,
     assert train.main(_args(data, tmp_path / "resumed")) == 0
     assert "resuming the feature cache: 64 of " in capsys.readouterr().out  # two batches kept, not recomputed
 
-    straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["state_dict"]
-    resumed = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["state_dict"]
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoint.safetensors")["state_dict"]
+    resumed = load_checkpoint(tmp_path / "resumed" / "checkpoint.safetensors")["state_dict"]
     assert all(torch.allclose(straight[key].float(), resumed[key].float(), atol=1e-6) for key in straight)
     assert not list((tmp_path / "resumed").glob("*.parts"))
 
@@ -161,7 +161,7 @@ def test_the_lookalikes_config_trains_as_the_readme_says(tmp_path, monkeypatch):
     out = tmp_path / "run"
     assert train.main(["--config", "training/configs/ivory-lookalikes.toml", "--out", str(out), "--image-size", "96",
                        "--views", "0", "--epochs", "3"]) == 0
-    checkpoint = load_checkpoint(out / "checkpoint.pt")
+    checkpoint = load_checkpoint(out / "checkpoint.safetensors")
     val = checkpoint["data"]["by_split"]["val"]
     baseline = max(val.values()) / sum(val.values())
     assert checkpoint["labels"] == ["ivory", "lookalike", "not_ivory"]

@@ -12,14 +12,12 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from training.data import Sample
-
-if TYPE_CHECKING:  # evaluate imports this module; at run time the import would be circular
-    from training.evaluate import Evaluation
+from training.evaluation import Evaluation
 
 __all__ = ["Doubt", "rank_doubts", "write_doubts_csv"]
 

@@ -18,18 +18,18 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from training.dedupe import DEFAULT_MAX_DISTANCE, hash_files, near_duplicate_pairs
+from training.errors import DataError
 from wildvision.scan import IMAGE_SUFFIXES
 
-__all__ = ["MIN_CALIB_PHOTOS", "DataError", "DataSource", "Sample", "SplitReport", "assign_splits", "content_hash",
-           "load_samples", "manifest_hash", "parse_relabel", "prepare_samples", "prepare_samples_like",
-           "sources_from_config", "summarise"]
+__all__ = ["DEFAULT_CALIB_FRACTION", "DEFAULT_VAL_FRACTION", "MIN_CALIB_PHOTOS", "DataSource", "Sample", "SplitReport",
+           "assign_splits", "content_hash", "file_digest", "label_sources", "load_samples", "manifest_hash",
+           "parse_relabel", "prepare_samples", "prepare_samples_like", "sources_from_config", "summarise"]
 
 
 MIN_CALIB_PHOTOS = 2  # per label: temperature and thresholds need a label's photos among the held-out ones
-
-
-class DataError(ValueError):
-    """The data cannot be read or split as given; the message names the file or option to fix."""
+# The split's defaults, here only: training's options and a recorded config without them both take these.
+DEFAULT_VAL_FRACTION = 0.15  # share of groups held out for val, where the data gives no split of its own
+DEFAULT_CALIB_FRACTION = 0.1  # share of training groups held out for temperature and thresholds
 
 
 @dataclass(frozen=True)
@@ -94,25 +94,20 @@ class SplitReport:
 def prepare_samples(
     data: Path | DataSource | Sequence[DataSource],
     *,
-    val_fraction: float,
-    calib_fraction: float,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    calib_fraction: float = DEFAULT_CALIB_FRACTION,
     near_duplicate_distance: int = DEFAULT_MAX_DISTANCE,
     relabel: Mapping[str, str] | None = None,
 ) -> tuple[list[Sample], SplitReport]:
     """Load one or several data sources and split them without leakage: by group, near-duplicates joined into one.
 
-    `relabel` maps a `kind` to a label of its own (a new class carved out of existing photos) in every source. Train,
-    evaluate and export all call this, so each rebuilds exactly the same split from the same data.
+    `relabel` maps a `kind` to a label of its own (a new class carved out of existing photos) in every source.
+    Training calls this once and records the result (`training.split`); later steps read that record.
     """
     sources = _as_sources(data)
-    names = [source.name for source in sources]
-    if len(set(names)) < len(names):
-        raise DataError(f"data sources need distinct folder or file names, got {names}")
-    samples, calib_fractions = [], {}
-    for source in sources:
-        calib_fractions[source.name] = calib_fraction if source.calib_fraction is None else source.calib_fraction
-        samples += _source_samples(source, {**(relabel or {}), **source.relabel}, namespaced=len(sources) > 1)
-    _check_relabel_rules(sources, relabel or {}, samples)
+    samples = label_sources(sources, relabel or {})
+    calib_fractions = {source.name: calib_fraction if source.calib_fraction is None else source.calib_fraction
+                       for source in sources}
     hashes, readable = hash_files([s.path for s in samples])
     pairs = near_duplicate_pairs(hashes, readable, max_distance=near_duplicate_distance)
     samples = assign_splits(_join_groups(samples, pairs), val_fraction=val_fraction, calib_fraction=calib_fractions)
@@ -126,16 +121,29 @@ def prepare_samples(
 def prepare_samples_like(
     config: Mapping[str, object], data: Path | Sequence[Path] = ()
 ) -> tuple[list[Sample], SplitReport]:
-    """The split a model was trained with, rebuilt from its recorded training config.
+    """The split a model was trained with, rebuilt from its recorded training config: for a model whose run recorded
+    no split file (see `training.split.load_split`), at the cost of perceptually hashing every photo again.
 
     `data` relocates the recorded sources (same order and count), keeping each source's recorded options.
     """
     return prepare_samples(
-        sources_from_config(config, data), val_fraction=config.get("val_fraction", 0.15),
-        calib_fraction=config.get("calib_fraction", 0.1),
+        sources_from_config(config, data), val_fraction=config.get("val_fraction", DEFAULT_VAL_FRACTION),
+        calib_fraction=config.get("calib_fraction", DEFAULT_CALIB_FRACTION),
         near_duplicate_distance=config.get("near_duplicate_distance", DEFAULT_MAX_DISTANCE),
         relabel=parse_relabel(config.get("relabel", [])),
     )
+
+
+def label_sources(sources: Sequence[DataSource], relabel: Mapping[str, str]) -> list[Sample]:
+    """Every photo of the sources, labelled and grouped as training sees them, before any split is given."""
+    names = [source.name for source in sources]
+    if len(set(names)) < len(names):
+        raise DataError(f"data sources need distinct folder or file names, got {names}")
+    samples = []
+    for source in sources:
+        samples += _source_samples(source, {**relabel, **source.relabel}, namespaced=len(sources) > 1)
+    _check_relabel_rules(sources, relabel, samples)
+    return samples
 
 
 def sources_from_config(config: Mapping[str, object], data: Path | Sequence[Path] = ()) -> list[DataSource]:
@@ -215,12 +223,17 @@ def content_hash(samples: Iterable[Sample]) -> str:
     samples = sorted(samples, key=lambda s: str(s.path))
     digest = hashlib.sha256()
     for sample in samples:
-        try:
-            content = hashlib.sha256(Path(sample.path).read_bytes()).hexdigest()
-        except OSError:  # an unreadable photo was left out of training; its absence is part of the fingerprint
-            content = "unreadable"
-        digest.update(f"{content}\t{sample.label}\t{sample.split}\n".encode())
+        digest.update(f"{file_digest(sample.path)}\t{sample.label}\t{sample.split}\n".encode())
     return digest.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a photo's bytes, or `unreadable`: an unreadable photo was left out of training, and its absence is
+    part of the fingerprint."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return "unreadable"
 
 
 def summarise(samples: Iterable[Sample]) -> dict[str, object]:

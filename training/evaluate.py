@@ -1,8 +1,7 @@
-"""Measure an exported model on held-out photos, the way it ships: `python -m training.evaluate --model M.onnx --data D`.
+"""Measure an exported model on held-out photos, the way it ships: `python -m training.evaluate --model M.onnx`.
 
-Photos go through the wildvision library (loading, preprocessing, onnxruntime, calibration, decisions), so the
-figures describe what a platform gets. The split is rebuilt from the model's own training settings, so `val` here is
-exactly the photos that training never saw.
+The photos are those of the model's own recorded split (`training.split`), so `val` here is exactly the photos that
+training never saw; the data is checked against that record first.
 """
 
 from __future__ import annotations
@@ -10,20 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from training.audit import rank_doubts, write_doubts_csv
-from training.data import Sample, prepare_samples_like
-from training.metrics import format_report, measure
+from training.errors import run_command
+from training.evaluation import SPLITS, evaluate
+from training.metrics import format_report
+from training.split import SPLIT_FILE, load_split
 from wildvision.classifier import Classifier
-from wildvision.images import ImageLoadError, load_image
-from wildvision.preprocess import to_tensor
 
-__all__ = ["Evaluation", "evaluate", "main"]
+__all__ = ["main"]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -32,7 +28,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, action="append", default=[],
                         help="where the model's training data lies now (default: where its config recorded it); "
                              "repeat for each of its sources, in order")
-    parser.add_argument("--split", default="val", choices=("val", "calib", "train", "all"),
+    parser.add_argument("--split-file", type=Path,
+                        help=f"the {SPLIT_FILE} of the model's training run (default: the one in the run folder its "
+                             "config records, else the split is rebuilt from the config)")
+    parser.add_argument("--split", default="val", choices=SPLITS,
                         help="part to score: val or calib are held out; train and all are for --audit, not accuracy")
     parser.add_argument("--json", type=Path, help="also write the metrics here")
     parser.add_argument("--report", type=Path, help="also write a self-contained HTML report here (needs matplotlib)")
@@ -42,12 +41,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    return run_command(lambda: _evaluate(args))
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     classifier = Classifier(args.model)
-    try:
-        evaluation = evaluate(classifier, args.data, split=args.split)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    samples = load_split(classifier.info.training, data=args.data, split_file=args.split_file)
+    evaluation = evaluate(classifier, samples, split=args.split)
     sources = ", ".join(sorted({s.dataset for s in evaluation.samples}))
     print(f"{classifier.info.full_name} on the {args.split} split of {sources}")
     if args.split in ("train", "all"):
@@ -65,47 +65,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_doubts_csv(rank_doubts(evaluation, classifier.info.labels), args.audit)
         print(f"label audit written to {args.audit}")
     return 0
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """A model's raw outputs on held-out photos, and the metrics computed from them."""
-
-    samples: list[Sample]  # the photos that could be scored, in order
-    logits: np.ndarray  # uncalibrated, one row per sample
-    probabilities: np.ndarray  # calibrated with the model's temperature
-    metrics: dict[str, object]
-    unreadable: list[str]  # one message per photo that could not be read
-
-
-def evaluate(classifier: Classifier, data: Path | Sequence[Path] = (), *, split: str = "val") -> Evaluation:
-    """Score one split (or `all`) of the model's training data, found at `data` where given, else where the model
-    records it; photos that cannot be read are counted and named, not scored."""
-    config = classifier.info.training.get("config", {})
-    samples, _ = prepare_samples_like(config, data)
-    held_out = [s for s in samples if split in (s.split, "all")]
-    if not held_out:
-        raise SystemExit(f"no {split} photos in {data or config.get('data')}")
-    labels = list(classifier.info.labels)
-    unknown = {s.label for s in held_out} - set(labels)
-    if unknown:
-        raise SystemExit(f"{data} has labels the model does not know: {sorted(unknown)}")
-    logits, scored, unreadable = [], [], []
-    spec = classifier.info.preprocessing
-    for sample in held_out:
-        try:
-            pixels = to_tensor(load_image(sample.path, min_side=spec.input_size), spec)
-        except ImageLoadError as error:
-            unreadable.append(str(error))
-            continue
-        logits.append(classifier.logits(pixels[np.newaxis])[0])
-        scored.append(sample)
-    if unreadable:
-        print(f"{len(unreadable)} unreadable photo(s) left out, e.g. {unreadable[0]}", file=sys.stderr)
-    raw = np.array(logits)
-    probabilities = classifier.probabilities(raw)
-    metrics = measure(probabilities, scored, labels, classifier.info.operating_points)
-    return Evaluation(scored, raw, probabilities, {**metrics, "unreadable": len(unreadable)}, unreadable)
 
 
 if __name__ == "__main__":

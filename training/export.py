@@ -1,11 +1,11 @@
 """Export a training checkpoint to a self-describing ONNX model, refusing one that disagrees with PyTorch.
 
-`python -m training.export --checkpoint RUN/checkpoint.pt --out models/NAME.onnx`
+`python -m training.export --checkpoint RUN/checkpoint.safetensors --out models/NAME.onnx`
 
 The model's labels, preprocessing, calibration, operating points, provenance and held-out metrics go into the file's
 `wildvision` metadata. Before the file is written, onnxruntime (through the wildvision library itself) and PyTorch
 score the same real validation photos; a different top label or logits further apart than `--tolerance` abort the
-export.
+export. The photos come from the split training recorded next to the checkpoint (`RUN/split.json`), read once.
 
 With `--int8` a statically quantised twin, `NAME.int8.onnx`, is written next to it: calibrated on photos of the
 `calib` split (never `val`), checked against the float model on the same validation photos, and measured on the whole
@@ -26,23 +26,25 @@ import torch
 
 from training.backbone import build_model
 from training.checkpoint import load_checkpoint
-from training.data import Sample, prepare_samples_like
-from training.evaluate import evaluate
+from training.data import Sample
+from training.errors import CheckpointError, DataError, ExportRefused, run_command
+from training.evaluation import evaluate
 from training.quantize import (
-    DEFAULT_MAX_PROBABILITY_DIFFERENCE, DEFAULT_MIN_AGREEMENT, QuantizationError, quantize_model, write_model_info,
+    DEFAULT_MAX_PROBABILITY_DIFFERENCE, DEFAULT_MIN_AGREEMENT, quantize_model, write_model_info,
 )
+from training.split import SPLIT_FILE, load_split
 from wildvision.classifier import Classifier
 from wildvision.images import ImageLoadError, load_image
 from wildvision.model_info import METADATA_KEY, OUTPUT_NAMES, ModelInfo, OperatingPoint, Preprocessing
 from wildvision.preprocess import to_batch
 
-__all__ = ["main", "model_info_from_checkpoint", "ParityError"]
+__all__ = ["ParityError", "main", "model_from_checkpoint", "model_info_from_checkpoint"]
 
 DEFAULT_NOTES = ("Flags listing photos for human review; a score is evidence, not a legal verdict. "
                  "See the model card for data, licences and known weaknesses.")
 
 
-class ParityError(RuntimeError):
+class ParityError(ExportRefused):
     """The exported graph does not reproduce the PyTorch model."""
 
 
@@ -68,31 +70,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    return run_command(lambda: export(args))
+
+
+def export(args: argparse.Namespace) -> int:
+    """Write the model (and its int8 twin) only once every check passed; `ExportRefused` where one fails."""
     checkpoint = load_checkpoint(args.checkpoint)
-    model = build_model(checkpoint["architecture"], len(checkpoint["labels"]), pretrained=False)
-    model.load_state_dict(checkpoint["state_dict"])
-    model.eval()
+    model = model_from_checkpoint(checkpoint)
     info = model_info_from_checkpoint(checkpoint, notes=args.notes)
-    data = args.data
-    photos = parity_photos(data, checkpoint, args.parity_photos)
+    samples = load_split(checkpoint, data=args.data, default=args.checkpoint.parent / SPLIT_FILE)
+    photos = parity_photos(samples, args.parity_photos)
     twin = _int8_path(args.out)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.out.parent) as scratch:
         candidate = Path(scratch) / args.out.name
         write_onnx(model, info, candidate)
+        difference = check_parity(model, candidate, photos, args.tolerance)
         quantized = None
-        try:
-            difference = check_parity(model, candidate, photos, args.tolerance)
-            if args.int8:
-                quantized = export_int8(
-                    candidate, data, checkpoint, photos, calibration_count=args.int8_calibration_photos,
-                    min_agreement=args.int8_min_agreement,
-                    max_probability_difference=args.int8_max_probability_difference,
-                )
-        except (ParityError, QuantizationError) as error:
-            print(f"export refused: {error}", file=sys.stderr)
-            return 1
+        if args.int8:
+            quantized = export_int8(
+                candidate, samples, info.preprocessing.input_size, photos,
+                calibration_count=args.int8_calibration_photos, min_agreement=args.int8_min_agreement,
+                max_probability_difference=args.int8_max_probability_difference,
+            )
         candidate.replace(args.out)  # only a model that passed the parity check ever appears at --out
         if quantized is not None:
             quantized.replace(twin)
@@ -106,25 +107,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def model_from_checkpoint(checkpoint: dict) -> torch.nn.Module:
+    """The checkpoint's network with its weights, in eval mode; `CheckpointError` where they do not fit."""
+    model = build_model(checkpoint["architecture"], len(checkpoint["labels"]), pretrained=False)
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:  # torch's way of saying that names or shapes differ
+        raise CheckpointError(f"the checkpoint's weights do not fit {checkpoint['architecture']}: {error}") from None
+    return model.eval()
+
+
 def export_int8(
-    float_model: Path, data: Sequence[Path], checkpoint: dict, photos: list, *,
+    float_model: Path, samples: Sequence[Sample], input_size: int, photos: list, *,
     calibration_count: int, min_agreement: float, max_probability_difference: float,
 ) -> Path:
     """Quantise `float_model` into a twin next to it and record both models' accuracy on `val` in the twin's metadata.
 
     Raises `QuantizationError` when the twin disagrees with the float model on the parity `photos`.
     """
-    input_size = checkpoint["preprocessing"]["input_size"]
-    calibration = _load_photos(calibration_samples(data, checkpoint, calibration_count), input_size)
+    calibration = _load_photos(calibration_samples(samples, calibration_count), input_size)
     twin = _int8_path(float_model)
     agreement = quantize_model(
         float_model, twin, calibration, parity_photos=photos,
         min_agreement=min_agreement, max_probability_difference=max_probability_difference,
     )
     print(f"int8: calibrated on {len(calibration)} calib photos; against float32, {agreement}")
-    float_accuracy = evaluate(Classifier(float_model), data, split="val").metrics["accuracy"]
+    float_accuracy = evaluate(Classifier(float_model), samples, split="val").metrics["accuracy"]
     quantized = Classifier(twin)
-    evaluation = evaluate(quantized, data, split="val")
+    evaluation = evaluate(quantized, samples, split="val")
     # The float file keeps the checkpoint's metrics; the twin's are its own, with the float model's accuracy measured
     # the same way beside them, so the cost of quantisation reads straight off the file.
     metrics = {"split": "val", **evaluation.metrics, "float_accuracy": float_accuracy}
@@ -188,19 +198,17 @@ def write_onnx(model: torch.nn.Module, info: ModelInfo, path: Path) -> None:
     onnx.save(graph, str(path))
 
 
-def parity_photos(data: Sequence[Path], checkpoint: dict, count: int) -> list:
+def parity_photos(samples: Sequence[Sample], count: int) -> list:
     """Up to `count` real validation photos (clean, as users would send them), spread over the labels."""
-    samples, _ = prepare_samples_like(checkpoint["config"], data)
-    val = [s for s in samples if s.split == "val"] or samples
+    val = [s for s in samples if s.split == "val"] or list(samples)
     return [load_image(s.path) for s in _spread(val, count)]
 
 
-def calibration_samples(data: Sequence[Path], checkpoint: dict, count: int) -> list[Sample]:
+def calibration_samples(samples: Sequence[Sample], count: int) -> list[Sample]:
     """Up to `count` photos of the `calib` split, spread over the labels: held out of training, and never `val`."""
-    samples, _ = prepare_samples_like(checkpoint["config"], data)
     calib = [s for s in samples if s.split == "calib"]
     if not calib:
-        raise SystemExit(f"no calib photos in {data} to calibrate an int8 model on (was calib_fraction 0?)")
+        raise DataError("no calib photos in the checkpoint's split to calibrate an int8 model on (calib_fraction 0?)")
     return _spread(calib, count)
 
 

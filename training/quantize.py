@@ -20,6 +20,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from PIL import Image
 
+from training.errors import DataError, ExportRefused
 from wildvision.classifier import Classifier
 from wildvision.model_info import METADATA_KEY, ModelInfo, Preprocessing
 from wildvision.preprocess import to_batch
@@ -32,7 +33,7 @@ DEFAULT_MAX_PROBABILITY_DIFFERENCE = 0.05  # mean |p_float - p_int8| over photos
 _CALIBRATION_BATCH = 8  # photos per calibration run: bounds memory at 224 px, whatever the number of photos
 
 
-class QuantizationError(RuntimeError):
+class QuantizationError(ExportRefused):
     """The int8 model disagrees with its float original by more than allowed."""
 
 
@@ -65,7 +66,7 @@ def quantize_model(
     probabilities differ by more than `max_probability_difference` on average.
     """
     if not calibration_photos or not parity_photos:
-        raise ValueError("quantisation needs calibration photos and held-out parity photos")
+        raise DataError("quantisation needs calibration photos and held-out parity photos")
     reference = Classifier(float_model)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as scratch:

