@@ -8,11 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import identity_onnx, make_photo
-from wildvision import Classifier, ImageLoadError, ModelFormatError, OperatingPoint
-from wildvision.classifier import decide
+from PIL import Image, ImageDraw, ImageFilter
+
+from wildvision import (
+    Classifier,
+    ImageLoadError,
+    ModelFormatError,
+    OperatingPoint,
+    OperatingPointError,
+)
+from wildvision.classifier import PreparedPhoto, decide
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +51,11 @@ def test_prediction_is_calibrated_complete_and_versioned(classifier, photo_file)
     assert prediction.label == max(prediction.scores, key=prediction.scores.get)
     assert prediction.decision == decide(prediction.scores, info.operating_points)
     assert (prediction.model_name, prediction.model_version) == (info.name, info.version)
-    batch = np.stack([np.zeros((3, info.preprocessing.input_size, info.preprocessing.input_size), np.float32)])
+    side = info.preprocessing.input_size
+    batch = np.random.default_rng(0).normal(0, 1, (1, 3, side, side)).astype(np.float32)
     logits = classifier.logits(batch)[0].astype(np.float64) / info.temperature
     expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
-    assert classifier.predict_tensors(batch)[0].scores == pytest.approx(dict(zip(info.labels, expected)))
+    assert classifier.score([PreparedPhoto(batch)])[0].scores == pytest.approx(dict(zip(info.labels, expected)))
 
 
 def test_batch_equals_one_by_one(classifier):
@@ -77,9 +84,93 @@ def test_one_instance_is_safe_across_threads(classifier):
 def test_platform_operating_points_override_the_shipped_ones(shipped_model, photo_file):
     prohibited = next(iter(Classifier(shipped_model).info.operating_points))
     always = Classifier(shipped_model, operating_points={prohibited: OperatingPoint(review=0.0, block=0.0)})
-    never = Classifier(shipped_model, operating_points={})
+    never = Classifier(shipped_model, operating_points={prohibited: OperatingPoint(review=1.0, block=1.0)})
     assert always.predict(photo_file).decision == "block"
     assert never.predict(photo_file).decision == "allow"
+    assert always.predict(photo_file).thresholds == f"{prohibited}=0/0"  # every answer states what decided it
+
+
+def test_an_empty_policy_keeps_the_models_own_thresholds(shipped_model, photo_file):
+    own = Classifier(shipped_model)
+    kept = Classifier(shipped_model, operating_points={})
+    assert kept.info.operating_points == own.info.operating_points
+    assert kept.predict(photo_file).decision == own.predict(photo_file).decision
+    assert own.predict(photo_file, operating_points={}).thresholds == own.predict(photo_file).thresholds
+
+
+@pytest.mark.parametrize("points, message", [
+    ({"not_ivory": OperatingPoint(0.2, 0.9)}, "harmless labels"),  # would invert moderation
+    ({"rhino_horn": OperatingPoint(0.2, 0.9)}, "does not have"),
+    ({"ivory": (0.2, 0.9)}, "must be an OperatingPoint"),
+    ([("ivory", OperatingPoint(0.2, 0.9))], "must map labels"),
+])
+def test_unsafe_operating_points_are_refused_with_a_reason(shipped_model, photo_file, points, message):
+    with pytest.raises(OperatingPointError, match=message):
+        Classifier(shipped_model, operating_points=points)
+    with pytest.raises(OperatingPointError, match=message):  # per call too, not a KeyError or AttributeError later
+        Classifier(shipped_model).predict(photo_file, operating_points=points)
+
+
+@pytest.mark.parametrize("review, block", [(0.9, 0.2), (-0.1, 0.5), (0.5, 1.5), ("0.5", 0.9), (True, 1.0)])
+def test_an_operating_point_must_be_ordered_numbers_in_the_unit_range(review, block):
+    with pytest.raises(OperatingPointError):
+        OperatingPoint(review, block)
+
+
+def test_the_float_model_and_its_int8_twin_say_which_file_scored(shipped_model, photo_file):
+    float32 = Classifier(shipped_model).predict(photo_file)
+    int8 = Classifier(precision="int8").predict(photo_file)
+    assert (float32.model_name, float32.model_version) == (int8.model_name, int8.model_version)
+    assert (float32.model_precision, int8.model_precision) == ("float32", "int8")
+    assert float32.model_digest.startswith("sha256:") and float32.model_digest != int8.model_digest
+
+
+@pytest.mark.parametrize("image", [
+    Image.new("RGB", (640, 480), (240, 228, 200)),  # solid cream: the shipped model alone scores it as ivory
+    Image.new("RGB", (640, 480), (255, 255, 255)),
+    Image.new("RGB", (1, 1), (255, 255, 255)),
+    Image.new("L", (300, 200), 235),
+])
+def test_blank_and_tiny_photos_are_allowed(classifier, image):
+    prediction = classifier.predict(image)
+    assert prediction.decision == "allow"
+    assert all(prediction.scores[label] == 0 for label in classifier.info.operating_points)
+
+
+def ivory_like() -> Image.Image:
+    """A blurred cream disc on dark wood colours: what the shipped model sends to review (0.87 for 1.1.0)."""
+    image = Image.new("RGB", (320, 240), (60, 50, 45))
+    ImageDraw.Draw(image).ellipse((80, 40, 240, 200), fill=(235, 225, 200))
+    return image.filter(ImageFilter.GaussianBlur(3))
+
+
+def test_ivory_on_a_later_frame_of_an_animation_is_seen(classifier):
+    cover = Image.new("RGB", (320, 240), (40, 90, 160))
+    ivory = ivory_like()
+    assert classifier.predict(cover).decision == "allow" and classifier.predict(ivory).decision != "allow"
+    for fmt in ("GIF", "WEBP", "TIFF", "PNG"):
+        buffer = io.BytesIO()
+        cover.save(buffer, fmt, save_all=True, append_images=[ivory], **({"lossless": True} if fmt == "WEBP" else {}))
+        animated = classifier.predict(buffer.getvalue())
+        assert animated.decision != "allow", fmt
+        assert animated.scores == pytest.approx(classifier.predict_batch([buffer.getvalue()])[0].scores)
+
+
+def test_too_many_frames_are_refused_not_scored_in_part(shipped_model):
+    frames = [Image.new("RGB", (32, 32), (i * 20, 0, 0)) for i in range(5)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageLoadError, match="5 frames, over the 4-frame limit") as caught:
+        Classifier(shipped_model, max_frames=4).predict(buffer.getvalue())
+    assert caught.value.category == "too_large"
+    assert Classifier(shipped_model, max_frames=5).predict(buffer.getvalue()).decision == "allow"
+
+
+def test_one_bad_photo_in_a_batch_is_named_by_position(classifier):
+    photos = [make_photo("ivory", 1), b"not a photo at all", make_photo("not_ivory", 2)]
+    with pytest.raises(ImageLoadError, match=r"photo 1 \(<18 bytes>\)") as caught:
+        classifier.predict_batch(photos)
+    assert caught.value.category == "not_an_image"
 
 
 def test_decide_takes_the_most_severe_label():

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_photo
 from PIL import Image, ImageOps
 
-from conftest import make_photo
 from wildvision import Classifier
 from wildvision.cli import main
 from wildvision.hashing import difference_hash
@@ -129,7 +129,8 @@ def test_an_index_answers_only_to_the_model_that_built_it(known, tiny_run):
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
 def test_records_with_matches_round_trip(tmp_path, suffix):
     scores = {"horn": 0.1, "ivory": 0.8, "not_ivory": 0.1}
-    base = {"label": "ivory", "decision": "block", "model_name": "m", "model_version": "1", "error": None,
+    base = {"label": "ivory", "decision": "block", "model_name": "m", "model_version": "1", "model_precision": "int8",
+            "model_digest": "sha256:0123456789abcdef", "thresholds": "ivory=0.8/0.99", "error": None,
             "error_category": None}
     records = [
         {"path": "a.jpg", "scores": scores, **base,

@@ -7,15 +7,47 @@
     KnownItemIndex("known.sqlite", classifier).match("listing.jpg")  # a re-post of a photo confirmed as illegal?
 """
 
-from wildvision.classifier import Classifier, Decision, Prediction, default_model_path
+from importlib.metadata import PackageNotFoundError, version
+
+from wildvision.classifier import (
+    Classifier,
+    Decision,
+    ModelIdentity,
+    Prediction,
+    PreparedPhoto,
+    default_model_path,
+)
+from wildvision.errors import WildvisionError
 from wildvision.explain import Explanation
-from wildvision.images import ImageLoadError, load_image
+from wildvision.images import ImageLoadError, load_frames, load_image
 from wildvision.known_items import IndexFormatError, KnownItemIndex, Match, MatchRule
-from wildvision.model_info import ModelFormatError, ModelInfo, OperatingPoint, Preprocessing
-from wildvision.scan import ScanInput, ScanRecord, files_from_list, find_images, scan, scan_to_file
+from wildvision.model_info import (
+    ModelFormatError,
+    ModelInfo,
+    OperatingPoint,
+    OperatingPointError,
+    Preprocessing,
+    read_operating_points,
+)
+from wildvision.records import ScanRecord
+from wildvision.scan import (
+    ResumeError,
+    ScanInput,
+    files_from_list,
+    find_images,
+    scan,
+    scan_to_file,
+)
+
+try:
+    __version__ = version("wildvision")
+except PackageNotFoundError:  # imported from a checkout that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "Classifier", "Decision", "Explanation", "ImageLoadError", "IndexFormatError", "KnownItemIndex", "Match", "MatchRule",
-    "ModelFormatError", "ModelInfo", "OperatingPoint", "Prediction", "Preprocessing", "ScanInput", "ScanRecord",
-    "default_model_path", "files_from_list", "find_images", "load_image", "scan", "scan_to_file",
+    "ModelFormatError", "ModelIdentity", "ModelInfo", "OperatingPoint", "OperatingPointError", "Prediction",
+    "PreparedPhoto", "Preprocessing", "ResumeError", "ScanInput", "ScanRecord", "WildvisionError", "__version__",
+    "default_model_path", "files_from_list", "find_images", "load_frames", "load_image", "read_operating_points",
+    "scan", "scan_to_file",
 ]

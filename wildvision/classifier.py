@@ -6,40 +6,92 @@ threads (onnxruntime's `run` is thread-safe) and should be: loading a model cost
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, Mapping
+from typing import Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
 
 from wildvision.explain import Explanation, heatmap_on_photo
-from wildvision.images import ImageSource, load_image
-from wildvision.model_info import METADATA_KEY, OUTPUT_NAMES, ModelFormatError, ModelInfo, OperatingPoint
+from wildvision.hashing import difference_hash
+from wildvision.images import (
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_MAX_PIXELS,
+    ImageLoadError,
+    ImageSource,
+    load_frames,
+    load_image,
+)
+from wildvision.model_info import (
+    METADATA_KEY,
+    OUTPUT_NAMES,
+    ModelFormatError,
+    ModelInfo,
+    OperatingPoint,
+)
 from wildvision.preprocess import to_batch
 
-__all__ = ["DEFAULT_MODEL_FILE", "Classifier", "Decision", "Prediction", "decide", "default_model_path", "read_model_info"]
+__all__ = [
+    "DEFAULT_MODEL_FILE", "Classifier", "Decision", "ModelIdentity", "Prediction", "PreparedPhoto", "decide",
+    "default_model_path", "read_model_info",
+]
 
 Decision = Literal["allow", "review", "block"]
 Precision = Literal["float32", "int8"]
 DEFAULT_MODEL_FILE = "wildvision-ivory.onnx"
 _PRECISION_SUFFIX = {"float32": ".onnx", "int8": ".int8.onnx"}  # the int8 twin of a model sits next to it
+_DECISION_RANK = {"allow": 0, "review": 1, "block": 2}
+# A frame whose pixels spread less than this (standard deviation, 0-255 levels, in the model's input) shows nothing:
+# a blank, solid or near-uniform image, or a tiny one blown up. Models trained on photos of objects score such input
+# arbitrarily (a solid cream image scored 0.997 ivory), so it is scored by rule: harmless. Sensor noise on a blank
+# wall stays below 2; an object, however small or pale, lifts a 288-pixel frame above it.
+BLANK_SPREAD = 2.0
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Which model file scored a photo: the float32 file and its int8 twin share a name and version, not a digest."""
+
+    name: str
+    version: str
+    precision: Precision
+    digest: str  # "sha256:" and the first 16 hex digits of the model file's SHA-256
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.version} {self.precision} {self.digest}"
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """One photo's result: every label's calibrated probability, the top label and the decision it leads to."""
+    """One photo's result: every label's calibrated probability, the top label, the decision they lead to, the
+    thresholds that decided (`label=review/block`, `; `-separated) and the model file that scored it.
+
+    For an animated or multi-page file, the result of its most prohibited frame."""
 
     scores: dict[str, float]
     label: str
     decision: Decision
     model_name: str
     model_version: str
+    model_precision: Precision
+    model_digest: str
+    thresholds: str
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class PreparedPhoto:
+    """A photo ready for the model: one input tensor per frame (a still photo has one) and, for matching known items,
+    each frame's difference hash."""
+
+    tensors: np.ndarray  # (frames, 3, side, side) float32
+    hashes: np.ndarray | None = None  # (frames, HASH_BYTES) uint8
 
 
 def default_model_path(precision: Precision = "float32") -> Path:
@@ -65,6 +117,11 @@ def decide(scores: Mapping[str, float], operating_points: Mapping[str, Operating
     return "allow"
 
 
+def describe_thresholds(operating_points: Mapping[str, OperatingPoint]) -> str:
+    """Thresholds as records state them: `ivory=0.8108/0.9908` (review/block), labels joined by `; `."""
+    return "; ".join(f"{label}={point.review:.4g}/{point.block:.4g}" for label, point in operating_points.items())
+
+
 class Classifier:
     """A loaded wildvision model.
 
@@ -80,68 +137,94 @@ class Classifier:
         precision: Precision = "float32",
         operating_points: Mapping[str, OperatingPoint] | None = None,
         threads: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_frames: int = DEFAULT_MAX_FRAMES,
     ) -> None:
         """Load `model_path` (default: the shipped model, in `precision` float32 or int8).
 
-        `operating_points` replaces the model's own thresholds (a platform's policy); `threads` caps onnxruntime's
-        intra-op threads (default: all cores).
+        `operating_points` replaces the model's own thresholds for the labels it names (a platform's policy; see
+        `ModelInfo.checked_operating_points`); `threads` caps onnxruntime's intra-op threads (default: all cores);
+        `max_pixels` and `max_frames` bound what one photo may decode to (`wildvision.images.load_frames`).
         """
+        if max_pixels < 1 or max_frames < 1:
+            raise ValueError(f"max_pixels and max_frames must be at least 1, got {max_pixels} and {max_frames}")
         path = Path(model_path) if model_path is not None else default_model_path(precision)
         self.session = _open_session(path, threads)
         info = read_model_info(self.session, path)
         self.info = info.with_operating_points(operating_points) if operating_points is not None else info
         self.model_path = path
+        self.identity = ModelIdentity(info.name, info.version, info.precision, _file_digest(path))
+        self.max_pixels, self.max_frames = max_pixels, max_frames
         self._input_name = self.session.get_inputs()[0].name
         self._output_names = {output.name for output in self.session.get_outputs()}
 
     def predict(self, image: ImageSource, *, operating_points: Mapping[str, OperatingPoint] | None = None) -> Prediction:
         """Score one photo given as a path, bytes, a binary file, a PIL image or a numpy array.
 
-        `operating_points` replaces the thresholds for this call only (e.g. a stricter policy for one category).
+        `operating_points` replaces thresholds for this call only (e.g. a stricter policy for one category).
         """
-        return self.predict_batch([image], operating_points=operating_points)[0]
+        return self.score([self.prepare(image)], operating_points=operating_points)[0]
 
     def predict_batch(
         self, images: Iterable[ImageSource], *, batch_size: int = 16,
         operating_points: Mapping[str, OperatingPoint] | None = None,
     ) -> list[Prediction]:
-        """Score several photos; raises `ImageLoadError` naming the first photo that cannot be read."""
+        """Score several photos; every photo is read before any is scored, and one that cannot be read raises an
+        `ImageLoadError` naming its position and source (`scan` instead gives it an error record)."""
+        prepared = [self._prepare_numbered(image, position) for position, image in enumerate(images)]
         predictions: list[Prediction] = []
-        for batch in self._batches(images, batch_size):
-            predictions.extend(self.predict_tensors(batch, operating_points=operating_points))
+        for start in range(0, len(prepared), batch_size):
+            predictions += self.score(prepared[start : start + batch_size], operating_points=operating_points)
         return predictions
 
-    def predict_tensors(
-        self, batch: np.ndarray, *, operating_points: Mapping[str, OperatingPoint] | None = None
+    def prepare(self, image: ImageSource, *, with_hashes: bool = False) -> PreparedPhoto:
+        """Decode `image` (every frame) into model input: the one place photos are turned into tensors for scoring.
+
+        Raises `ImageLoadError` for anything that is not a usable image.
+        """
+        spec = self.info.preprocessing
+        frames = load_frames(image, min_side=spec.input_size, max_pixels=self.max_pixels, max_frames=self.max_frames)
+        hashes = np.stack([difference_hash(frame) for frame in frames]) if with_hashes else None
+        return PreparedPhoto(to_batch(frames, spec), hashes)
+
+    def score(
+        self, photos: Sequence[PreparedPhoto], *, operating_points: Mapping[str, OperatingPoint] | None = None
     ) -> list[Prediction]:
-        """Score an already preprocessed NCHW batch (see `wildvision.preprocess.to_batch`)."""
-        return self._predictions(self.logits(batch), operating_points)
+        """Predictions for prepared photos, from one forward pass over all their frames."""
+        batch = _frames(photos)
+        return self._predictions(photos, batch, self.logits(batch), operating_points)
+
+    def score_and_embed(
+        self, photos: Sequence[PreparedPhoto], *, operating_points: Mapping[str, OperatingPoint] | None = None
+    ) -> tuple[list[Prediction], list[np.ndarray]]:
+        """Predictions and each photo's unit embeddings (one row per frame) from one forward pass: matching known
+        items costs no second pass."""
+        batch = _frames(photos)
+        logits, vectors = self._run(("logits", "embedding"), batch)
+        return self._predictions(photos, batch, logits, operating_points), _per_photo(photos, _unit_rows(vectors))
 
     def embed(self, images: Iterable[ImageSource], *, batch_size: int = 16) -> np.ndarray:
-        """One unit-length feature vector per photo (rows): near-identical photos have a dot product near 1."""
-        vectors = [self._run("embedding", batch) for batch in self._batches(images, batch_size)]
+        """One unit-length feature vector per photo (rows; an animated photo's first frame): near-identical photos
+        have a dot product near 1."""
+        side = self.info.preprocessing.input_size
+        photos = [load_image(image, min_side=side, max_pixels=self.max_pixels) for image in images]
+        vectors = [self._run("embedding", to_batch(photos[start : start + batch_size], self.info.preprocessing))
+                   for start in range(0, len(photos), batch_size)]
         return _unit_rows(np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32))
-
-    def predict_and_embed_tensors(
-        self, batch: np.ndarray, *, operating_points: Mapping[str, OperatingPoint] | None = None
-    ) -> tuple[list[Prediction], np.ndarray]:
-        """Predictions and unit embeddings for an NCHW batch from one forward pass (matching known items costs no
-        second pass)."""
-        logits, vectors = self._run(("logits", "embedding"), batch)
-        return self._predictions(logits, operating_points), _unit_rows(vectors)
 
     def explain(self, image: ImageSource, label: str | None = None) -> Explanation:
         """Where `label`'s evidence lies in the photo (default: the first prohibited label, else the top label)."""
-        photo = load_image(image, min_side=self.info.preprocessing.input_size)
+        photo = load_image(image, min_side=self.info.preprocessing.input_size, max_pixels=self.max_pixels)
         batch = to_batch([photo], self.info.preprocessing)
         logits, activation = self._run(("logits", "activation_map"), batch)
-        probabilities = self.probabilities(logits)[0]
+        probabilities = self._calibrated(batch, logits)[0]
         label = label or next(iter(self.info.operating_points), self.info.labels[int(probabilities.argmax())])
         if label not in self.info.labels:
             raise ValueError(f"unknown label {label!r}; this model has {list(self.info.labels)}")
         index = self.info.labels.index(label)
-        heatmap = heatmap_on_photo(activation[0, index], photo, self.info.preprocessing)
-        return Explanation(label, float(probabilities[index]), heatmap, photo)
+        score = float(probabilities[index])
+        heatmap = heatmap_on_photo(activation[0, index], photo, self.info.preprocessing, score=score)
+        return Explanation(label, score, heatmap, photo)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """The model's raw, uncalibrated outputs for an NCHW batch."""
@@ -154,11 +237,20 @@ class Classifier:
         exp = np.exp(scaled)
         return exp / exp.sum(axis=1, keepdims=True)
 
-    def _batches(self, images: Iterable[ImageSource], batch_size: int) -> Iterator[np.ndarray]:
-        side = self.info.preprocessing.input_size
-        loaded = [load_image(image, min_side=side) for image in images]  # every photo is checked before any is scored
-        for start in range(0, len(loaded), batch_size):
-            yield to_batch(loaded[start : start + batch_size], self.info.preprocessing)
+    def _prepare_numbered(self, image: ImageSource, position: int) -> PreparedPhoto:
+        try:
+            return self.prepare(image)
+        except ImageLoadError as error:
+            raise ImageLoadError(f"photo {position} ({error.source})", error.reason, error.category) from None
+
+    def _calibrated(self, batch: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities, with blank frames (see `BLANK_SPREAD`) scored by rule: nothing prohibited."""
+        probabilities = self.probabilities(logits)
+        blank = _pixel_spread(batch, self.info.preprocessing.std) < BLANK_SPREAD
+        if blank.any():
+            harmless = np.array([label not in self.info.operating_points for label in self.info.labels])
+            probabilities[blank] = harmless / harmless.sum()
+        return probabilities
 
     def _run(self, outputs: str | tuple[str, ...], batch: np.ndarray):
         names = (outputs,) if isinstance(outputs, str) else outputs
@@ -170,19 +262,31 @@ class Classifier:
         return results[0] if isinstance(outputs, str) else results
 
     def _predictions(
-        self, logits: np.ndarray, operating_points: Mapping[str, OperatingPoint] | None
+        self, photos: Sequence[PreparedPhoto], batch: np.ndarray, logits: np.ndarray,
+        operating_points: Mapping[str, OperatingPoint] | None,
     ) -> list[Prediction]:
-        points = self.info.operating_points if operating_points is None else operating_points
-        return [self._prediction(row, points) for row in self.probabilities(logits)]
+        points = self.info.operating_points if operating_points is None else self.info.checked_operating_points(
+            operating_points)
+        frames = _per_photo(photos, self._calibrated(batch, logits))
+        return [max((self._prediction(row, points) for row in rows), key=self._how_prohibited) for rows in frames]
+
+    def _how_prohibited(self, prediction: Prediction) -> tuple[int, float]:
+        """Order frames by decision, then by their highest prohibited score: the frame a reviewer must see first."""
+        top = max((prediction.scores[label] for label in self.info.operating_points), default=0.0)
+        return _DECISION_RANK[prediction.decision], top
 
     def _prediction(self, probabilities: np.ndarray, operating_points: Mapping[str, OperatingPoint]) -> Prediction:
         scores = {label: float(p) for label, p in zip(self.info.labels, probabilities)}
+        identity = self.identity
         return Prediction(
             scores=scores,
             label=self.info.labels[int(np.argmax(probabilities))],
             decision=decide(scores, operating_points),
-            model_name=self.info.name,
-            model_version=self.info.version,
+            model_name=identity.name,
+            model_version=identity.version,
+            model_precision=identity.precision,
+            model_digest=identity.digest,
+            thresholds=describe_thresholds(operating_points),
         )
 
 
@@ -199,6 +303,29 @@ def read_model_info(session: ort.InferenceSession, path: Path) -> ModelInfo:
     if isinstance(width, int) and width != len(info.labels):
         raise ModelFormatError(f"{path}: the graph has {width} outputs but the metadata names {len(info.labels)} labels")
     return info
+
+
+def _frames(photos: Sequence[PreparedPhoto]) -> np.ndarray:
+    """Every frame of every photo as one NCHW batch."""
+    return np.concatenate([photo.tensors for photo in photos])
+
+
+def _per_photo(photos: Sequence[PreparedPhoto], rows: np.ndarray) -> list[np.ndarray]:
+    """Rows for every frame of every photo (as `_frames` stacks them), split back into one array per photo."""
+    return np.split(rows, np.cumsum([len(photo.tensors) for photo in photos])[:-1])
+
+
+def _pixel_spread(batch: np.ndarray, std: Sequence[float]) -> np.ndarray:
+    """Each frame's largest per-channel standard deviation, in 0-255 levels, read back from normalised input."""
+    return (batch.std(axis=(2, 3)) * np.asarray(std) * 255.0).max(axis=1)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()[:16]}"
 
 
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:

@@ -5,30 +5,52 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import os
+import signal
 import sys
+from collections import Counter
+from dataclasses import fields
 from pathlib import Path
 from typing import Iterator, Sequence
 
 from wildvision.classifier import Classifier
-from wildvision.images import ImageLoadError, load_image
+from wildvision.errors import WildvisionError
+from wildvision.images import (
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_MAX_PIXELS,
+    ImageLoadError,
+    load_image,
+)
 from wildvision.known_items import KnownItemIndex
-from wildvision.model_info import ModelFormatError
+from wildvision.model_info import read_operating_points
 from wildvision.records import format_of
-from wildvision.scan import ScanInput, TerminalProgress, files_from_list, find_images, scan_to_file
+from wildvision.scan import (
+    ScanInput,
+    TerminalProgress,
+    files_from_list,
+    find_images,
+    scan_to_file,
+)
 
 __all__ = ["main", "run"]
 
 _ADD_CHUNK = 64  # photos embedded and written per transaction by `index add`
+_API_KEYS_VARIABLE = "WILDVISION_API_KEYS"  # `serve`: bearer tokens, comma-separated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 some photos failed, 2 usage or model error)."""
     args = _parser().parse_args(argv)
     try:
-        classifier = Classifier(args.model, precision=args.precision, threads=getattr(args, "threads", None))
+        points = read_operating_points(args.operating_points) if args.operating_points else None
+        classifier = Classifier(args.model, precision=args.precision, operating_points=points,
+                                threads=getattr(args, "threads", None), max_pixels=args.max_pixels,
+                                max_frames=args.max_frames)
         return args.command(args, classifier)
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, ModelFormatError, ImportError, ValueError) as error:
+    # Bad input, files or extras become one line; anything else is a bug and keeps its traceback.
+    except (WildvisionError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError) as error:
         print(f"wildvision: {error}", file=sys.stderr)
         return 2
 
@@ -41,10 +63,11 @@ def run() -> None:
 def _scan(args: argparse.Namespace, classifier: Classifier) -> int:
     format_of(args.output)  # an unknown format fails now, not after hours of scanning
     if (args.folder is None) == (args.files_from is None):
-        raise ValueError("give either a FOLDER or --files-from LIST (- for stdin)")
+        raise _UsageError("give either a FOLDER or --files-from LIST (- for stdin)")
     progress = TerminalProgress()
+    skipped: Counter = Counter()
     if args.files_from is None:
-        inputs = find_images(args.folder)
+        inputs = find_images(args.folder, skipped=skipped)
     elif str(args.files_from) == "-":
         inputs = files_from_list(sys.stdin)
     else:
@@ -55,6 +78,7 @@ def _scan(args: argparse.Namespace, classifier: Classifier) -> int:
         scorers=max(1, (os.cpu_count() or 1) // args.threads), progress=progress, index=index,
     )
     progress.finish()
+    summary.skipped = skipped
     print(f"{args.output}: {summary}", file=sys.stderr)
     return 0
 
@@ -87,7 +111,7 @@ def _overlay_paths(images: list[Path], folder: Path) -> dict[Path, Path]:
     """Where each photo's heat-map overlay goes: FOLDER/<photo name>.explain.png, refusing names that would collide."""
     overlays = {image: folder / f"{image.name}.explain.png" for image in images}
     if len(set(overlays.values())) < len(set(overlays)):
-        raise ValueError(f"two photos share a file name, so their overlays in {folder} would overwrite each other; "
+        raise _UsageError(f"two photos share a file name, so their overlays in {folder} would overwrite each other; "
                          "explain them in separate runs")
     folder.mkdir(parents=True, exist_ok=True)
     return overlays
@@ -129,21 +153,48 @@ def _serve(args: argparse.Namespace, classifier: Classifier) -> int:
     try:
         import uvicorn
 
-        from wildvision.service import DEFAULT_MAX_BYTES, create_app
+        from wildvision.service import Limits, access_log, create_app
     except ImportError as error:
         raise ImportError(f"`wildvision serve` needs the serve extra ({error.name} is missing): "
                           "pip install 'wildvision[serve]'") from None
     index = KnownItemIndex(args.match_index, classifier) if args.match_index else None
-    app = create_app(classifier, index=index, max_bytes=args.max_bytes or DEFAULT_MAX_BYTES)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    # Options left out are absent from `args` (argparse.SUPPRESS), so the service's own defaults apply.
+    limits = Limits(**{option.name: getattr(args, option.name) for option in fields(Limits) if hasattr(args, option.name)})
+    app = create_app(classifier, index=index, limits=limits, api_keys=_api_keys(args.api_key_file))
+    handler = logging.StreamHandler(sys.stdout)  # one JSON object a line, beside uvicorn's own log on stderr
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access_log.addHandler(handler)
+    access_log.setLevel(logging.INFO)
+    # On SIGTERM uvicorn stops accepting, drains the requests in flight (up to --grace-period), then raises the signal
+    # again under the handler that was there before it, so that the process dies of it (status 143). A drained
+    # service has stopped cleanly: exit 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False,
+                timeout_graceful_shutdown=args.grace_period)
     return 0
 
 
-def _spark(args: argparse.Namespace, classifier: Classifier) -> int:
-    from wildvision.spark import score_archive, session  # pyspark is imported by this command only
+def _api_keys(path: Path | None) -> list[str]:
+    """Bearer tokens from `--api-key-file` (one a line; blank lines and # comments skipped) and from the environment
+    variable WILDVISION_API_KEYS (comma-separated): both, when both are given."""
+    keys = os.environ.get(_API_KEYS_VARIABLE, "").split(",")
+    if path is not None:
+        keys += [line for line in path.read_text(encoding="utf-8").splitlines() if not line.lstrip().startswith("#")]
+        if not any(key.strip() for key in keys):
+            raise _UsageError(f"{path} holds no API key; give one a line, or leave out --api-key-file")
+    return [key.strip() for key in keys if key.strip()]
 
+
+def _spark(args: argparse.Namespace, classifier: Classifier) -> int:
+    from wildvision.spark import (  # pyspark is imported by this command only
+        score_archive,
+        session,
+    )
+
+    if args.match_index:
+        KnownItemIndex(args.match_index, classifier)  # a missing index, or another model's, is named before Spark starts
     summary = score_archive(session(args.master), args.source, args.output, model=classifier.model_path,
-                            batch_size=args.batch_size, partitions=args.partitions)
+                            match_index=args.match_index, batch_size=args.batch_size, partitions=args.partitions)
     print(f"{args.output}: {summary}", file=sys.stderr)
     return 0
 
@@ -155,7 +206,7 @@ def _info(args: argparse.Namespace, classifier: Classifier) -> int:
         return 0
     metrics = info.metrics
     points = ", ".join(f"{label}: review >= {p.review:.3f}, block >= {p.block:.3f}" for label, p in info.operating_points.items())
-    print(f"model      {info.full_name}  ({classifier.model_path})")
+    print(f"model      {classifier.identity}  ({classifier.model_path})")
     print(f"labels     {', '.join(info.labels)}")
     print(f"input      {info.preprocessing.input_size}px, {info.preprocessing.resize}")
     print(f"decisions  {points}")
@@ -171,11 +222,45 @@ def _info(args: argparse.Namespace, classifier: Classifier) -> int:
     return 0
 
 
+class _UsageError(WildvisionError):
+    """Options that contradict each other."""
+
+
+def _add_model_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """Which model and how it reads photos: accepted before the command and after it (`scan DIR --precision int8`).
+
+    After the command the defaults are suppressed, so an option given before it is not reset by the subcommand.
+    """
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument("--model", type=Path, default=default(None),
+                        help="a wildvision .onnx model (default: the shipped model)")
+    parser.add_argument("--precision", choices=("float32", "int8"), default=default("float32"),
+                        help="which shipped model: int8 is smaller and faster at a small, measured accuracy cost")
+    parser.add_argument("--operating-points", type=Path, metavar="FILE", default=default(None),
+                        help='your thresholds, JSON {"ivory": {"review": 0.8, "block": 0.99}} or TOML; labels not '
+                             "given keep the model's; every record and answer states the thresholds used")
+    parser.add_argument("--max-pixels", type=_positive_int, default=default(DEFAULT_MAX_PIXELS),
+                        help=f"largest photo decoded, in pixels over all frames (default: {DEFAULT_MAX_PIXELS:,}); larger ones "
+                             "get a too_large error")
+    parser.add_argument("--max-frames", type=_positive_int, default=default(DEFAULT_MAX_FRAMES),
+                        help=f"most frames of an animated or multi-page file, all scored (default: {DEFAULT_MAX_FRAMES})")
+
+
+def _with_model_options(commands: argparse._SubParsersAction) -> None:
+    """Give every command (and sub-command) the model options."""
+    for command in commands.choices.values():
+        nested = [action for action in command._actions if isinstance(action, argparse._SubParsersAction)]
+        if nested:
+            _with_model_options(nested[0])
+        else:
+            _add_model_options(command, suppress=True)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wildvision", description="Spot illegal wildlife products in listing photos.")
-    parser.add_argument("--model", type=Path, help="a wildvision .onnx model (default: the shipped model)")
-    parser.add_argument("--precision", choices=("float32", "int8"), default="float32",
-                        help="which shipped model: int8 is smaller and faster at a small, measured accuracy cost")
+    _add_model_options(parser, suppress=False)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     scan = commands.add_parser("scan", help="score every photo under a folder (or in a list) into a file; resumable")
@@ -207,28 +292,48 @@ def _parser() -> argparse.ArgumentParser:
                      "the item's reference, and adding a path again replaces its item")
     add.set_defaults(command=_index_add)
 
-    serve = commands.add_parser("serve", help="an HTTP service: POST a photo to /predict (needs wildvision[serve])")
+    serve = commands.add_parser("serve", help="an HTTP service: POST photos to /predict (needs wildvision[serve])")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_port, default=8000, help="(default: 8000)")
     serve.add_argument("--match-index", type=Path, metavar="INDEX", help="add the known-item match to every answer")
-    serve.add_argument("--max-bytes", type=int, help="largest accepted upload in bytes (default 20 MiB)")
     serve.add_argument("--threads", type=_positive_int, help="onnxruntime threads (default: all cores)")
+    # Left out: absent from the namespace, so that `Limits` (wildvision.service) holds the defaults.
+    limit = dict(default=argparse.SUPPRESS)
+    serve.add_argument("--max-bytes", type=_positive_int, **limit,
+                       help="largest request body in bytes: a photo, or a whole batch (default: 20 MiB)")
+    serve.add_argument("--max-batch", type=_positive_int, **limit, help="most photos per /predict/batch (default: 32)")
+    serve.add_argument("--max-concurrency", type=_positive_int, **limit,
+                       help="requests read, decoded and scored at once (default: the number of cores)")
+    serve.add_argument("--max-queue", type=_count_from_zero, **limit, help="requests waiting for a free slot; "
+                       "beyond them a request is refused at once with 503 and Retry-After (default: 64)")
+    serve.add_argument("--timeout", type=_seconds, **limit,
+                       help="seconds from a request's arrival to its answer, else 504 (default: 30)")
+    serve.add_argument("--read-timeout", type=_seconds, **limit,
+                       help="seconds for the request body to arrive once a slot is free, else 408 (default: 10)")
+    serve.add_argument("--grace-period", type=_seconds, default=20.0, help="on SIGTERM, seconds to finish the "
+                       "requests in flight before exiting (default: 20, inside Kubernetes' 30)")
+    serve.add_argument("--api-key-file", type=Path, metavar="FILE", help="require `Authorization: Bearer <key>` "
+                       f"with a key from FILE (one a line); keys in ${_API_KEYS_VARIABLE} (comma-separated) are "
+                       "required and accepted too; /health stays open")
     serve.set_defaults(command=_serve)
 
     spark = commands.add_parser("spark", help="score an archive on Apache Spark into a Parquet folder "
                                 "(needs wildvision[spark])")
     spark.add_argument("source", help="a folder (searched recursively) or glob: a local path, file://, hdfs://, s3a://")
-    spark.add_argument("-o", "--output", required=True, help="the Parquet folder to create, on any file system Spark "
-                       "writes to; same columns as `scan -o x.parquet`")
+    spark.add_argument("-o", "--output", required=True, help="the Parquet folder, on any file system Spark writes to; "
+                       "same columns as `scan -o x.parquet`; re-running the same command continues an interrupted run")
     spark.add_argument("--master", help="e.g. local[4] (default: spark-submit's, else local[*])")
     spark.add_argument("--partitions", type=_positive_int, help="about how many tasks score the archive, each writing one "
                        "Parquet file (default: Spark's split, about 30 photos per task)")
     spark.add_argument("--batch-size", type=_positive_int, default=16)
+    spark.add_argument("--match-index", type=Path, metavar="INDEX",
+                       help="a known-item index (see `index add`), shipped to the executors: adds the match_* columns")
     spark.set_defaults(command=_spark)
 
     info = commands.add_parser("info", help="what the model is: labels, thresholds, measured accuracy, notes")
     info.add_argument("--json", action="store_true", help="the model's full metadata")
     info.set_defaults(command=_info)
+    _with_model_options(commands)
     return parser
 
 
@@ -240,4 +345,34 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port to listen on."""
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port, 1-65535, got {value}")
+    return value
+
+
+def _count_from_zero(text: str) -> int:
+    """An argparse type: a count that may be 0 (e.g. no queue at all)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a duration in seconds, above 0 and finite."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
     return value

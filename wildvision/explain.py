@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from wildvision.model_info import Preprocessing
 
@@ -18,35 +18,53 @@ __all__ = ["Explanation", "heatmap_on_photo"]
 
 # A dark-blue -> red -> yellow ramp: cold where there is no evidence, hot where there is most; readable when blended.
 _RAMP = np.array([(0, 0, 96), (0, 64, 255), (255, 32, 0), (255, 224, 0)], dtype=np.float32)
-_OVERLAY_OPACITY = 0.5
+_OVERLAY_OPACITY = 0.6  # at the strongest evidence; the photo shows through untinted where there is none
+_CAPTION_HEIGHT = 0.06  # of the photo's shorter side, at least 12 pixels
 
 
 @dataclass(frozen=True)
 class Explanation:
     label: str
     score: float  # the label's calibrated probability
-    heatmap: np.ndarray  # float32, the photo's height x width, 0 (no evidence) .. 1 (strongest evidence)
-    photo: Image.Image  # the upright RGB photo the map belongs to
+    # float32, the size of `photo`, 0 (no evidence) .. `score` (where the evidence is strongest): on one scale across
+    # photos, so a photo the model barely suspects shows a faint map, not a full-strength hot spot.
+    heatmap: np.ndarray
+    photo: Image.Image  # the upright RGB photo as scored (a large JPEG is decoded at reduced scale, as for `predict`)
 
     def overlay(self) -> Image.Image:
-        """The photo with the heat map blended over it, for a human reviewer."""
+        """The photo with the heat map blended over it where there is evidence, captioned with label and score, for a
+        human reviewer."""
         positions = self.heatmap * (len(_RAMP) - 1)
         low = np.minimum(positions.astype(int), len(_RAMP) - 2)
         fraction = (positions - low)[..., np.newaxis]
         colours = _RAMP[low] * (1 - fraction) + _RAMP[low + 1] * fraction
-        heat = Image.fromarray(colours.astype(np.uint8), "RGB")
-        return Image.blend(self.photo, heat, _OVERLAY_OPACITY)
+        pixels = np.asarray(self.photo, dtype=np.float32)
+        opacity = (self.heatmap * _OVERLAY_OPACITY)[..., np.newaxis]  # untouched where there is no evidence
+        overlay = Image.fromarray((pixels * (1 - opacity) + colours * opacity).round().astype(np.uint8), "RGB")
+        _caption(overlay, f"{self.label} {self.score:.3f}")
+        return overlay
 
 
-def heatmap_on_photo(activation: np.ndarray, photo: Image.Image, spec: Preprocessing) -> np.ndarray:
-    """One label's (h, w) activation map as a 0..1 map over the whole photo, undoing the preprocessing's geometry.
+def _caption(image: Image.Image, text: str) -> None:
+    """`text` in white on a dark band across the top-left corner."""
+    height = max(12, round(min(image.size) * _CAPTION_HEIGHT))
+    font = ImageFont.load_default(size=height * 0.8)
+    draw = ImageDraw.Draw(image)
+    right = min(image.width, round(draw.textlength(text, font=font)) + height // 2)
+    draw.rectangle((0, 0, right, height), fill=(0, 0, 0))
+    draw.text((height // 4, height // 10), text, fill=(255, 255, 255), font=font)
 
-    Negative evidence is clipped: the map shows what argues *for* the label. With `center_crop` preprocessing the
-    parts of the photo the model never saw stay at 0.
+
+def heatmap_on_photo(activation: np.ndarray, photo: Image.Image, spec: Preprocessing, *, score: float = 1.0) -> np.ndarray:
+    """One label's (h, w) activation map as a 0..`score` map over the whole photo, undoing the preprocessing's geometry.
+
+    Negative evidence is clipped: the map shows what argues *for* the label. The strongest evidence is drawn at the
+    label's calibrated `score`, so maps compare across photos. With `center_crop` preprocessing the parts of the photo
+    the model never saw stay at 0.
     """
     positive = np.maximum(activation.astype(np.float32), 0)
     peak = float(positive.max())
-    normalised = positive / peak if peak > 0 else positive
+    normalised = positive * (score / peak) if peak > 0 else positive
     grid = Image.fromarray(normalised, "F")
     if spec.resize == "squash":
         return np.asarray(grid.resize(photo.size, Image.Resampling.BILINEAR), dtype=np.float32)
@@ -54,4 +72,4 @@ def heatmap_on_photo(activation: np.ndarray, photo: Image.Image, spec: Preproces
     left, top = (photo.width - side) // 2, (photo.height - side) // 2
     full = np.zeros((photo.height, photo.width), dtype=np.float32)
     full[top : top + side, left : left + side] = np.asarray(grid.resize((side, side), Image.Resampling.BILINEAR))
-    return np.clip(full, 0, 1)
+    return np.clip(full, 0, score)

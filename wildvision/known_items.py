@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import weakref
 from contextlib import closing
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -37,10 +38,10 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from wildvision.classifier import Classifier, Prediction
+from wildvision.classifier import Classifier, Prediction, PreparedPhoto
+from wildvision.errors import WildvisionError
 from wildvision.hashing import HASH_BYTES, difference_hash, hamming_distances
 from wildvision.images import ImageSource, load_image
-from wildvision.preprocess import to_batch
 
 __all__ = ["FORMAT_VERSION", "IndexFormatError", "KnownItemIndex", "Match", "MatchRule", "variant_hashes"]
 
@@ -62,7 +63,7 @@ _CROPS = tuple(step * 0.015 for step in range(9))
 _BUSY_TIMEOUT_S = 30.0  # another process adding items holds the write lock this long at most before we give up
 
 
-class IndexFormatError(ValueError):
+class IndexFormatError(WildvisionError, ValueError):
     """The file is not a known-item index, or one built by another model."""
 
 
@@ -111,9 +112,14 @@ class KnownItemIndex:
         if not self.path.parent.is_dir():
             raise FileNotFoundError(f"cannot create the known-item index {self.path}: no folder {self.path.parent}")
         self._lock = threading.Lock()
-        self._items: _Items | None = None  # loaded on first match, dropped when items are added
+        self._items: _Items | None = None  # loaded on first match, re-read once anyone has changed the file
         with closing(self._connect()) as connection, connection:
             self._check_or_initialise(connection, create)
+        # `PRAGMA data_version` changes when another connection (this object's `add`, another process) commits, but
+        # only as seen from one connection that stays open: this one, asked under the lock before every match.
+        self._watcher = sqlite3.connect(self.path, check_same_thread=False)
+        self._items_version = -1  # PRAGMA data_version is positive: the first match reads the items
+        weakref.finalize(self, self._watcher.close)
 
     def __len__(self) -> int:
         with closing(self._connect()) as connection:
@@ -135,8 +141,6 @@ class KnownItemIndex:
                 "added_at = excluded.added_at",
                 rows,
             )
-        with self._lock:
-            self._items = None
 
     def match(self, image: ImageSource) -> Match | None:
         """The known item `image` re-posts, or None."""
@@ -144,10 +148,19 @@ class KnownItemIndex:
 
     def predict_and_match(self, image: ImageSource) -> tuple[Prediction, Match | None]:
         """The classifier's prediction for `image` and the known item it re-posts, from one forward pass."""
-        spec = self.classifier.info.preprocessing
-        photo = load_image(image, min_side=spec.input_size)
-        predictions, embeddings = self.classifier.predict_and_embed_tensors(to_batch([photo], spec))
-        return predictions[0], self.match_features(difference_hash(photo)[np.newaxis], embeddings)[0]
+        photo = self.classifier.prepare(image, with_hashes=True)
+        predictions, embeddings = self.classifier.score_and_embed([photo])
+        return predictions[0], self.match_photos([photo], embeddings)[0]
+
+    def match_photos(self, photos: Sequence[PreparedPhoto], embeddings: Sequence[np.ndarray]) -> list[Match | None]:
+        """For photos prepared `with_hashes` and their embeddings (`Classifier.score_and_embed`), the known item each
+        re-posts: an animated photo matches when any of its frames does (the closest such frame's match)."""
+        if not photos:
+            return []
+        matches = iter(self.match_features(np.concatenate([photo.hashes for photo in photos]), np.concatenate(embeddings)))
+        per_photo = [[next(matches) for _ in photo.tensors] for photo in photos]
+        return [min((m for m in frames if m), key=lambda m: (m.hash_distance, -m.cosine), default=None)
+                for frames in per_photo]
 
     def match_features(self, hashes: np.ndarray, embeddings: np.ndarray) -> list[Match | None]:
         """For each photo's hash (row of M x 32) and unit embedding (row of M x D), its best known item under the rule.
@@ -196,10 +209,14 @@ class KnownItemIndex:
                 f"mean nothing to {model['model_name']} {model['model_version']}; add the photos to a new index")
 
     def _loaded(self) -> _Items:
+        """The items as of the latest commit, by this process or another (e.g. `wildvision index add` while a service
+        runs): re-read only when the file has changed since the last read."""
         with self._lock:
-            if self._items is None:
+            version = self._watcher.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._items_version:
                 with closing(self._connect()) as connection:
                     self._items = _Items.read(connection)
+                self._items_version = version
             return self._items
 
 

@@ -8,10 +8,22 @@ nothing about any particular model is hard-coded in the library.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal, Mapping
 
-__all__ = ["FORMAT_VERSION", "METADATA_KEY", "OUTPUT_NAMES", "ModelFormatError", "ModelInfo", "OperatingPoint", "Preprocessing"]
+from wildvision.errors import WildvisionError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 reads TOML thresholds files with the tomli backport
+    import tomli as tomllib
+
+__all__ = [
+    "FORMAT_VERSION", "METADATA_KEY", "OUTPUT_NAMES", "ModelFormatError", "ModelInfo", "OperatingPoint",
+    "OperatingPointError", "Preprocessing", "read_operating_points",
+]
 
 # The graph's outputs, by name: `logits` (N, labels); `embedding` (N, features), the pooled features the classifier
 # reads, for matching known items; `activation_map` (N, labels, h, w), each label's evidence by location, for
@@ -23,8 +35,12 @@ FORMAT_VERSION = 1
 ResizeMode = Literal["squash", "center_crop"]
 
 
-class ModelFormatError(ValueError):
+class ModelFormatError(WildvisionError, ValueError):
     """A file is not a wildvision model, or its metadata is incomplete."""
+
+
+class OperatingPointError(WildvisionError, ValueError):
+    """Thresholds that would make decisions wrong: inverted, out of range, for unknown or harmless labels."""
 
 
 @dataclass(frozen=True)
@@ -51,8 +67,13 @@ class OperatingPoint:
     block: float
 
     def __post_init__(self) -> None:
+        for name in ("review", "block"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise OperatingPointError(f"operating point {name} must be a number, got {value!r}")
         if not 0.0 <= self.review <= self.block <= 1.0:
-            raise ValueError(f"operating point needs 0 <= review <= block <= 1, got review={self.review} block={self.block}")
+            raise OperatingPointError(
+                f"operating point needs 0 <= review <= block <= 1, got review={self.review} block={self.block}")
 
 
 @dataclass(frozen=True)
@@ -83,9 +104,34 @@ class ModelInfo:
     def full_name(self) -> str:
         return f"{self.name}@{self.version}"
 
+    @property
+    def prohibited(self) -> tuple[str, ...]:
+        """The labels that lead to `review` or `block`: those the model file gives operating points."""
+        return tuple(label for label in self.labels if label in self.operating_points)
+
     def with_operating_points(self, operating_points: Mapping[str, OperatingPoint]) -> ModelInfo:
-        """A copy with a platform's own thresholds in place of the shipped ones."""
-        return replace(self, operating_points=dict(operating_points))
+        """A copy with a platform's own thresholds in place of the shipped ones (see `checked_operating_points`)."""
+        return replace(self, operating_points=self.checked_operating_points(operating_points))
+
+    def checked_operating_points(self, operating_points: Mapping[str, OperatingPoint]) -> dict[str, OperatingPoint]:
+        """A platform's thresholds, checked and completed: prohibited labels only, each an `OperatingPoint`; a
+        prohibited label not given keeps the model's own, so no policy can silently stop checking a label."""
+        if not isinstance(operating_points, Mapping):
+            raise OperatingPointError(f"operating points must map labels to OperatingPoint, got "
+                                      f"{type(operating_points).__name__}")
+        unknown = sorted(set(operating_points) - set(self.labels))
+        if unknown:
+            raise OperatingPointError(f"operating points for labels this model does not have: {unknown}; "
+                                      f"its labels are {list(self.labels)}")
+        harmless = sorted(set(operating_points) - set(self.prohibited))
+        if harmless:
+            raise OperatingPointError(f"operating points for harmless labels {harmless}: only the prohibited labels "
+                                      f"{list(self.prohibited)} can lead to review or block")
+        for label, point in operating_points.items():
+            if not isinstance(point, OperatingPoint):
+                raise OperatingPointError(f"the operating point for {label!r} must be an OperatingPoint(review, "
+                                          f"block), got {point!r}")
+        return {label: operating_points.get(label, self.operating_points[label]) for label in self.prohibited}
 
     def to_json(self) -> str:
         return json.dumps({"format_version": FORMAT_VERSION, **asdict(self)}, sort_keys=True)
@@ -106,5 +152,27 @@ class ModelInfo:
                 operating_points={k: OperatingPoint(**v) for k, v in document.pop("operating_points").items()},
                 **document,
             )
-        except (KeyError, TypeError, json.JSONDecodeError) as error:
+        except (KeyError, TypeError, json.JSONDecodeError, OperatingPointError) as error:
             raise ModelFormatError(f"incomplete or malformed wildvision metadata ({error!r})") from None
+
+
+def read_operating_points(path: str | Path) -> dict[str, OperatingPoint]:
+    """A platform's thresholds from a JSON or TOML file: `{"ivory": {"review": 0.8, "block": 0.99}}` in JSON, or a
+    `[ivory]` table with `review` and `block` in TOML. Check them against a model with `checked_operating_points`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        document = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except OSError as error:
+        raise OperatingPointError(f"{path}: cannot read the thresholds file ({error.strerror or error})") from None
+    except (ValueError, tomllib.TOMLDecodeError) as error:
+        raise OperatingPointError(f"{path}: not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'} "
+                                  f"({error})") from None
+    if not isinstance(document, dict) or not all(isinstance(point, dict) for point in document.values()):
+        raise OperatingPointError(f'{path}: expected {{"label": {{"review": 0.8, "block": 0.99}}, ...}}')
+    points = {}
+    for label, point in document.items():
+        if set(point) != {"review", "block"}:
+            raise OperatingPointError(f"{path}: {label!r} needs exactly `review` and `block`, got {sorted(point)}")
+        points[label] = OperatingPoint(point["review"], point["block"])
+    return points

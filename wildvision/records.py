@@ -3,7 +3,8 @@
 Records of a scan against a known-item index also carry `match`: nested in JSON Lines, `match_<field>` columns in
 CSV and Parquet (present only in such files, so files of plain scans keep their columns).
 
-`flat_columns` and `flatten` define that flat layout once: `wildvision.spark` writes the same columns.
+`ScanRecord` is the one definition of a record; `flat_columns` and `flatten` derive the flat layout from it, and
+`wildvision.spark` writes the same columns.
 
 Writing is atomic (a temporary file renamed into place) and streams record by record, so converting a journal of
 millions of records needs no more memory than one Parquet row group. Parquet needs `pip install wildvision[parquet]`.
@@ -14,22 +15,79 @@ from __future__ import annotations
 import csv
 import json
 import os
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, get_type_hints
 
-__all__ = ["FORMATS", "flat_columns", "flatten", "format_of", "read_records", "write_records"]
+from wildvision.classifier import Decision, ModelIdentity, Prediction
+from wildvision.errors import WildvisionError
+from wildvision.images import ErrorCategory, ImageLoadError
+from wildvision.known_items import Match
+
+__all__ = [
+    "FORMATS", "RecordFormatError", "ScanRecord", "ScanRecordWithMatch", "columns_of", "flat_columns", "flatten", "format_of", "read_records",
+    "write_records",
+]
 
 FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
-_FIELDS = ("path", "label", "decision", "model_name", "model_version", "error", "error_category")
-_MATCH_FIELDS = {"id": int, "reference": str, "hash_distance": int, "cosine": float}  # `Match.to_dict()`, typed
 _ROW_GROUP = 10_000  # Parquet rows buffered before each write
+
+
+@dataclass(frozen=True)
+class ScanRecord:
+    """One input file's outcome: scores and a decision, or an error saying why it could not be scored; always the
+    model file that scored it (`Prediction`'s fields) and, when scored, the thresholds that decided.
+
+    The one definition of a record: JSON Lines writes it as is; CSV, Parquet and Spark flatten it (`flat_columns`)."""
+
+    path: str
+    label: str | None
+    decision: Decision | None
+    scores: dict[str, float] | None  # flattened to one `score_<label>` column per label
+    model_name: str
+    model_version: str
+    model_precision: str
+    model_digest: str
+    thresholds: str | None
+    error: str | None = None
+    error_category: ErrorCategory | None = None
+
+    @classmethod
+    def scored(cls, path: str, prediction: Prediction) -> ScanRecord:
+        fields = {name: value for name, value in prediction.to_dict().items() if name in _FIELD_NAMES}
+        return cls(path=path, **fields)
+
+    @classmethod
+    def failed(cls, path: str, error: ImageLoadError, identity: ModelIdentity) -> ScanRecord:
+        return cls(path, None, None, None, identity.name, identity.version, identity.precision, identity.digest, None,
+                   error.reason, error.category)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ScanRecordWithMatch(ScanRecord):
+    """A record of a scan against a known-item index: `match` is `Match.to_dict()` of the re-posted item, or null;
+    flattened to one `match_<field>` column per `Match` field."""
+
+    match: dict[str, object] | None = None
+
+
+_FIELD_NAMES = frozenset(field.name for field in fields(ScanRecord))
+# Flat column types: every plain field is text, scores are floats, and a match's fields keep Match's own types.
+_MATCH_TYPES: dict[str, type] = get_type_hints(Match)
+
+
+class RecordFormatError(WildvisionError, ValueError):
+    """An output file whose format or columns wildvision cannot write or continue."""
 
 
 def format_of(path: Path) -> str:
     try:
         return FORMATS[path.suffix.lower()]
     except KeyError:
-        raise ValueError(f"{path}: unknown output format; use one of {', '.join(FORMATS)}") from None
+        raise RecordFormatError(f"{path}: unknown output format; use one of {', '.join(FORMATS)}") from None
 
 
 def write_records(records: Iterable[dict], path: Path, labels: Sequence[str], *, with_match: bool = False) -> None:
@@ -68,31 +126,52 @@ def read_records(path: Path, labels: Sequence[str]) -> Iterator[dict]:
 
 
 def flat_columns(labels: Sequence[str], *, with_match: bool = False) -> list[tuple[str, type]]:
-    """The columns of CSV and Parquet records in order, each with its Python type (`str`, `float` or `int`)."""
-    matches = [(f"match_{name}", kind) for name, kind in _MATCH_FIELDS.items()] if with_match else []
-    return [
-        *((name, str) for name in _FIELDS[:3]), *((f"score_{label}", float) for label in labels),
-        *((name, str) for name in _FIELDS[3:]), *matches,
-    ]
+    """The columns of CSV and Parquet records in `ScanRecord`'s field order, `scores` and `match` expanded, each with
+    its Python type (`str`, `float` or `int`)."""
+    columns: list[tuple[str, type]] = []
+    for field in fields(ScanRecordWithMatch if with_match else ScanRecord):
+        if field.name == "scores":
+            columns += [(f"score_{label}", float) for label in labels]
+        elif field.name == "match":
+            columns += [(f"match_{name}", kind) for name, kind in _MATCH_TYPES.items()]
+        else:
+            columns.append((field.name, str))
+    return columns
 
 
 def flatten(record: dict, labels: Sequence[str], *, with_match: bool = False) -> dict:
     """A record (`ScanRecord.to_dict()`) as one flat row, keys in `flat_columns` order."""
     scores, match = record["scores"] or {}, record.get("match") or {}
     values = {**record, **{f"score_{label}": scores.get(label) for label in labels},
-              **{f"match_{name}": match.get(name) for name in _MATCH_FIELDS}}
-    return {name: values[name] for name, _ in flat_columns(labels, with_match=with_match)}
+              **{f"match_{name}": match.get(name) for name in _MATCH_TYPES}}
+    return {name: values.get(name) for name, _ in flat_columns(labels, with_match=with_match)}
+
+
+def columns_of(path: Path) -> list[str] | None:
+    """The flat columns of an existing CSV or Parquet records file (None for JSON Lines, which has no header)."""
+    kind = format_of(path)
+    if kind == "csv":
+        with path.open(encoding="utf-8", newline="") as source:
+            return next(csv.reader(source), [])
+    if kind == "parquet":
+        return _pyarrow_parquet().read_schema(path).names
+    return None
 
 
 def _nested(row: dict, labels: Sequence[str]) -> dict:
     """A flat row back to a record; CSV's empty strings mean null, and its numbers come back typed."""
     value = {name: (row[name] if row[name] != "" else None) for name in row}
     scored = value["error"] is None
-    scores = {label: float(value[f"score_{label}"]) for label in labels} if scored else None
-    record = {"path": value["path"], "scores": scores, **{name: value[name] for name in _FIELDS[1:]}}
-    if "match_id" in value:
-        matched = value["match_id"] is not None
-        record["match"] = {name: kind(value[f"match_{name}"]) for name, kind in _MATCH_FIELDS.items()} if matched else None
+    record = {}
+    for field in fields(ScanRecordWithMatch if "match_id" in value else ScanRecord):
+        if field.name == "scores":
+            record["scores"] = {label: float(value[f"score_{label}"]) for label in labels} if scored else None
+        elif field.name == "match":
+            matched = value["match_id"] is not None
+            record["match"] = ({name: kind(value[f"match_{name}"]) for name, kind in _MATCH_TYPES.items()}
+                               if matched else None)
+        else:
+            record[field.name] = value.get(field.name)
     return record
 
 

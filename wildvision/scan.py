@@ -20,26 +20,28 @@ import sys
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-import numpy as np
-
-from wildvision.classifier import Classifier, Prediction
-from wildvision.hashing import difference_hash
-from wildvision.images import ImageLoadError, load_image
-from wildvision.known_items import KnownItemIndex, Match
-from wildvision.model_info import ModelInfo
-from wildvision.preprocess import to_tensor
-from wildvision.records import read_records, write_records
+from wildvision.classifier import Classifier, PreparedPhoto, describe_thresholds
+from wildvision.errors import WildvisionError
+from wildvision.images import IMAGE_SUFFIXES, ImageLoadError
+from wildvision.known_items import KnownItemIndex
+from wildvision.records import (
+    ScanRecord,
+    ScanRecordWithMatch,
+    columns_of,
+    flat_columns,
+    read_records,
+    write_records,
+)
 
 __all__ = [
-    "IMAGE_SUFFIXES", "ScanInput", "ScanRecord", "ScanRecordWithMatch", "ScanSummary", "TerminalProgress",
+    "IMAGE_SUFFIXES", "ResumeError", "ScanInput", "ScanRecord", "ScanRecordWithMatch", "ScanSummary", "TerminalProgress",
     "files_from_list", "find_images", "scan", "scan_to_file",
 ]
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 _BATCHES_AHEAD = 2  # batches decoding while others are scored: enough to hide decoding, few enough for flat memory
 
 
@@ -49,30 +51,6 @@ class ScanInput:
     name: str  # what the record calls it: relative to the scanned folder, as listed, or its URI
 
 
-@dataclass(frozen=True)
-class ScanRecord:
-    """One input file's outcome: scores and a decision, or an error saying why it could not be scored."""
-
-    path: str
-    scores: dict[str, float] | None
-    label: str | None
-    decision: str | None
-    model_name: str
-    model_version: str
-    error: str | None = None
-    error_category: str | None = None  # empty, not_an_image, corrupt, too_large, unreadable
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class ScanRecordWithMatch(ScanRecord):
-    """A record of a scan against a known-item index: `match` is `Match.to_dict()` of the re-posted item, or null."""
-
-    match: dict[str, object] | None = None
-
-
 @dataclass
 class ScanSummary:
     scored: int = 0
@@ -80,6 +58,7 @@ class ScanSummary:
     already_done: int = 0
     decisions: Counter = field(default_factory=Counter)
     failures: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)  # files found but not images, by suffix (see `find_images`)
     seconds: float = 0.0
 
     def add(self, record: ScanRecord) -> None:
@@ -94,12 +73,16 @@ class ScanSummary:
         rate = (self.scored + self.failed) / self.seconds if self.seconds else 0.0
         decisions = ", ".join(f"{name} {count}" for name, count in sorted(self.decisions.items())) or "none"
         failures = ", ".join(f"{name} {count}" for name, count in sorted(self.failures.items()))
+        skipped = ", ".join(f"{suffix} {count}" for suffix, count in sorted(self.skipped.items()))
         return (f"scored {self.scored}, failed {self.failed}{f' ({failures})' if failures else ''}, "
-                f"already done {self.already_done}; decisions: {decisions}; {rate:.1f} photos/s")
+                f"already done {self.already_done}"
+                f"{f', skipped {sum(self.skipped.values())} files that are not images ({skipped})' if skipped else ''}"
+                f"; decisions: {decisions}; {rate:.1f} photos/s")
 
 
-def find_images(root: Path) -> Iterator[ScanInput]:
-    """Image files under `root`, recursively, in sorted order, lazily (an archive's listing never sits in memory).
+def find_images(root: Path, *, skipped: Counter | None = None) -> Iterator[ScanInput]:
+    """Image files under `root` (by suffix, `IMAGE_SUFFIXES`), recursively, in sorted order, lazily (an archive's
+    listing never sits in memory). Every other file is counted in `skipped` by its suffix, so none goes unmentioned.
 
     Symbolic links to files are followed; links to folders are not, so a link loop cannot trap the walk.
     """
@@ -108,9 +91,12 @@ def find_images(root: Path) -> Iterator[ScanInput]:
     for folder, subfolders, files in os.walk(root):
         subfolders.sort()
         for name in sorted(files):
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+            suffix = Path(name).suffix.lower()
+            if suffix in IMAGE_SUFFIXES:
                 path = Path(folder) / name
                 yield ScanInput(path, path.relative_to(root).as_posix())
+            elif skipped is not None:
+                skipped[suffix or "(no suffix)"] += 1
 
 
 def files_from_list(lines: Iterable[str]) -> Iterator[ScanInput]:
@@ -132,16 +118,11 @@ def scan(
     side by side beat one batch split across cores, and the decoding threads then slow no scorer down.
     With `index`, records are `ScanRecordWithMatch`es.
     """
-    spec = classifier.info.preprocessing
-
-    def prepare(item: ScanInput) -> _Prepared | ImageLoadError:
+    def prepare(item: ScanInput) -> PreparedPhoto | ImageLoadError:
         try:
-            photo = load_image(item.file, min_side=spec.input_size)
-            return _Prepared(to_tensor(photo, spec), difference_hash(photo) if index is not None else None)
+            return classifier.prepare(item.file, with_hashes=index is not None)
         except ImageLoadError as error:
-            return error
-        except OSError as error:  # vanished or unreadable between listing and reading
-            return ImageLoadError(item.name, f"cannot read file ({error.strerror or error})", "unreadable")
+            return ImageLoadError(item.name, error.reason, error.category)
 
     with ThreadPoolExecutor(max_workers=workers) as decoders, ThreadPoolExecutor(max_workers=scorers) as scoring:
         pending: deque[Future[list[ScanRecord]]] = deque()
@@ -167,15 +148,15 @@ def scan_to_file(
 ) -> ScanSummary:
     """Scan into `output` (`.jsonl`, `.csv` or `.parquet`), continuing an interrupted or earlier run of the same scan.
 
-    With `index`, every record gets a `match` field; an earlier output of the same scan must have been written the
-    same way (with or without matching), else a `ValueError` says so before anything is scored.
+    With `index`, every record gets a `match` field. An earlier output must come from the same model file, thresholds
+    and matching, else a `ResumeError` says so before anything is scored.
     """
     with_match = index is not None
     started = time.monotonic()
     summary = ScanSummary()
     journal = output.with_name(output.name + ".partial.jsonl")
     output.parent.mkdir(parents=True, exist_ok=True)
-    _check_same_kind(journal, output, classifier.info.labels, with_match)
+    _check_same_scan(journal, output, classifier, with_match)
     if output.exists() and not journal.exists():  # a finished earlier scan: keep its records, add what is new
         with journal.open("w", encoding="utf-8") as sink:
             sink.writelines(json.dumps(record) + "\n" for record in read_records(output, classifier.info.labels))
@@ -218,50 +199,27 @@ class TerminalProgress:
             print(file=sys.stderr)
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    tensor: np.ndarray
-    hash: np.ndarray | None  # only when matching known items
-
-
 def _score(
     batch: list[ScanInput], futures: list[Future], classifier: Classifier, index: KnownItemIndex | None
 ) -> list[ScanRecord]:
     """The batch's records, in order, once its photos are decoded (runs in a scoring thread)."""
     prepared = [future.result() for future in futures]
-    good = [item for item in prepared if isinstance(item, _Prepared)]
-    predictions, matches = _predictions_and_matches(good, classifier, index)
-    return [_record(item, result, predictions, matches, classifier.info, index is not None)
-            for item, result in zip(batch, prepared)]
-
-
-def _record(
-    item: ScanInput, result: _Prepared | ImageLoadError, predictions: Iterator[Prediction],
-    matches: Iterator[Match | None], info: ModelInfo, with_match: bool,
-) -> ScanRecord:
-    """One input's record; `predictions` and `matches` advance only for readable photos."""
-    if isinstance(result, ImageLoadError):
-        fields = (item.name, None, None, None, info.name, info.version, result.reason, result.category)
-        match = None
-    else:
-        prediction, match = next(predictions), next(matches)
-        fields = (item.name, prediction.scores, prediction.label, prediction.decision, info.name, info.version)
-    if not with_match:
-        return ScanRecord(*fields)
-    return ScanRecordWithMatch(*fields, match=match.to_dict() if match else None)
-
-
-def _predictions_and_matches(
-    good: list[_Prepared], classifier: Classifier, index: KnownItemIndex | None
-) -> tuple[Iterator[Prediction], Iterator[Match | None]]:
-    """Iterators of predictions and matches (None without an index) for the readable photos of a batch."""
-    if not good:
-        return iter([]), iter([])
-    batch = np.stack([item.tensor for item in good])
+    good = [item for item in prepared if isinstance(item, PreparedPhoto)]
     if index is None:
-        return iter(classifier.predict_tensors(batch)), iter([None] * len(good))
-    predictions, embeddings = classifier.predict_and_embed_tensors(batch)
-    return iter(predictions), iter(index.match_features(np.stack([item.hash for item in good]), embeddings))
+        scored = iter(classifier.score(good)) if good else iter(())
+        return [ScanRecord.failed(item.name, result, classifier.identity) if isinstance(result, ImageLoadError)
+                else ScanRecord.scored(item.name, next(scored)) for item, result in zip(batch, prepared)]
+    predictions, embeddings = classifier.score_and_embed(good) if good else ([], [])
+    scored_and_matched = zip(predictions, index.match_photos(good, embeddings))
+    records: list[ScanRecord] = []
+    for item, result in zip(batch, prepared):
+        if isinstance(result, ImageLoadError):
+            records.append(ScanRecordWithMatch.failed(item.name, result, classifier.identity))
+        else:
+            prediction, match = next(scored_and_matched)
+            records.append(replace(ScanRecordWithMatch.scored(item.name, prediction),
+                                   match=match.to_dict() if match else None))
+    return records
 
 
 def _batches(items: Iterable[ScanInput], size: int) -> Iterator[list[ScanInput]]:
@@ -294,18 +252,42 @@ def _recorded_names(journal: Path) -> set[str]:
     return done
 
 
-def _check_same_kind(journal: Path, output: Path, labels: Sequence[str], with_match: bool) -> None:
-    """Refuse to mix records with and without `match` in one output: a missing match would read as "no match"."""
+class ResumeError(WildvisionError, ValueError):
+    """An earlier scan into the same output was made differently: continuing it would mix two kinds of records."""
+
+
+def _check_same_scan(journal: Path, output: Path, classifier: Classifier, with_match: bool) -> None:
+    """Refuse to continue an earlier scan made with another model file, other thresholds or labels, or with/without
+    matching: records of two models (or a missing match read as "no match") would be mixed in one output."""
+    expected = [name for name, _ in flat_columns(classifier.info.labels, with_match=with_match)]
+    if output.exists() and not journal.exists() and columns_of(output) not in (None, expected):
+        raise ResumeError(f"{output}: an earlier scan wrote other columns ({', '.join(columns_of(output) or [])}): "
+                          f"another model's labels, {'no ' if with_match else ''}--match-index, or an older "
+                          "wildvision; use another output file")
+    first = _first_record(journal, output, classifier.info.labels)
+    if first is None:
+        return
+    if ("match" in first) != with_match:
+        earlier = "with" if not with_match else "without"
+        raise ResumeError(f"{output}: an earlier scan into this file ran {earlier} --match-index; use the same options "
+                          "or another output file")
+    identity = classifier.identity
+    now = {"model_name": identity.name, "model_version": identity.version, "model_precision": identity.precision,
+           "model_digest": identity.digest}
+    before = {name: first.get(name) for name in now}
+    thresholds = describe_thresholds(classifier.info.operating_points)
+    if before != now or first.get("thresholds") not in (None, thresholds):
+        was = " ".join(str(value) for value in before.values()) + f" ({first.get('thresholds')})"
+        raise ResumeError(f"{output}: an earlier scan into this file used {was}, not {identity} ({thresholds}); "
+                          "continue it with the same model, precision and thresholds, or use another output file")
+
+
+def _first_record(journal: Path, output: Path, labels: Sequence[str]) -> dict | None:
     if journal.exists():
         with journal.open(encoding="utf-8") as source:
             line = source.readline()
-        first = json.loads(line) if line.endswith("\n") else None  # a torn line is dropped on resuming anyway
-    else:
-        first = next(read_records(output, labels), None) if output.exists() else None
-    if first is not None and ("match" in first) != with_match:
-        earlier = "with" if not with_match else "without"
-        raise ValueError(f"{output}: an earlier scan into this file ran {earlier} --match-index; use the same options "
-                         "or another output file")
+        return json.loads(line) if line.endswith("\n") else None  # a torn line is dropped on resuming anyway
+    return next(read_records(output, labels), None) if output.exists() else None
 
 
 def _journal_records(journal: Path) -> Iterator[dict[str, object]]:
