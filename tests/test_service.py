@@ -1,8 +1,14 @@
-"""`wildvision serve` through a real HTTP client: uvicorn on a free loopback port, httpx as the client."""
+"""`wildvision serve` through a real HTTP client: uvicorn on a free loopback port, httpx (or a raw socket, to play a
+slow client) on the other side."""
 
 from __future__ import annotations
 
+import base64
+import http.client
 import io
+import json
+import logging
+import signal
 import socket
 import subprocess
 import sys
@@ -13,22 +19,31 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import pytest
-
 from conftest import REPO, make_photo
+
 from wildvision import Classifier
+from wildvision.cli import main
 from wildvision.known_items import KnownItemIndex
 
 httpx = pytest.importorskip("httpx", reason="service tests need the [test] extra")
 uvicorn = pytest.importorskip("uvicorn", reason="service tests need the [serve] extra")
-from wildvision.service import create_app  # noqa: E402
+prometheus_parser = pytest.importorskip("prometheus_client.parser", reason="service tests need the [serve] extra")
+from wildvision.service import Limits, create_app  # noqa: E402
 
 LIMIT = 200_000  # bytes: small, so an oversized upload is cheap to make
+JPEG = {"content-type": "image/jpeg"}
 
 
 def jpeg_bytes(label: str, seed: int, size: tuple[int, int] = (160, 128)) -> bytes:
     buffer = io.BytesIO()
     make_photo(label, seed, size=size).save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @contextmanager
@@ -51,6 +66,59 @@ def running(app) -> Iterator[str]:
         sock.close()
 
 
+@contextmanager
+def client_of(app) -> Iterator[httpx.Client]:
+    with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        yield client
+
+
+class Held:
+    """A classifier whose predictions wait until `release` is set: requests stay in flight as long as a test needs.
+    `started` counts predictions begun."""
+
+    def __init__(self, classifier: Classifier) -> None:
+        self.info = classifier.info
+        self.classifier = classifier
+        self.release = threading.Event()
+        self.started = threading.Semaphore(0)
+
+    def predict(self, image):
+        self.started.release()
+        assert self.release.wait(30), "the test never released the prediction"
+        return self.classifier.predict(image)
+
+
+class Broken:
+    """A classifier with a bug: every prediction raises something no handler expects."""
+
+    def __init__(self, classifier: Classifier) -> None:
+        self.info = classifier.info
+
+    def predict(self, image):
+        raise RuntimeError("a programming error")
+
+
+def raw_post(url: str, path: str, headers: dict[str, str], body: bytes = b"") -> socket.socket:
+    """Send a request's head (and `body`, however much of the declared one) over a plain socket: a client as slow as
+    the test makes it."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=15)
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", *(f"{name}: {value}" for name, value in headers.items())]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+    return sock
+
+
+def response_to(sock: socket.socket) -> http.client.HTTPResponse:
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    return response
+
+
+def metric_samples(text: str) -> dict[tuple[str, frozenset], float]:
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in prometheus_parser.text_string_to_metric_families(text) for sample in family.samples}
+
+
 @pytest.fixture(scope="module")
 def classifier(tiny_run) -> Classifier:
     return Classifier(tiny_run["model"])
@@ -58,7 +126,7 @@ def classifier(tiny_run) -> Classifier:
 
 @pytest.fixture(scope="module")
 def service(classifier) -> Iterator[httpx.Client]:
-    with running(create_app(classifier, max_bytes=LIMIT)) as url, httpx.Client(base_url=url, timeout=30) as client:
+    with client_of(create_app(classifier, limits=Limits(max_bytes=LIMIT))) as client:
         yield client
 
 
@@ -69,17 +137,20 @@ def test_health_and_openapi(service, classifier):
     schema = service.get("/openapi.json").json()
     operation = schema["paths"]["/predict"]["post"]
     assert set(operation["requestBody"]["content"]) == {"image/*", "application/octet-stream"}
-    assert {"200", "400", "413", "415", "422"} <= set(operation["responses"])
+    assert {"200", "400", "408", "413", "415", "422", "503", "504"} <= set(operation["responses"])
+    batch = schema["paths"]["/predict/batch"]["post"]
+    assert set(batch["requestBody"]["content"]) == {"multipart/form-data", "application/json"}
 
 
 @pytest.mark.slow
 def test_predict_returns_the_library_s_prediction(service, classifier):
     photo = jpeg_bytes("ivory", 3)
-    response = service.post("/predict", content=photo, headers={"content-type": "image/jpeg"})
+    response = service.post("/predict", content=photo, headers=JPEG)
     assert response.status_code == 200
     expected = classifier.predict(photo).to_dict()
     body = response.json()
-    assert set(body) == set(expected) and body["decision"] == expected["decision"]
+    assert set(body) == {"scores", "label", "decision", "model_name", "model_version"}
+    assert body["decision"] == expected["decision"] and body["model_version"] == expected["model_version"]
     assert body["scores"] == pytest.approx(expected["scores"], abs=1e-6)
 
 
@@ -89,7 +160,7 @@ def test_concurrent_requests_get_their_own_answers(service, classifier):
     expected = [classifier.predict(photo).scores for photo in photos]
 
     def ask(photo: bytes) -> dict:
-        return service.post("/predict", content=photo, headers={"content-type": "image/jpeg"}).json()["scores"]
+        return service.post("/predict", content=photo, headers=JPEG).json()["scores"]
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         answers = list(pool.map(ask, photos))
@@ -120,41 +191,244 @@ def test_bad_uploads_get_a_clear_4xx(service, case, body, content_type, status, 
 
 
 @pytest.mark.slow
+def test_a_photo_over_the_pixel_limit_is_refused(classifier, tiny_run):
+    small_limit = Classifier(tiny_run["model"], max_pixels=100 * 100)
+    with client_of(create_app(small_limit)) as client:
+        response = client.post("/predict", content=jpeg_bytes("ivory", 2, (200, 120)), headers=JPEG)
+    assert response.status_code == 413 and response.json()["detail"]["category"] == "too_large"
+
+
+@pytest.mark.slow
+def test_a_burst_beyond_the_slots_and_the_queue_is_refused_at_once_before_its_body_is_read(classifier):
+    held = Held(classifier)
+    photo = jpeg_bytes("ivory", 4)
+    app = create_app(held, limits=Limits(max_concurrency=1, max_queue=1))
+    with running(app) as url, httpx.Client(base_url=url, timeout=30) as client, ThreadPoolExecutor(2) as pool:
+        first = pool.submit(client.post, "/predict", content=photo, headers=JPEG)
+        assert held.started.acquire(timeout=20)  # the one slot is scoring
+        second = pool.submit(client.post, "/predict", content=photo, headers=JPEG)
+        _wait_for(lambda: metric_samples(client.get("/metrics").text)[("wildvision_queue_depth", frozenset())] == 1)
+        # A third request declares a 10 MB body but sends none: refused from its head alone.
+        refused = response_to(raw_post(url, "/predict", {**JPEG, "Content-Length": "10000000"}))
+        assert refused.status == 503 and refused.getheader("Retry-After") == "1"
+        assert json.loads(refused.read())["detail"]["category"] == "overloaded"
+        assert not first.done() and not second.done()
+        held.release.set()
+        assert first.result().status_code == 200 and second.result().status_code == 200
+        assert client.post("/predict", content=photo, headers=JPEG).status_code == 200  # capacity is back
+
+
+def _wait_for(condition, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_a_stalled_upload_gets_408_and_frees_its_slot(classifier):
+    app = create_app(classifier, limits=Limits(max_concurrency=1, max_queue=0, read_timeout=0.5))
+    with running(app) as url:
+        stalled = raw_post(url, "/predict", {**JPEG, "Content-Length": "5000"}, body=b"\xff\xd8" * 50)
+        response = response_to(stalled)
+        assert response.status == 408 and json.loads(response.read())["detail"]["category"] == "upload_timeout"
+        assert httpx.post(f"{url}/predict", content=jpeg_bytes("horn", 5), headers=JPEG).status_code == 200
+
+
+@pytest.mark.slow
+def test_past_the_deadline_the_answer_is_504_for_the_scored_and_the_queued(classifier):
+    held = Held(classifier)
+    app = create_app(held, limits=Limits(max_concurrency=1, max_queue=1, timeout=1.0))
+    photo = jpeg_bytes("ivory", 6)
+    with running(app) as url, httpx.Client(base_url=url, timeout=30) as client, ThreadPoolExecutor(2) as pool:
+        scoring = pool.submit(client.post, "/predict", content=photo, headers=JPEG)
+        assert held.started.acquire(timeout=20)
+        waiting = pool.submit(client.post, "/predict", content=photo, headers=JPEG)
+        for response in (scoring.result(), waiting.result()):
+            assert response.status_code == 504 and response.json()["detail"]["category"] == "timeout"
+        held.release.set()  # the late prediction finishes in its thread, unseen
+        assert client.get("/health").status_code == 200
+
+
+@pytest.mark.slow
+def test_api_keys_close_everything_but_health(classifier, caplog):
+    keys = ["k-9f3a", "k-second-77"]
+    with client_of(create_app(classifier, api_keys=keys)) as client, caplog.at_level(logging.INFO):
+        photo = jpeg_bytes("horn", 9)
+        missing = client.post("/predict", content=photo, headers=JPEG)
+        wrong = client.post("/predict", content=photo, headers={**JPEG, "Authorization": "Bearer k-9f3b"})
+        basic = client.post("/predict", content=photo, headers={**JPEG, "Authorization": "Basic k-9f3a"})
+        for refused in (missing, wrong, basic):
+            assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == "Bearer"
+            assert refused.json()["detail"]["category"] == "unauthorized"
+        for key in keys:
+            assert client.post("/predict", content=photo, headers={**JPEG, "Authorization": f"Bearer {key}"}).status_code == 200
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", headers={"Authorization": f"Bearer {keys[0]}"}).status_code == 200
+        assert client.get("/health").status_code == 200
+    assert "k-9f3" not in caplog.text and "k-second" not in caplog.text
+
+
+@pytest.mark.slow
+def test_metrics_count_requests_photos_and_errors(classifier):
+    with client_of(create_app(classifier)) as client:
+        before = metric_samples(client.get("/metrics").text)
+        photos = [jpeg_bytes("ivory", 10), jpeg_bytes("not_ivory", 11)]
+        decided = [client.post("/predict", content=photo, headers=JPEG).json() for photo in photos]
+        client.post("/predict", content=b"not a photo", headers=JPEG)
+        after = metric_samples(client.get("/metrics").text)
+    info = classifier.info
+    assert after[("wildvision_model_info", frozenset(
+        {"name": info.name, "version": info.version, "precision": info.precision}.items()))] == 1
+    requests = ("wildvision_http_requests_total", frozenset({"route": "/predict", "status": "200"}.items()))
+    assert after[requests] - before.get(requests, 0) == 2
+    assert after[("wildvision_http_requests_total", frozenset({"route": "/predict", "status": "422"}.items()))] == 1
+    assert after[("wildvision_errors_total", frozenset({"category": "not_an_image"}.items()))] == 1
+    assert after[("wildvision_http_request_duration_seconds_count", frozenset({"route": "/predict"}.items()))] == 3
+    for answer in decided:
+        labels = frozenset({"decision": answer["decision"], "label": answer["label"]}.items())
+        assert after[("wildvision_photos_total", labels)] >= 1
+    assert sum(value for (name, _), value in after.items() if name == "wildvision_photos_total") == 2
+
+
+@pytest.mark.slow
+def test_every_request_has_an_id_and_one_json_access_line(service, caplog):
+    with caplog.at_level(logging.INFO, logger="wildvision.access"):
+        given = service.post("/predict", content=jpeg_bytes("horn", 12), headers={**JPEG, "X-Request-ID": "up-42"})
+        made = service.get("/health")
+        unsafe = service.get("/health", headers={"X-Request-ID": "a b\tc"})
+    assert given.headers["X-Request-ID"] == "up-42"
+    assert len(made.headers["X-Request-ID"]) == 32 and unsafe.headers["X-Request-ID"] != "a b\tc"
+    lines = [json.loads(record.getMessage()) for record in caplog.records if record.name == "wildvision.access"]
+    assert [line["request_id"] for line in lines] == ["up-42", made.headers["X-Request-ID"], unsafe.headers["X-Request-ID"]]
+    assert lines[0]["status"] == 200 and lines[0]["path"] == "/predict" and lines[0]["decision"] == given.json()["decision"]
+    assert lines[0]["bytes_in"] > 0 and lines[0]["bytes_out"] == len(given.content) and lines[0]["latency_ms"] >= 0
+
+
+@pytest.mark.slow
+def test_an_unexpected_error_is_a_json_500(classifier):
+    with client_of(create_app(Broken(classifier))) as client:
+        response = client.post("/predict", content=jpeg_bytes("horn", 13), headers={**JPEG, "X-Request-ID": "bug-1"})
+    assert response.status_code == 500 and response.headers["content-type"] == "application/json"
+    assert response.json()["detail"]["category"] == "internal" and response.headers["X-Request-ID"] == "bug-1"
+
+
+@pytest.mark.slow
+def test_a_batch_answers_each_photo_in_order_and_a_bad_one_fails_alone(service, classifier):
+    photos = [jpeg_bytes("ivory", 14), b"%PDF-1.4 an invoice", jpeg_bytes("not_ivory", 15)]
+    form = service.post("/predict/batch", files=[("photos", (f"{n}.jpg", photo)) for n, photo in enumerate(photos)])
+    as_json = service.post("/predict/batch", json=[base64.b64encode(photo).decode() for photo in photos] + ["%%%"])
+    for response in (form, as_json):
+        assert response.status_code == 200
+        results = response.json()["results"]
+        assert results[1] == {"error": results[1]["error"], "category": "not_an_image"}
+        for result, photo in zip(results[::2], photos[::2]):
+            assert result["scores"] == pytest.approx(classifier.predict(photo).scores, abs=1e-6)
+    assert as_json.json()["results"][3]["category"] == "not_an_image"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, request_kwargs, status, category", [
+    ("no photos", {"json": []}, 400, "empty"),
+    ("not a list", {"json": {"photo": "aGk="}}, 400, "malformed"),
+    ("too many", {"json": ["aGk="] * 33}, 400, "malformed"),
+    ("too many files", {"files": [("photos", (f"{n}.jpg", b"x")) for n in range(33)]}, 400, "malformed"),
+    ("raw bytes", {"content": b"\xff\xd8", "headers": JPEG}, 415, "wrong_content_type"),
+    ("over the byte limit", {"json": ["A" * LIMIT]}, 413, "too_large"),
+])
+def test_a_bad_batch_gets_a_clear_4xx(service, case, request_kwargs, status, category):
+    response = service.post("/predict/batch", **request_kwargs)
+    assert response.status_code == status, case
+    assert response.json()["detail"]["category"] == category, case
+
+
+@pytest.mark.slow
 def test_a_service_with_an_index_answers_with_the_match(classifier, tmp_path):
     index = KnownItemIndex(tmp_path / "known.sqlite", classifier, create=True)
     known = jpeg_bytes("ivory", 7, (480, 384))
     index.add([known], ["case-7"])
-    with running(create_app(classifier, index=index)) as url, httpx.Client(base_url=url, timeout=30) as client:
+    with client_of(create_app(classifier, index=index)) as client:
         assert client.get("/health").json()["known_items"] == 1
-        repost = client.post("/predict", content=known, headers={"content-type": "image/jpeg"}).json()
+        repost = client.post("/predict", content=known, headers=JPEG).json()
         other = client.post("/predict", content=jpeg_bytes("horn", 8), headers={"content-type": "image/png"}).json()
     assert repost["match"]["reference"] == "case-7" and repost["match"]["hash_distance"] == 0
     assert "match" in other and other["match"] is None
 
 
 @pytest.mark.slow
-def test_the_serve_command_listens_and_answers(tiny_run):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "wildvision", "--model", str(tiny_run["model"]), "serve", "--port", str(port)]
-    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+def test_items_added_while_the_service_runs_are_counted_and_matched(classifier, tmp_path):
+    path = tmp_path / "known.sqlite"
+    KnownItemIndex(path, classifier, create=True)
+    seized = jpeg_bytes("ivory", 16, (480, 384))
+    with client_of(create_app(classifier, index=KnownItemIndex(path, classifier))) as client:
+        assert client.post("/predict", content=seized, headers=JPEG).json()["match"] is None  # items read: none
+        KnownItemIndex(path, classifier).add([seized], ["case-16"])  # as `wildvision index add` would, meanwhile
+        assert client.get("/health").json()["known_items"] == 1
+        assert client.post("/predict", content=seized, headers=JPEG).json()["match"]["reference"] == "case-16"
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--max-bytes", "-1", "must be at least 1"),
+    ("--max-bytes", "0", "must be at least 1"),
+    ("--port", "70000", "1-65535"),
+    ("--max-concurrency", "0", "must be at least 1"),
+    ("--max-queue", "-1", "must be at least 0"),
+    ("--timeout", "0", "positive number of seconds"),
+    ("--read-timeout", "nan", "positive number of seconds"),
+    ("--grace-period", "soon", "not a number of seconds"),
+    ("--max-pixels", "0", "must be at least 1"),
+])
+def test_serve_refuses_nonsense_limits(option, value, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", option, value])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_serve_refuses_an_empty_api_key_file(tiny_run, tmp_path, capsys):
+    empty = tmp_path / "keys.txt"
+    empty.write_text("# rotated out\n\n")
+    assert main(["--model", str(tiny_run["model"]), "serve", "--api-key-file", str(empty)]) == 2
+    assert "holds no API key" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_serve_command_finishes_a_request_in_flight_on_sigterm_and_exits_0(tiny_run, tmp_path):
+    port = free_port()
+    (tmp_path / "keys.txt").write_text("# the platform's key\nsecret-1\n")
+    command = [sys.executable, "-m", "wildvision", "--model", str(tiny_run["model"]), "serve", "--port", str(port),
+               "--api-key-file", str(tmp_path / "keys.txt")]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url, key = f"http://127.0.0.1:{port}", {"Authorization": "Bearer secret-1"}
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                assert httpx.get(f"http://127.0.0.1:{port}/health").json()["status"] == "ok"
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("the service did not answer within 30 s")
+        _wait_for(lambda: _answers(f"{url}/health"), seconds=60)
+        photo = jpeg_bytes("ivory", 17)
+        in_flight = raw_post(url, "/predict", {**JPEG, **key, "Content-Length": str(len(photo))}, body=photo[:100])
+        time.sleep(0.5)  # the head is in: the request is in flight, waiting for the rest of its body
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        in_flight.sendall(photo[100:])
+        response = response_to(in_flight)
+        assert response.status == 200 and json.loads(response.read())["decision"] in ("allow", "review", "block")
+        stdout, stderr = process.communicate(timeout=30)
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    access = [json.loads(line) for line in stdout.splitlines()]
+    assert access[-1]["path"] == "/predict" and access[-1]["status"] == 200
+    assert "secret-1" not in stdout + stderr
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def test_importing_wildvision_does_not_import_the_web_stack():
-    script = "import sys, wildvision, wildvision.cli; print(sorted({'fastapi', 'uvicorn', 'starlette'} & set(sys.modules)))"
+    script = ("import sys, wildvision, wildvision.cli; "
+              "print(sorted({'fastapi', 'uvicorn', 'starlette', 'prometheus_client'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
