@@ -219,6 +219,9 @@ def _info(args: argparse.Namespace, classifier: Classifier) -> int:
             print(f"flagged    {name}: {', '.join(parts)} (sent to review or blocked)")
     print(f"trained on {json.dumps(info.training.get('data', {}).get('by_split', {}))}")
     print(f"notes      {info.notes}")
+    card = classifier.model_path.with_name(classifier.model_path.name.removesuffix(".onnx").removesuffix(".int8") + ".md")
+    if card.is_file():  # the shipped model's card travels next to it, in the wheel too
+        print(f"card       {card}")
     return 0
 
 
@@ -298,7 +301,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--match-index", type=Path, metavar="INDEX", help="add the known-item match to every answer")
     serve.add_argument("--threads", type=_positive_int, help="onnxruntime threads (default: all cores)")
     # Left out: absent from the namespace, so that `Limits` (wildvision.service) holds the defaults.
-    limit = dict(default=argparse.SUPPRESS)
+    limit = {"default": argparse.SUPPRESS}
     serve.add_argument("--max-bytes", type=_positive_int, **limit,
                        help="largest request body in bytes: a photo, or a whole batch (default: 20 MiB)")
     serve.add_argument("--max-batch", type=_positive_int, **limit, help="most photos per /predict/batch (default: 32)")

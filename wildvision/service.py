@@ -34,15 +34,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
-from typing import (
-    Annotated,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Literal,
-    Sequence,
-    TypeVar,
-)
+from typing import Annotated, AsyncIterator, Awaitable, Callable, Literal, Sequence, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
