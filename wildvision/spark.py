@@ -3,9 +3,12 @@
 `score_photos` turns a DataFrame of photos (Spark's `binaryFile` rows, or just paths) into a DataFrame of records
 with the columns of `wildvision scan -o records.parquet`. Each executor task runs `scan` itself on its photos through
 `mapInPandas`: decoding in threads a few batches ahead of inference, batches of `batch_size`, and an error record,
-never a failed task, for a photo that cannot be scored. The model file travels to each executor once
-(`SparkContext.addFile`), and each executor Python process loads it once: Spark reuses its Python workers across
-tasks, and `_classifier` keeps the loaded model for the life of the process.
+never a failed task, for a photo that cannot be scored. The model file, and a known-item index when matching, travel
+to each executor once (`SparkContext.addFile`), and each executor Python process loads them once: Spark reuses its
+Python workers across tasks, and `_classifier` and `_index` keep what they loaded for the life of the process.
+
+`score_archive` writes an archive's records into a Parquet folder and continues an earlier run into the same folder:
+photos that already have a record are left out, and the new records are appended as new part files.
 
 Needs `pip install "wildvision[spark]"`; `import wildvision` never imports pyspark.
 """
@@ -13,11 +16,13 @@ Needs `pip install "wildvision[spark]"`; `import wildvision` never imports pyspa
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import sys
 import time
-from contextlib import contextmanager
+from collections import Counter
+from contextlib import closing, contextmanager
 from itertools import islice
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -35,10 +40,11 @@ except ImportError as error:
     raise ImportError(f"Spark scoring needs the spark extra ({error.name} is missing): "
                       "pip install 'wildvision[spark]'") from None
 
-from wildvision.classifier import Classifier, default_model_path
-from wildvision.model_info import ModelInfo
-from wildvision.records import flat_columns, flatten
-from wildvision.scan import IMAGE_SUFFIXES, ScanInput, ScanRecord, ScanSummary, scan
+from wildvision.classifier import Classifier, ModelIdentity, default_model_path, describe_thresholds
+from wildvision.images import ImageLoadError
+from wildvision.known_items import KnownItemIndex
+from wildvision.records import ScanRecord, ScanRecordWithMatch, flat_columns, flatten
+from wildvision.scan import IMAGE_SUFFIXES, ResumeError, ScanInput, ScanSummary, find_images, scan
 
 __all__ = ["read_photos", "record_schema", "score_archive", "score_photos", "session"]
 
@@ -47,6 +53,14 @@ _SPARK_TYPES = {str: StringType(), float: DoubleType(), int: LongType()}
 _IMAGE_GLOB = "*.{" + ",".join(
     "".join(f"[{c.lower()}{c.upper()}]" for c in suffix[1:]) for suffix in sorted(IMAGE_SUFFIXES)
 ) + "}"
+# What an output was written with, noted in a file next to the part files: Spark's readers skip names starting
+# with "_", so the records stay one Parquet dataset.
+_RUN_FILE = "_wildvision.json"
+# Hadoop's committer algorithm 2 moves each task's file into the output as the task finishes (1 moves them all at the
+# end of the job): a job that dies keeps every finished task's records, which the next run skips. A retried task
+# writes the same file name, replacing its failed attempt's file, so a photo never gets two records.
+_KEEP_FINISHED_TASKS = {"mapreduce.fileoutputcommitter.algorithm.version": "2"}
+_SHIPPED: set[tuple[str, str]] = set()  # (Spark application, file) pairs already sent to the executors
 
 
 def session(master: str | None = None) -> SparkSession:
@@ -68,9 +82,10 @@ def read_photos(spark: SparkSession, source: str) -> DataFrame:
 
     `source` is a folder, searched recursively, or a glob, in any file system Spark reads (`file://`, `hdfs://`,
     `s3a://`, ...). A file that vanishes or cannot be read between listing and reading is skipped (the executor logs
-    it) instead of failing the job; Spark also skips 0-byte files (`score_archive` gives both their error records
-    afterwards). Names starting with `_` or `.` are listed, as scan lists them, where Spark has the
-    `ignoredPathSegmentRegex` option (4.3 has it); older versions skip them.
+    it) instead of failing the job; Spark also skips 0-byte files, and Hadoop's local file system never lists dead
+    symbolic links (`score_archive` gives all of them their error records afterwards). Names starting with `_` or
+    `.` are listed, as scan lists them, where Spark has the `ignoredPathSegmentRegex` option (4.3 has it); older
+    versions skip them.
     """
     reader = (
         spark.read.format("binaryFile")
@@ -91,13 +106,16 @@ def read_photos(spark: SparkSession, source: str) -> DataFrame:
     return photos
 
 
-def record_schema(labels: Sequence[str]) -> StructType:
-    """The records' columns: those `wildvision scan` writes to Parquet (`wildvision.records.flat_columns`)."""
-    return StructType([StructField(name, _SPARK_TYPES[kind]) for name, kind in flat_columns(labels)])
+def record_schema(labels: Sequence[str], *, with_match: bool = False) -> StructType:
+    """The records' columns: those `wildvision scan` writes to Parquet (`wildvision.records.flat_columns`), with
+    `scan --match-index`'s `match_*` columns when `with_match`."""
+    columns = flat_columns(labels, with_match=with_match)
+    return StructType([StructField(name, _SPARK_TYPES[kind]) for name, kind in columns])
 
 
 def score_photos(
-    photos: DataFrame, *, model: str | os.PathLike[str] | None = None, batch_size: int = 16
+    photos: DataFrame, *, model: str | os.PathLike[str] | None = None,
+    match_index: str | os.PathLike[str] | None = None, batch_size: int = 16,
 ) -> DataFrame:
     """One record per row of `photos`, with the columns of `record_schema`.
 
@@ -105,57 +123,117 @@ def score_photos(
     `read_photos` and Spark's `binaryFile` source give them). Without `content`, executors read each path
     themselves, so paths must be local paths or `file:` URIs readable on every executor (a shared mount); rows
     whose path is null are dropped, since no record could be joined back to them.
-    `model` is a path or URI the driver can read (default: the shipped model); it is shipped to each executor once.
-    Each task decodes in `spark.task.cpus` threads and scores as many batches side by side, one onnxruntime thread
-    each (what `scan` found fastest for this small model).
+    `model` is a path or URI the driver can read (default: the shipped model). `match_index`, a known-item index
+    file (`wildvision.known_items`) built with that model, adds the `match_*` columns. Both are shipped to each
+    executor once. Each task decodes in `spark.task.cpus` threads and scores as many batches side by side, one
+    onnxruntime thread each (what `scan` found fastest for this small model).
     """
-    model_file = _ship_model(photos.sparkSession, model)
-    labels = _classifier(SparkFiles.get(model_file)).info.labels
-    columns = ["path", "content"] if "content" in photos.columns else ["path"]
-    score = functools.partial(_score_partition, model_file=model_file, batch_size=batch_size)
-    return photos.where(F.col("path").isNotNull()).select(*columns).mapInPandas(score, record_schema(labels))
+    model_file, index_file = _ship_model_and_index(photos.sparkSession, model, match_index)
+    return _score(photos, model_file, index_file, batch_size)
 
 
 def score_archive(
     spark: SparkSession, source: str, output: str, *, model: str | os.PathLike[str] | None = None,
-    batch_size: int = 16, partitions: int | None = None,
+    match_index: str | os.PathLike[str] | None = None, batch_size: int = 16, partitions: int | None = None,
 ) -> ScanSummary:
-    """Score the image files under `source` into a new Parquet folder `output`, and summarise what was written.
+    """Score the image files under `source` into the Parquet folder `output`; the summary counts this run's records.
 
+    A new `output` is created. An `output` of an earlier run with the same model, precision, labels and matching
+    (killed, failed, or finished before more photos arrived) is continued: photos it already has a record for are
+    left out, and the new records are appended as new part files. An `output` of another kind of run is refused.
     `partitions`: about how many tasks read and score the archive, each writing one Parquet file (default: Spark's
     file split, roughly 30 photos of 300 KB per task, since it counts 4 MB per file opened).
     """
     started = time.monotonic()
     photos = read_photos(spark, source)
-    records = score_photos(photos, model=model, batch_size=batch_size)
+    model_file, index_file = _ship_model_and_index(spark, model, match_index)
+    classifier, with_match = _classifier(SparkFiles.get(model_file)), index_file is not None
+    earlier = _earlier_records(spark, output, classifier, with_match)
+    before = _counts(earlier)
+    # Broadcast, so the photos are filtered where Spark reads them and their bytes never cross the network.
+    todo = photos.join(F.broadcast(earlier.select("path")), "path", "left_anti")
     split = {} if partitions is None else {
         "spark.sql.files.minPartitionNum": str(partitions), "spark.sql.files.maxPartitionNum": str(partitions),
     }
-    try:
-        with _conf(spark, split):  # read when the write is planned
-            records.write.parquet(output)
-    except AnalysisException as error:
-        if error.getCondition() == "PATH_ALREADY_EXISTS":
-            raise FileExistsError(f"{output} already exists; remove it or write to another folder") from None
-        raise
-    _append_unread_files(photos, output, _classifier(SparkFiles.get(_model_file(model))).info)
-    summary = _summary(spark.read.parquet(output))
+    with _conf(spark, split):  # read when the write is planned
+        records = _score(todo, model_file, index_file, batch_size)
+        records.write.mode("append").options(**_KEEP_FINISHED_TASKS).parquet(output)
+    _append_unread_files(photos, source, output, classifier, with_match)
+    summary = _summary(_counts(_records(spark, output, classifier.info.labels, with_match)) - before)
+    summary.already_done = sum(before.values())
     summary.seconds = time.monotonic() - started
     return summary
 
 
-def _append_unread_files(photos: DataFrame, output: str, info: ModelInfo) -> None:
-    """Give every file Spark listed but never handed over (0 bytes, or unreadable) its error record, as `scan` does.
+def _score(photos: DataFrame, model_file: str, index_file: str | None, batch_size: int) -> DataFrame:
+    """`score_photos` with the model (and index) already shipped under these names."""
+    labels = _classifier(SparkFiles.get(model_file)).info.labels
+    if index_file is not None:
+        _index(SparkFiles.get(index_file), SparkFiles.get(model_file))  # another model's index fails here, once
+    columns = ["path", "content"] if "content" in photos.columns else ["path"]
+    score = functools.partial(_score_partition, model_file=model_file, index_file=index_file, batch_size=batch_size)
+    schema = record_schema(labels, with_match=index_file is not None)
+    return photos.where(F.col("path").isNotNull()).select(*columns).mapInPandas(score, schema)
 
-    Spark's file reader silently drops 0-byte files, and skips unreadable ones under `ignoreCorruptFiles`; they are
-    found by comparing the listing with the written records (on the cluster: only the few misses reach the driver).
+
+def _earlier_records(spark: SparkSession, output: str, classifier: Classifier, with_match: bool) -> DataFrame:
+    """The records earlier runs wrote to `output` (none for a new folder), refusing a folder of another kind of run.
+
+    A run notes what it scores with (model file, thresholds, labels, matching) in OUTPUT/_wildvision.json before it
+    scores a photo, so even a run killed before its first task finished is continued, and records of two models never
+    mix in one output.
     """
-    spark = photos.sparkSession
-    written = spark.read.parquet(output).select("path")
-    missed = [row.path for row in _listed_files(photos).join(written, "path", "left_anti").collect()]
-    if missed:
-        records = [flatten(_unread_record(spark, path, info).to_dict(), info.labels) for path in missed]
-        spark.createDataFrame(records, record_schema(info.labels)).coalesce(1).write.mode("append").parquet(output)
+    info = classifier.info
+    identity = {"model": str(classifier.identity), "thresholds": describe_thresholds(info.operating_points),
+                "labels": list(info.labels), "match_index": with_match}
+    file_system, note = _hadoop_path(spark, f"{output.rstrip('/')}/{_RUN_FILE}")
+    noted = _read_text(spark, file_system, note)
+    if noted is None and _exists(spark, output):
+        raise FileExistsError(f"{output} already exists and is no output of `wildvision spark` (it has no "
+                              f"{_RUN_FILE}); remove it or write to another folder")
+    if not noted:  # a new output, or a run killed while noting its identity (one small write: all of it, or none)
+        with closing(file_system.create(note, True)) as sink:
+            sink.write(bytearray(json.dumps(identity).encode()))
+    elif (recorded := json.loads(noted)) != identity:
+        raise ResumeError(f"{output} holds records of {_describe(recorded)}, but this run scores with "
+                          f"{_describe(identity)}; use the same --model, --precision and --match-index as before, "
+                          "or another output folder")
+    return _records(spark, output, info.labels, with_match)
+
+
+def _describe(identity: Mapping) -> str:
+    matching = "with" if identity["match_index"] else "without"
+    return (f"{identity['model']} (labels {', '.join(identity['labels'])}; thresholds {identity['thresholds']}) "
+            f"{matching} --match-index")
+
+
+def _records(spark: SparkSession, output: str, labels: Sequence[str], with_match: bool) -> DataFrame:
+    """The records in `output`; none where no task has finished yet (so the schema is given, not read from files)."""
+    return spark.read.schema(record_schema(labels, with_match=with_match)).parquet(output)
+
+
+def _append_unread_files(
+    photos: DataFrame, source: str, output: str, classifier: Classifier, with_match: bool
+) -> None:
+    """Give every image file Spark never handed over its error record, as `scan` does: 0-byte and unreadable files
+    (listed, but not read) and dead symbolic links (never listed).
+
+    They are found by comparing the listing with the written records (on the cluster: only the few misses reach the
+    driver), and dead links by walking a local source's folders on the driver.
+    """
+    spark, info = photos.sparkSession, classifier.info
+    links = {item.name: item for item in _dead_links(spark, source)}
+    listing = _listed_files(photos).union(spark.createDataFrame([(name,) for name in links], "path string"))
+    written = _records(spark, output, info.labels, with_match).select("path")
+    missed = [row.path for row in listing.join(written, "path", "left_anti").collect()]
+    records = [
+        *scan([links[path] for path in missed if path in links], classifier),  # scan's own words for a dead link
+        *(_unread_record(spark, path, classifier.identity, with_match) for path in missed if path not in links),
+    ]
+    if records:
+        rows = [flatten(record.to_dict(), info.labels, with_match=with_match) for record in records]
+        schema = record_schema(info.labels, with_match=with_match)
+        spark.createDataFrame(rows, schema).coalesce(1).write.mode("append").parquet(output)
 
 
 def _listed_files(photos: DataFrame) -> DataFrame:
@@ -170,15 +248,52 @@ def _listed_files(photos: DataFrame) -> DataFrame:
     return listing.select(F.regexp_replace(decoded, r"^([A-Za-z][A-Za-z0-9+.-]*):///", "$1:/").alias("path"))
 
 
-def _unread_record(spark: SparkSession, path: str, info: ModelInfo) -> ScanRecord:
+def _dead_links(spark: SparkSession, source: str) -> list[ScanInput]:
+    """Dead symbolic links with an image suffix under a local `source`, named as Spark names the files it lists.
+
+    Hadoop's local file system leaves a name it cannot follow out of a folder's listing, so Spark never sees them;
+    the driver walks the folders the source names. HDFS and object stores have no symbolic links.
+    """
+    file_system, pattern = _hadoop_path(spark, source)
+    if file_system.getScheme() != "file":
+        return []
+    links = []
+    for status in file_system.globStatus(pattern) or []:
+        root = Path(status.getPath().toUri().getPath())
+        for item in find_images(root) if root.is_dir() else ():
+            if item.file.is_symlink() and not item.file.exists():
+                links.append(ScanInput(item.file, f"{status.getPath()}/{item.name}"))
+    return links
+
+
+def _unread_record(spark: SparkSession, path: str, model: ModelIdentity, with_match: bool) -> ScanRecord:
     """The error record of a listed file Spark did not read: empty, vanished, or unreadable."""
-    hadoop_path = spark._jvm.org.apache.hadoop.fs.Path(path)
+    file_system, hadoop_path = _hadoop_path(spark, path)
     try:
-        size = hadoop_path.getFileSystem(spark._jsc.hadoopConfiguration()).getFileStatus(hadoop_path).getLen()
+        size = file_system.getFileStatus(hadoop_path).getLen()
         reason, category = ("empty file (0 bytes)", "empty") if size == 0 else ("cannot read file", "unreadable")
     except Py4JJavaError:
         reason, category = "cannot read file (it vanished after it was listed)", "unreadable"
-    return ScanRecord(path, None, None, None, info.name, info.version, reason, category)
+    record = ScanRecordWithMatch if with_match else ScanRecord
+    return record.failed(path, ImageLoadError(path, reason, category), model)
+
+
+def _read_text(spark: SparkSession, file_system, path) -> str | None:
+    """A small file's text, through Hadoop (any file system Spark writes to); None when it does not exist."""
+    if not file_system.exists(path):
+        return None
+    with closing(file_system.open(path)) as source:
+        return spark._jvm.org.apache.commons.io.IOUtils.toString(source, "UTF-8")
+
+
+def _hadoop_path(spark: SparkSession, path: str):  # -> (org.apache.hadoop.fs.FileSystem, org.apache.hadoop.fs.Path)
+    hadoop_path = spark._jvm.org.apache.hadoop.fs.Path(path)
+    return hadoop_path.getFileSystem(spark._jsc.hadoopConfiguration()), hadoop_path
+
+
+def _exists(spark: SparkSession, path: str) -> bool:
+    file_system, hadoop_path = _hadoop_path(spark, path)
+    return file_system.exists(hadoop_path)
 
 
 @functools.cache
@@ -187,15 +302,25 @@ def _classifier(model_file: str) -> Classifier:
     return Classifier(model_file, threads=1)
 
 
-def _score_partition(chunks: Iterator[pd.DataFrame], *, model_file: str, batch_size: int) -> Iterator[pd.DataFrame]:
+@functools.cache
+def _index(index_file: str, model_file: str) -> KnownItemIndex:
+    """This process's known-item index, read into memory at its first match and kept for every later task."""
+    return KnownItemIndex(index_file, _classifier(model_file))
+
+
+def _score_partition(
+    chunks: Iterator[pd.DataFrame], *, model_file: str, index_file: str | None, batch_size: int
+) -> Iterator[pd.DataFrame]:
     """mapInPandas: `scan` over all of a task's rows (streamed, never all in memory), records out a batch at a time."""
     cpus = TaskContext.get().cpus()
     classifier = _classifier(SparkFiles.get(model_file))
-    labels = classifier.info.labels
-    columns = [name for name, _ in flat_columns(labels)]
-    records = scan(_inputs(chunks), classifier, batch_size=batch_size, workers=cpus, scorers=cpus)
+    index = None if index_file is None else _index(SparkFiles.get(index_file), SparkFiles.get(model_file))
+    labels, with_match = classifier.info.labels, index is not None
+    columns = [name for name, _ in flat_columns(labels, with_match=with_match)]
+    records = scan(_inputs(chunks), classifier, batch_size=batch_size, workers=cpus, scorers=cpus, index=index)
     while batch := list(islice(records, batch_size)):
-        yield pd.DataFrame([flatten(record.to_dict(), labels) for record in batch], columns=columns)
+        rows = [flatten(record.to_dict(), labels, with_match=with_match) for record in batch]
+        yield pd.DataFrame(rows, columns=columns)
 
 
 def _inputs(chunks: Iterator[pd.DataFrame]) -> Iterator[ScanInput]:
@@ -209,22 +334,24 @@ def _local_path(path: str) -> Path:
     return Path(urlsplit(path).path) if path.startswith("file:") else Path(path)
 
 
-def _ship_model(spark: SparkSession, model: str | os.PathLike[str] | None) -> str:
-    """Send the model file to every executor (and the driver's SparkFiles folder); the name `SparkFiles.get` takes."""
-    source = _model_source(model)
+def _ship_model_and_index(
+    spark: SparkSession, model: str | os.PathLike[str] | None, match_index: str | os.PathLike[str] | None
+) -> tuple[str, str | None]:
+    """Send the model file (and the index) to every executor; the names `SparkFiles.get` finds them under."""
+    model_source = os.fspath(model) if model is not None else str(default_model_path())
+    return (_ship(spark, model_source, "model file"),
+            None if match_index is None else _ship(spark, os.fspath(match_index), "known-item index"))
+
+
+def _ship(spark: SparkSession, source: str, what: str) -> str:
+    """Send a file to every executor (and the driver's SparkFiles folder) once; the name `SparkFiles.get` takes."""
     if "://" not in source and not Path(source).is_file():
-        raise FileNotFoundError(f"model file not found: {source}")
-    spark.sparkContext.addFile(source)
-    return _model_file(model)
-
-
-def _model_source(model: str | os.PathLike[str] | None) -> str:
-    return os.fspath(model) if model is not None else str(default_model_path())
-
-
-def _model_file(model: str | os.PathLike[str] | None) -> str:
-    """The name under which `SparkFiles.get` finds a shipped model."""
-    return os.path.basename(urlsplit(_model_source(model)).path)
+        raise FileNotFoundError(f"{what} not found: {source}")
+    shipment = (spark.sparkContext.applicationId, source)
+    if shipment not in _SHIPPED:  # Spark warns on every later addFile of the same file
+        spark.sparkContext.addFile(source)
+        _SHIPPED.add(shipment)
+    return os.path.basename(urlsplit(source).path)
 
 
 @contextmanager
@@ -243,9 +370,15 @@ def _conf(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[None]:
                 spark.conf.set(key, value)
 
 
-def _summary(records: DataFrame) -> ScanSummary:
+def _counts(records: DataFrame) -> Counter:
+    """How many records have each (decision, error category)."""
+    rows = records.groupBy("decision", "error_category").count().collect()
+    return Counter({(decision, category): count for decision, category, count in rows})
+
+
+def _summary(counts: Counter) -> ScanSummary:
     summary = ScanSummary()
-    for decision, category, count in records.groupBy("decision", "error_category").count().collect():
+    for (decision, category), count in counts.items():
         if category is None:
             summary.scored += count
             summary.decisions[decision] += count
