@@ -87,8 +87,9 @@ def tiny_run(tmp_path_factory) -> dict[str, Path]:
     ])
     assert status == 0
     model = root / "tiny.onnx"
-    assert export.main(["--checkpoint", str(run / "checkpoint.safetensors"), "--out", str(model), "--parity-photos", "8"]) == 0
-    return {"data": data, "run": run, "checkpoint": run / "checkpoint.safetensors", "model": model}
+    checkpoint = run / "checkpoint.safetensors"
+    assert export.main(["--checkpoint", str(checkpoint), "--out", str(model), "--parity-photos", "8"]) == 0
+    return {"data": data, "run": run, "checkpoint": checkpoint, "model": model}
 
 
 @pytest.fixture(scope="session")

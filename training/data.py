@@ -22,7 +22,8 @@ from training.errors import DataError
 from wildvision.scan import IMAGE_SUFFIXES
 
 __all__ = ["DEFAULT_CALIB_FRACTION", "DEFAULT_VAL_FRACTION", "MIN_CALIB_PHOTOS", "DataSource", "Sample", "SplitReport",
-           "assign_splits", "content_hash", "file_digest", "label_sources", "load_samples", "manifest_hash",
+           "assign_splits", "content_hash", "file_digest", "label_sources", "list_samples_like", "load_samples",
+           "manifest_hash",
            "parse_relabel", "prepare_samples", "prepare_samples_like", "sources_from_config", "summarise"]
 
 
@@ -132,6 +133,12 @@ def prepare_samples_like(
         near_duplicate_distance=config.get("near_duplicate_distance", DEFAULT_MAX_DISTANCE),
         relabel=parse_relabel(config.get("relabel", [])),
     )
+
+
+def list_samples_like(config: Mapping[str, object], data: Path | Sequence[Path] = ()) -> list[Sample]:
+    """Every photo of a model's recorded sources (or of `data` in their place), labelled as its training labelled
+    them, with no split: the photos `--split all` scores, which may be new photos the model never saw."""
+    return label_sources(sources_from_config(config, data), parse_relabel(config.get("relabel", [])))
 
 
 def label_sources(sources: Sequence[DataSource], relabel: Mapping[str, str]) -> list[Sample]:

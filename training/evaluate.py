@@ -1,7 +1,9 @@
 """Measure an exported model on held-out photos, the way it ships: `python -m training.evaluate --model M.onnx`.
 
 The photos are those of the model's own recorded split (`training.split`), so `val` here is exactly the photos that
-training never saw; the data is checked against that record first.
+training never saw; the data is checked against that record first. `--split all` needs no split: it scores every
+photo of the data as it is now, which may be newly labelled photos the model never saw (`--audit` them before
+training on them).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from training.audit import rank_doubts, write_doubts_csv
+from training.data import list_samples_like
 from training.errors import run_command
 from training.evaluation import SPLITS, evaluate
 from training.metrics import format_report
@@ -32,7 +35,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"the {SPLIT_FILE} of the model's training run (default: the one in the run folder its "
                              "config records, else the split is rebuilt from the config)")
     parser.add_argument("--split", default="val", choices=SPLITS,
-                        help="part to score: val or calib are held out; train and all are for --audit, not accuracy")
+                        help="part to score: val or calib are held out; train and all (every photo of the data "
+                             "now, no split) are for --audit, not accuracy")
     parser.add_argument("--json", type=Path, help="also write the metrics here")
     parser.add_argument("--report", type=Path, help="also write a self-contained HTML report here (needs matplotlib)")
     parser.add_argument("--audit", type=Path, help="also write every scored photo here as CSV, the most doubted label first")
@@ -46,7 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     classifier = Classifier(args.model)
-    samples = load_split(classifier.info.training, data=args.data, split_file=args.split_file)
+    training = classifier.info.training
+    samples = (list_samples_like(training["config"], args.data) if args.split == "all"
+               else load_split(training, data=args.data, split_file=args.split_file))
     evaluation = evaluate(classifier, samples, split=args.split)
     sources = ", ".join(sorted({s.dataset for s in evaluation.samples}))
     print(f"{classifier.info.full_name} on the {args.split} split of {sources}")

@@ -121,13 +121,11 @@ def load_split(
 def _check_unchanged(path: Path, samples: list[Sample], digests: list[str], listed: list[Sample]) -> None:
     """Refuse where a recorded photo is gone from its source, has another label there, or other bytes."""
     labels = {_key(s.path): s.label for s in listed}
-    problems = {"gone from the data": [], "relabelled": [], "changed": []}
+    problems: dict[str, list[str]] = {"gone or unreadable": [], "relabelled": [], "changed": []}
     for sample, digest in zip(samples, digests):
-        label = labels.get(_key(sample.path))
-        kind = ("gone from the data" if label is None else "relabelled" if label != sample.label
-                else "changed" if file_digest(sample.path) != digest else None)
-        if kind:
-            problems[kind].append(str(sample.path))
+        problem = _problem(sample, digest, labels.get(_key(sample.path)))
+        if problem:
+            problems[problem].append(str(sample.path))
     found = {kind: paths for kind, paths in problems.items() if paths}
     if found:
         counts = ", ".join(f"{len(paths)} photo(s) {kind}" for kind, paths in found.items())
@@ -135,6 +133,18 @@ def _check_unchanged(path: Path, samples: list[Sample], digests: list[str], list
         raise DataError(f"the data no longer matches the split recorded in {path} at training: {counts} "
                         f"(e.g. {', '.join(examples)}); restore the data the model was trained on, or retrain: "
                         "figures on other photos than the model held out would not be honest")
+
+
+def _problem(sample: Sample, recorded_digest: str, listed_label: str | None) -> str | None:
+    """How a recorded photo differs from the data on disk, or None."""
+    if listed_label is None:
+        return "gone or unreadable"
+    if listed_label != sample.label:
+        return "relabelled"
+    digest = file_digest(sample.path)
+    if digest == recorded_digest:
+        return None
+    return "gone or unreadable" if digest == "unreadable" else "changed"
 
 
 def _root(source: Path) -> Path:
