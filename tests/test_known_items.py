@@ -106,7 +106,9 @@ def test_the_index_file_is_documented_sqlite_and_readding_replaces(known, tiny_c
         settings = dict(connection.execute("SELECT key, value FROM settings"))
         hashes, embedding = connection.execute("SELECT hashes, embedding FROM items WHERE reference = 'case-0'").fetchone()
         assert connection.execute("PRAGMA user_version").fetchone()[0] == 1
-    assert settings == {"format": "wildvision-known-items", "model_name": "tiny", "model_version": "0.0.1"}
+    identity = tiny_classifier.identity
+    assert settings == {"format": "wildvision-known-items", "model_name": "tiny", "model_version": "0.0.1",
+                        "model_precision": "float32", "model_digest": identity.digest}
     assert len(hashes) == 18 * 32 and bytes(difference_hash(photos[0])) == hashes[:32]
     vector = np.frombuffer(embedding, "<f4")
     assert vector @ tiny_classifier.embed([photos[0]])[0] == pytest.approx(1, abs=1e-4)
@@ -121,7 +123,7 @@ def test_the_index_file_is_documented_sqlite_and_readding_replaces(known, tiny_c
 def test_an_index_answers_only_to_the_model_that_built_it(known, tiny_run):
     index, _ = known
     other = Classifier(tiny_run["model"])
-    other.info = dataclasses.replace(other.info, version="9.9.9")
+    other.identity = dataclasses.replace(other.identity, version="9.9.9")
     with pytest.raises(IndexFormatError, match="built with model tiny 0.0.1"):
         KnownItemIndex(index.path, other)
 
@@ -213,3 +215,11 @@ def test_cli_predict_explain_writes_an_overlay_per_photo(folders, tiny_run, tmp_
     assert main(["--model", str(tiny_run["model"]), "predict", str(photos[0]), str(tmp_path / "other" / "repost1.jpg"),
                  "--explain", str(overlays)]) == 2
     assert "share a file name" in capsys.readouterr().err
+
+
+def test_an_index_says_which_model_file_built_it(tmp_path, shipped_model):
+    int8 = Classifier(precision="int8")
+    KnownItemIndex(tmp_path / "known.sqlite", int8, create=True)
+    reopened = KnownItemIndex(tmp_path / "known.sqlite", Classifier(shipped_model))
+    assert reopened.built_with == int8.identity
+    assert reopened.built_with.digest != Classifier(shipped_model).identity.digest

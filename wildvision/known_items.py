@@ -9,7 +9,8 @@ crops the ladder misses, at a cosine high enough that different objects stay apa
 
 File format (`PRAGMA user_version` = 1)::
 
-    settings(key TEXT PRIMARY KEY, value TEXT)  -- format ('wildvision-known-items'), model_name, model_version
+    settings(key TEXT PRIMARY KEY, value TEXT)  -- format ('wildvision-known-items'), model_name, model_version,
+                                                -- model_precision, model_digest (of the file that built it)
     items(
         id INTEGER PRIMARY KEY,        -- reported in matches; stable for the life of the item
         reference TEXT UNIQUE,         -- the platform's reference (listing id, photo path); adding it again replaces it
@@ -19,7 +20,8 @@ File format (`PRAGMA user_version` = 1)::
         added_at TEXT                  -- UTC, ISO 8601
     )
 
-Embeddings belong to one model: an index answers only to the model (name and version) that built it.
+Embeddings belong to one model: an index answers only to the model (name and version) that built it; `settings` also
+records the precision and digest of the file that built it (`KnownItemIndex.built_with`).
 Matching is exact and in memory (every item compared): about 5.7 KB per item with the shipped model's 1,280-value
 embedding, so 100,000 known photos take about 570 MB.
 """
@@ -38,7 +40,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from wildvision.classifier import Classifier, Prediction, PreparedPhoto
+from wildvision.classifier import Classifier, ModelIdentity, Prediction, PreparedPhoto
 from wildvision.errors import WildvisionError
 from wildvision.hashing import HASH_BYTES, difference_hash, hamming_distances
 from wildvision.images import ImageSource, load_image
@@ -189,17 +191,24 @@ class KnownItemIndex:
         return sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S)
 
     def _check_or_initialise(self, connection: sqlite3.Connection, create: bool) -> None:
-        model = {"model_name": self.classifier.info.name, "model_version": self.classifier.info.version}
+        identity = self.classifier.identity
+        model = {"model_name": identity.name, "model_version": identity.version}
+        # Which file built it, for people: an int8 twin's embeddings are close enough to its float model's to match.
+        built_with = {"model_precision": identity.precision, "model_digest": identity.digest}
         try:
             version = connection.execute("PRAGMA user_version").fetchone()[0]
             if create and version == 0 and not connection.execute("SELECT name FROM sqlite_master").fetchall():
                 connection.executescript(_SCHEMA)
-                connection.executemany("INSERT INTO settings VALUES (?, ?)", {"format": _FORMAT_NAME, **model}.items())
+                connection.executemany("INSERT INTO settings VALUES (?, ?)",
+                                       {"format": _FORMAT_NAME, **model, **built_with}.items())
                 connection.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
+                self.built_with = identity
                 return
             settings = dict(connection.execute("SELECT key, value FROM settings"))
         except sqlite3.DatabaseError as error:
             raise IndexFormatError(f"{self.path}: not a wildvision known-item index ({error})") from None
+        self.built_with = ModelIdentity(  # indexes from before the digest was recorded say "unknown"
+            *(settings.get(key, "unknown") for key in ("model_name", "model_version", "model_precision", "model_digest")))
         if settings.get("format") != _FORMAT_NAME or version != FORMAT_VERSION:
             raise IndexFormatError(f"{self.path}: not a wildvision known-item index of format {FORMAT_VERSION}")
         built_by = {key: settings.get(key) for key in model}
