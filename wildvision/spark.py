@@ -138,9 +138,10 @@ def score_archive(
 ) -> ScanSummary:
     """Score the image files under `source` into the Parquet folder `output`; the summary counts this run's records.
 
-    A new `output` is created. An `output` of an earlier run with the same model, precision, labels and matching
-    (killed, failed, or finished before more photos arrived) is continued: photos it already has a record for are
-    left out, and the new records are appended as new part files. An `output` of another kind of run is refused.
+    A new `output` is created. An `output` of an earlier run with the same model file, thresholds, labels and
+    matching (killed, failed, or finished before more photos arrived) is continued: photos it already has a record
+    for are left out, and the new records are appended as new part files. An `output` of another kind of run is
+    refused.
     `partitions`: about how many tasks read and score the archive, each writing one Parquet file (default: Spark's
     file split, roughly 30 photos of 300 KB per task, since it counts 4 MB per file opened).
     """
