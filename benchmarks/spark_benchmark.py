@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     count, cores = len(photos), os.cpu_count() or 1
     runs = {"scan": scan, f"spark {args.master}": spark, f"cluster {args.workers}x1": cluster}
     for name, (first, second) in runs.items():
-        print(f"{name:12}  first run {first:5.1f} s ({count / first:5.1f} photos/s end to end)   "
+        print(f"{name:14}  first run {first:5.1f} s ({count / first:5.1f} photos/s end to end)   "
               f"warm {second:5.1f} s ({count / second:5.1f} photos/s, {second / count * 1000:.1f} ms a photo)   "
               f"fixed {first - second:4.1f} s   warm throughput / scan's = {scan[1] / second:.2f}")
     print(f"spark overhead: {(spark[1] - scan[1]) / count * 1000:+.1f} ms a photo, "
