@@ -288,3 +288,24 @@ def test_the_package_states_its_version():
 
     assert wildvision.__version__ and wildvision.__version__ != "0+unknown"
     assert (Path(wildvision.__file__).parent / "py.typed").is_file()
+
+
+def test_the_service_answers_every_damaged_file_without_a_5xx_and_names_the_model_file(classifier, fuzzed):
+    pytest.importorskip("fastapi", reason="the service needs the serve extra")
+    from fastapi.testclient import TestClient
+
+    from wildvision.service import create_app
+
+    with TestClient(create_app(classifier)) as client:
+        statuses = set()
+        for fmt, files in fuzzed.items():
+            for data in files[:15]:
+                response = client.post("/predict", content=data, headers={"Content-Type": "application/octet-stream"})
+                assert response.status_code < 500, (fmt, response.text)
+                statuses.add(response.status_code)
+                if response.status_code == 200:
+                    answer = response.json()
+                    assert (answer["model_precision"], answer["model_digest"]) == (
+                        "float32", classifier.identity.digest)
+        assert 200 in statuses and 422 in statuses
+        assert client.get("/health").json()["model_digest"] == classifier.identity.digest

@@ -33,8 +33,10 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
-from typing import Annotated, AsyncIterator, Awaitable, Callable, Literal, Sequence, TypeVar
+from dataclasses import asdict, dataclass, field, fields
+from typing import (
+    Annotated, Any, AsyncIterator, Awaitable, Callable, Literal, Optional, Sequence, TypeVar, get_type_hints,
+)
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -49,7 +51,7 @@ from prometheus_client import (
     Info,
     generate_latest,
 )
-from pydantic import BaseModel
+from pydantic import BaseModel, create_model
 from starlette.datastructures import Headers, MutableHeaders, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -100,22 +102,17 @@ class Limits:
                 raise ValueError(f"{name} must be {'at least 0' if name == 'max_queue' else 'positive'}, got {value}")
 
 
-class MatchOut(BaseModel):
-    id: int
-    reference: str
-    hash_distance: int
-    cosine: float
+def _response_model(source: type, name: str, **extra: Any) -> type[BaseModel]:
+    """A response model with the fields and types of the library's dataclass `source`, so an answer's schema is
+    stated once, in the library (`Prediction`, `Match`), and the OpenAPI document follows it."""
+    hints = get_type_hints(source)
+    described = {field.name: (hints[field.name], ...) for field in fields(source)}
+    return create_model(name, __doc__=source.__doc__, **described, **extra)
 
 
-class PredictionOut(BaseModel):
-    """`Prediction.to_dict()`, plus `match` when the service runs with a known-item index."""
-
-    scores: dict[str, float]
-    label: str
-    decision: Literal["allow", "review", "block"]
-    model_name: str
-    model_version: str
-    match: MatchOut | None = None
+MatchOut = _response_model(Match, "MatchOut")
+# `Prediction.to_dict()`, plus `match` when the service runs with a known-item index.
+PredictionOut = _response_model(Prediction, "PredictionOut", match=(Optional[MatchOut], None))
 
 
 class ErrorOut(BaseModel):
@@ -137,6 +134,8 @@ class HealthOut(BaseModel):
     status: Literal["ok"]
     model_name: str
     model_version: str
+    model_precision: str
+    model_digest: str  # which model file answers (see `ModelIdentity`)
     known_items: int | None  # items in the known-item index; null when the service runs without one
 
 
@@ -180,8 +179,9 @@ def create_app(
 
     @app.get("/health", response_model=HealthOut)
     def health() -> HealthOut:
-        info = classifier.info
-        return HealthOut(status="ok", model_name=info.name, model_version=info.version,
+        identity = classifier.identity
+        return HealthOut(status="ok", model_name=identity.name, model_version=identity.version,
+                         model_precision=identity.precision, model_digest=identity.digest,
                          known_items=len(index) if index is not None else None)
 
     @app.get("/metrics", dependencies=guarded, response_class=Response)
