@@ -278,9 +278,9 @@ def test_metrics_count_requests_photos_and_errors(classifier):
         decided = [client.post("/predict", content=photo, headers=JPEG).json() for photo in photos]
         client.post("/predict", content=b"not a photo", headers=JPEG)
         after = metric_samples(client.get("/metrics").text)
-    info = classifier.info
-    assert after[("wildvision_model_info", frozenset(
-        {"name": info.name, "version": info.version, "precision": info.precision}.items()))] == 1
+    model = classifier.identity
+    assert after[("wildvision_model_info", frozenset({"name": model.name, "version": model.version,
+                                                      "precision": model.precision, "digest": model.digest}.items()))] == 1
     requests = ("wildvision_http_requests_total", frozenset({"route": "/predict", "status": "200"}.items()))
     assert after[requests] - before.get(requests, 0) == 2
     assert after[("wildvision_http_requests_total", frozenset({"route": "/predict", "status": "422"}.items()))] == 1

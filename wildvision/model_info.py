@@ -8,17 +8,12 @@ nothing about any particular model is hard-coded in the library.
 from __future__ import annotations
 
 import json
-import sys
+import tomllib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from wildvision.errors import WildvisionError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 reads TOML thresholds files with the tomli backport
-    import tomli as tomllib
 
 __all__ = [
     "FORMAT_VERSION", "METADATA_KEY", "OUTPUT_NAMES", "ModelFormatError", "ModelInfo", "OperatingPoint",

@@ -229,9 +229,10 @@ class _Metrics:
 
     def __init__(self, classifier: Classifier) -> None:
         self.registry = registry = CollectorRegistry()
-        info = classifier.info
-        Info("wildvision_model", "The model answering", registry=registry).info(
-            {"name": info.name, "version": info.version, "precision": info.precision})
+        identity = classifier.identity
+        Info("wildvision_model", "The model file answering", registry=registry).info(
+            {"name": identity.name, "version": identity.version, "precision": identity.precision,
+             "digest": identity.digest})
         self.requests = Counter("wildvision_http_requests", "HTTP requests answered, by route and status",
                                 ["route", "status"], registry=registry)
         self.latency = Histogram("wildvision_http_request_duration_seconds", "Arrival to the last byte of the answer",
