@@ -1,0 +1,80 @@
+"""Write a wildvision ONNX model with another classifier head: the same graph, new classifier weights and labels.
+
+`training.export` ends every graph with the classifier read twice: a `Gemm` from `embedding` to `logits`, and an
+`Einsum` that weights the last feature map by the same classifier rows into `activation_map`. Both read one weight
+initializer, so replacing it (and the bias) changes logits and explanations together; the outputs' label dimension
+follows the new label count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from training.errors import DataError
+from training.head import Head
+from wildvision.model_info import METADATA_KEY, ModelInfo
+
+__all__ = ["read_head", "write_with_head"]
+
+
+class _NotExportedHead(DataError):
+    pass
+
+
+def read_head(path: Path) -> Head:
+    """The classifier weights and bias of a model written by `training.export`."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    weight_name, bias_name = _classifier_names(graph, path)
+    tensors = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name in (weight_name, bias_name)}
+    return Head(tensors[weight_name].astype(np.float32), tensors[bias_name].astype(np.float32))
+
+
+def write_with_head(base: Path, head: Head, info: ModelInfo, out: Path) -> None:
+    """Copy `base` to `out` with `head` as its classifier and `info` as its metadata."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(base))
+    graph = model.graph
+    weight_name, bias_name = _classifier_names(graph, base)
+    replaced = {weight_name: head.weight.astype(np.float32), bias_name: head.bias.astype(np.float32)}
+    for index, tensor in enumerate(graph.initializer):
+        if tensor.name in replaced:
+            graph.initializer[index].CopyFrom(numpy_helper.from_array(replaced[tensor.name], tensor.name))
+    for output in graph.output:
+        if output.name in ("logits", "activation_map"):
+            output.type.tensor_type.shape.dim[1].dim_value = len(info.labels)
+    del graph.value_info[:]  # intermediate shapes recorded for the old label count; onnxruntime infers its own
+    kept = [entry for entry in model.metadata_props if entry.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, info.to_json()
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+
+
+def _classifier_names(graph, path: Path) -> tuple[str, str]:
+    """The weight and bias the final Gemm reads, checked to be the rows `activation_map` reads too."""
+    producers = {output: node for node in graph.node for output in node.output}
+    gemm, cam = producers.get("logits"), producers.get("activation_map")
+    initializers = {t.name for t in graph.initializer}
+    if (gemm is None or gemm.op_type != "Gemm" or list(gemm.input[:1]) != ["embedding"] or len(gemm.input) != 3
+            or not set(gemm.input[1:]) <= initializers or _attribute(gemm, "transB") != 1):
+        raise _NotExportedHead(f"{path}: the graph does not end in the classifier training.export writes "
+                               "(Gemm from 'embedding' to 'logits'); only wildvision models exported by "
+                               "training.export can be adapted")
+    if cam is not None and gemm.input[1] not in cam.input:
+        raise _NotExportedHead(f"{path}: 'activation_map' does not read the classifier's weights; export it again")
+    return gemm.input[1], gemm.input[2]
+
+
+def _attribute(node, name: str) -> object:
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), None)
