@@ -21,11 +21,11 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, make_photo
-from wildvision import Classifier
+from wildvision import Classifier, OperatingPoint
 from wildvision.cli import main
 from wildvision.known_items import KnownItemIndex
 from wildvision.records import flatten
-from wildvision.scan import find_images, scan
+from wildvision.scan import ScanInput, find_images, scan
 
 pytest.importorskip("pyspark", reason="the Spark tests need the spark extra (part of [test])")
 if shutil.which("java") is None and "JAVA_HOME" not in os.environ:
@@ -34,7 +34,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import pyspark  # noqa: E402
 from pyspark.sql import DataFrame, SparkSession  # noqa: E402
 
-from wildvision.spark import read_photos, score_photos  # noqa: E402
+from wildvision.spark import Reading, read_photos, score_photos  # noqa: E402
 
 NOT_LISTED_BY_SPARK = {"empty.jpg", "shop/empty copy+1.jpg", "shop/broken-link.jpg"}  # Spark's file sources skip 0-byte files and dead links
 SPARK_BIN = Path(pyspark.__file__).parent / "bin"  # the launch scripts the pyspark package ships
@@ -254,6 +254,22 @@ def test_the_command_writes_scan_s_parquet_columns(spark, archive, expected, tmp
     assert main(["scan", str(archive), "-o", str(tmp_path / "scan.parquet")]) == 0
     scan_columns = [(field.name, field.type) for field in pq.read_schema(tmp_path / "scan.parquet")]
     assert [(field.name, field.type) for field in pq.read_table(output).schema] == scan_columns
+
+
+def test_executors_decide_and_read_as_the_drivers_classifier(spark, archive, shipped_model):
+    """`--operating-points`, `--max-pixels` and `--max-frames` reach the executors: records state the thresholds
+    that decided them, and the pixel limit refuses what it refuses in `scan`."""
+    driver = Classifier(shipped_model, operating_points={"ivory": OperatingPoint(0.0, 0.0)}, max_pixels=20_000)
+    paths = [(str(item.file),) for item in find_images(archive)]
+    rows = score_photos(spark.createDataFrame(paths, "path string"), reading=Reading.of(driver)).collect()
+    inputs = [ScanInput(item.file, str(item.file)) for item in find_images(archive)]  # named as the rows are
+    expected = {record.path: record for record in scan(inputs, driver)}
+    for row in rows:
+        record = expected[row["path"]]
+        assert (row["decision"], row["thresholds"], row["error_category"]) == (
+            record.decision, record.thresholds, record.error_category)
+    assert {row["decision"] for row in rows} == {"block", None}
+    assert any(row["error_category"] == "too_large" for row in rows)
 
 
 def test_each_executor_process_loads_the_model_once(spark, archive):

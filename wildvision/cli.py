@@ -186,15 +186,13 @@ def _api_keys(path: Path | None) -> list[str]:
 
 
 def _spark(args: argparse.Namespace, classifier: Classifier) -> int:
-    from wildvision.spark import (  # pyspark is imported by this command only
-        score_archive,
-        session,
-    )
+    from wildvision.spark import Reading, score_archive, session  # pyspark is imported by this command only
 
     if args.match_index:
         KnownItemIndex(args.match_index, classifier)  # a missing index, or another model's, is named before Spark starts
     summary = score_archive(session(args.master), args.source, args.output, model=classifier.model_path,
-                            match_index=args.match_index, batch_size=args.batch_size, partitions=args.partitions)
+                            match_index=args.match_index, batch_size=args.batch_size, partitions=args.partitions,
+                            reading=Reading.of(classifier))
     print(f"{args.output}: {summary}", file=sys.stderr)
     return 0
 

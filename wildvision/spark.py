@@ -23,6 +23,7 @@ import sys
 import time
 from collections import Counter
 from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -41,12 +42,13 @@ except ImportError as error:
                       "pip install 'wildvision[spark]'") from None
 
 from wildvision.classifier import Classifier, ModelIdentity, default_model_path, describe_thresholds
-from wildvision.images import ImageLoadError
+from wildvision.images import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS, ImageLoadError
 from wildvision.known_items import KnownItemIndex
+from wildvision.model_info import OperatingPoint
 from wildvision.records import ScanRecord, ScanRecordWithMatch, flat_columns, flatten
 from wildvision.scan import IMAGE_SUFFIXES, ResumeError, ScanInput, ScanSummary, find_images, scan
 
-__all__ = ["read_photos", "record_schema", "score_archive", "score_photos", "session"]
+__all__ = ["Reading", "read_photos", "record_schema", "score_archive", "score_photos", "session"]
 
 _SPARK_TYPES = {str: StringType(), float: DoubleType(), int: LongType()}
 # Hadoop glob patterns are case-sensitive: `*.{[jJ][pP][gG],...}` matches scan's suffixes in any case, as scan does.
@@ -113,9 +115,32 @@ def record_schema(labels: Sequence[str], *, with_match: bool = False) -> StructT
     return StructType([StructField(name, _SPARK_TYPES[kind]) for name, kind in columns])
 
 
+@dataclass(frozen=True)
+class Reading:
+    """How executors decide and read photos, as a driver's `Classifier` does: its thresholds (checked against the model
+    when an executor loads it) and its pixel and frame limits. Hashable: each executor process keeps one classifier
+    per model file and reading."""
+
+    operating_points: tuple[tuple[str, OperatingPoint], ...] | None = None  # None: the model's own
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_frames: int = DEFAULT_MAX_FRAMES
+
+    @classmethod
+    def of(cls, classifier: Classifier) -> Reading:
+        return cls(tuple(classifier.info.operating_points.items()), classifier.max_pixels, classifier.max_frames)
+
+
+@dataclass(frozen=True)
+class _Job:
+    model_file: str  # names under which the model and the index were shipped (`SparkFiles.get`)
+    index_file: str | None
+    reading: Reading
+    batch_size: int
+
+
 def score_photos(
     photos: DataFrame, *, model: str | os.PathLike[str] | None = None,
-    match_index: str | os.PathLike[str] | None = None, batch_size: int = 16,
+    match_index: str | os.PathLike[str] | None = None, batch_size: int = 16, reading: Reading = Reading(),
 ) -> DataFrame:
     """One record per row of `photos`, with the columns of `record_schema`.
 
@@ -126,15 +151,16 @@ def score_photos(
     `model` is a path or URI the driver can read (default: the shipped model). `match_index`, a known-item index
     file (`wildvision.known_items`) built with that model, adds the `match_*` columns. Both are shipped to each
     executor once. Each task decodes in `spark.task.cpus` threads and scores as many batches side by side, one
-    onnxruntime thread each (what `scan` found fastest for this small model).
+    onnxruntime thread each (what `scan` found fastest for this small model). `reading`: thresholds and limits.
     """
     model_file, index_file = _ship_model_and_index(photos.sparkSession, model, match_index)
-    return _score(photos, model_file, index_file, batch_size)
+    return _score(photos, _Job(model_file, index_file, reading, batch_size))
 
 
 def score_archive(
     spark: SparkSession, source: str, output: str, *, model: str | os.PathLike[str] | None = None,
     match_index: str | os.PathLike[str] | None = None, batch_size: int = 16, partitions: int | None = None,
+    reading: Reading = Reading(),
 ) -> ScanSummary:
     """Score the image files under `source` into the Parquet folder `output`; the summary counts this run's records.
 
@@ -143,12 +169,14 @@ def score_archive(
     for are left out, and the new records are appended as new part files. An `output` of another kind of run is
     refused.
     `partitions`: about how many tasks read and score the archive, each writing one Parquet file (default: Spark's
-    file split, roughly 30 photos of 300 KB per task, since it counts 4 MB per file opened).
+    file split, roughly 30 photos of 300 KB per task, since it counts 4 MB per file opened). `reading`: the
+    thresholds and limits executors use (`Reading.of(classifier)` takes a driver classifier's).
     """
     started = time.monotonic()
     photos = read_photos(spark, source)
     model_file, index_file = _ship_model_and_index(spark, model, match_index)
-    classifier, with_match = _classifier(SparkFiles.get(model_file)), index_file is not None
+    job = _Job(model_file, index_file, reading, batch_size)
+    classifier, with_match = _classifier(SparkFiles.get(model_file), reading), index_file is not None
     earlier = _earlier_records(spark, output, classifier, with_match)
     before = _counts(earlier)
     # Broadcast, so the photos are filtered where Spark reads them and their bytes never cross the network.
@@ -157,7 +185,7 @@ def score_archive(
         "spark.sql.files.minPartitionNum": str(partitions), "spark.sql.files.maxPartitionNum": str(partitions),
     }
     with _conf(spark, split):  # read when the write is planned
-        records = _score(todo, model_file, index_file, batch_size)
+        records = _score(todo, job)
         records.write.mode("append").options(**_KEEP_FINISHED_TASKS).parquet(output)
     _append_unread_files(photos, source, output, classifier, with_match)
     summary = _summary(_counts(_records(spark, output, classifier.info.labels, with_match)) - before)
@@ -166,14 +194,14 @@ def score_archive(
     return summary
 
 
-def _score(photos: DataFrame, model_file: str, index_file: str | None, batch_size: int) -> DataFrame:
-    """`score_photos` with the model (and index) already shipped under these names."""
-    labels = _classifier(SparkFiles.get(model_file)).info.labels
-    if index_file is not None:
-        _index(SparkFiles.get(index_file), SparkFiles.get(model_file))  # another model's index fails here, once
+def _score(photos: DataFrame, job: _Job) -> DataFrame:
+    """`score_photos` with the model (and index) already shipped."""
+    labels = _classifier(SparkFiles.get(job.model_file), job.reading).info.labels  # bad thresholds fail here, once
+    if job.index_file is not None:
+        _index(job)  # another model's index fails here, once
     columns = ["path", "content"] if "content" in photos.columns else ["path"]
-    score = functools.partial(_score_partition, model_file=model_file, index_file=index_file, batch_size=batch_size)
-    schema = record_schema(labels, with_match=index_file is not None)
+    score = functools.partial(_score_partition, job=job)
+    schema = record_schema(labels, with_match=job.index_file is not None)
     return photos.where(F.col("path").isNotNull()).select(*columns).mapInPandas(score, schema)
 
 
@@ -298,24 +326,26 @@ def _exists(spark: SparkSession, path: str) -> bool:
 
 
 @functools.cache
-def _classifier(model_file: str) -> Classifier:
+def _classifier(model_file: str, reading: Reading) -> Classifier:
     """This process's Classifier of `model_file` (an executor's, or the driver's for labels): loaded once, then reused."""
-    return Classifier(model_file, threads=1)
+    points = None if reading.operating_points is None else dict(reading.operating_points)
+    return Classifier(model_file, threads=1, operating_points=points, max_pixels=reading.max_pixels,
+                      max_frames=reading.max_frames)
 
 
 @functools.cache
-def _index(index_file: str, model_file: str) -> KnownItemIndex:
+def _index(job: _Job) -> KnownItemIndex:
     """This process's known-item index, read into memory at its first match and kept for every later task."""
-    return KnownItemIndex(index_file, _classifier(model_file))
+    assert job.index_file is not None
+    return KnownItemIndex(SparkFiles.get(job.index_file), _classifier(SparkFiles.get(job.model_file), job.reading))
 
 
-def _score_partition(
-    chunks: Iterator[pd.DataFrame], *, model_file: str, index_file: str | None, batch_size: int
-) -> Iterator[pd.DataFrame]:
+def _score_partition(chunks: Iterator[pd.DataFrame], *, job: _Job) -> Iterator[pd.DataFrame]:
     """mapInPandas: `scan` over all of a task's rows (streamed, never all in memory), records out a batch at a time."""
     cpus = TaskContext.get().cpus()
-    classifier = _classifier(SparkFiles.get(model_file))
-    index = None if index_file is None else _index(SparkFiles.get(index_file), SparkFiles.get(model_file))
+    batch_size = job.batch_size
+    classifier = _classifier(SparkFiles.get(job.model_file), job.reading)
+    index = None if job.index_file is None else _index(job)
     labels, with_match = classifier.info.labels, index is not None
     columns = [name for name, _ in flat_columns(labels, with_match=with_match)]
     records = scan(_inputs(chunks), classifier, batch_size=batch_size, workers=cpus, scorers=cpus, index=index)
