@@ -11,7 +11,8 @@ pytest.importorskip("torch", reason="training tests need the [train] extra: pip 
 from conftest import make_dataset  # noqa: E402
 from training.checks import check_labels, photo_table, similar_labels  # noqa: E402
 from training.checkpoint import load_checkpoint  # noqa: E402
-from training.data import DataError, Sample, prepare_samples  # noqa: E402
+from training.data import Sample, prepare_samples  # noqa: E402
+from training.errors import DataError  # noqa: E402
 
 
 def _samples(counts: dict[tuple[str, str], int]) -> list[Sample]:

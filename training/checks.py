@@ -10,7 +10,8 @@ import re
 from collections import Counter
 from typing import Iterable, Sequence
 
-from training.data import MIN_CALIB_PHOTOS, DataError, Sample
+from training.data import MIN_CALIB_PHOTOS, Sample
+from training.errors import DataError
 
 __all__ = ["MIN_PHOTOS", "check_labels", "photo_table", "similar_labels"]
 

@@ -72,21 +72,7 @@ def write_split(
 def read_split(path: Path, data: Sequence[Path] = ()) -> RecordedSplit:
     """The split recorded at `path`, its sources moved to `data` where given (same order and count), checked against
     the photos on disk; `DataError` where any has changed."""
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise DataError(f"cannot read the recorded split {path}: {error}") from None
-    if not isinstance(document, dict) or document.get("format") != _FORMAT:
-        raise DataError(f"{path} is not a wildvision split file ({_FORMAT})")
-    recorded_names = [DataSource.from_config(item).name for item in document["sources"]]
-    sources = sources_from_config({"data": document["sources"]}, data)
-    roots = {name: _root(source.path) for name, source in zip(recorded_names, sources)}
-    entries = document["samples"]
-    samples = [Sample(**{**{k: v for k, v in entry.items() if k != "sha256"}, "path": roots[entry["dataset"]] / entry["path"]})
-               for entry in entries]
-    _check_unchanged(path, samples, [entry["sha256"] for entry in entries], label_sources(sources, document["relabel"]))
-    return RecordedSplit(samples, SplitReport(**document["report"]), document["manifest_sha256"],
-                         document["content_sha256"])
+    return _checked_split(_read_document(path), path, data)
 
 
 def load_split(
@@ -101,12 +87,12 @@ def load_split(
     config, fingerprint = training["config"], training["data"]
     path = split_file or default or Path(str(config.get("out", ""))) / SPLIT_FILE
     if split_file is not None or path.is_file():
-        split = read_split(path, data)
-        if split.manifest_sha256 == fingerprint["manifest_sha256"]:
-            return split.samples
+        document = _read_document(path)
+        if document["manifest_sha256"] == fingerprint["manifest_sha256"]:
+            return _checked_split(document, path, data).samples
         if split_file is not None:
-            raise DataError(f"{path} records another run's split (fingerprint {split.manifest_sha256[:12]}, the "
-                            f"model's {fingerprint['manifest_sha256'][:12]}): give the split file of the model's run")
+            raise DataError(f"{path} records another run's split (fingerprint {document['manifest_sha256'][:12]}, "
+                            f"the model's {fingerprint['manifest_sha256'][:12]}): give the split file of its run")
         print(f"note: {path} records another run's split", file=sys.stderr)
     print(f"note: no recorded split of this model at {path}: rebuilding it from the model's training config "
           "(hashes every photo, minutes on a large data set)", file=sys.stderr)
@@ -116,6 +102,29 @@ def load_split(
                         "gives the split this model was trained on (its photos, labels or split differ from the "
                         "model's recorded fingerprint): restore that data, or measure a model trained on this data")
     return samples
+
+
+def _read_document(path: Path) -> dict:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise DataError(f"cannot read the recorded split {path}: {error}") from None
+    if not isinstance(document, dict) or document.get("format") != _FORMAT:
+        raise DataError(f"{path} is not a wildvision split file ({_FORMAT})")
+    return document
+
+
+def _checked_split(document: dict, path: Path, data: Sequence[Path]) -> RecordedSplit:
+    """The recorded samples at their (possibly moved) place, once the data on disk is found unchanged."""
+    recorded_names = [DataSource.from_config(item).name for item in document["sources"]]
+    sources = sources_from_config({"data": document["sources"]}, data)
+    roots = {name: _root(source.path) for name, source in zip(recorded_names, sources)}
+    entries = document["samples"]
+    samples = [Sample(**{key: value for key, value in entry.items() if key != "sha256"}
+                      | {"path": roots[entry["dataset"]] / entry["path"]}) for entry in entries]
+    _check_unchanged(path, samples, [entry["sha256"] for entry in entries], label_sources(sources, document["relabel"]))
+    return RecordedSplit(samples, SplitReport(**document["report"]), document["manifest_sha256"],
+                         document["content_sha256"])
 
 
 def _check_unchanged(path: Path, samples: list[Sample], digests: list[str], listed: list[Sample]) -> None:

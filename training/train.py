@@ -164,11 +164,11 @@ def train(args: argparse.Namespace) -> int:
         near_duplicate_distance=args.near_duplicate_distance, relabel=relabel,
     )
     print(split_report)
-    split = write_split(args.out, samples, split_report, args.data, relabel)
     labels = sorted({s.label for s in samples})
     print(photo_table(samples, labels))
     prohibited = resolve_prohibited(labels, args.prohibited)
     check_labels(samples, labels, allow_rare=args.allow_rare, allow_similar=args.allow_similar_labels)
+    split = write_split(args.out, samples, split_report, args.data, relabel)  # once; export and evaluation read it
     identity = model_identity(args.name, args.version, samples)
     spec = Preprocessing(args.image_size, args.resize, IMAGENET_MEAN, IMAGENET_STD)
     print(f"training {identity}: {len(samples)} photos, labels {labels}, prohibited {prohibited}")
