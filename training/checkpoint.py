@@ -39,7 +39,7 @@ def load_checkpoint(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        with safe_open(path, framework="pt", device="cpu") as handle:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
             header = handle.metadata() or {}
             state_dict = {name: handle.get_tensor(name) for name in handle.keys()}
     except SafetensorError as error:
