@@ -63,6 +63,6 @@ def load_training_state(path: Path) -> dict:
 
 
 def _not_a_checkpoint(path: Path, why: str) -> str:
-    return (f"{path} is not a wildvision {CHECKPOINT_FORMAT} checkpoint: {why}. Checkpoints are safetensors files; "
+    return (f"{path} is not a wildvision checkpoint ({CHECKPOINT_FORMAT}): {why}. Checkpoints are safetensors files; "
             "an older pickled checkpoint.pt is never loaded (it could run code): run its training command again, "
             "which reuses the run's cached features and training state and writes a safe checkpoint")
