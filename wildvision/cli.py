@@ -13,7 +13,7 @@ import sys
 from collections import Counter
 from dataclasses import fields
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from wildvision.classifier import Classifier
 from wildvision.errors import WildvisionError
@@ -338,15 +338,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: a count of threads, photos or tasks, at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number (of threads, photos, tasks, bytes, ...) no smaller than `minimum`."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return whole_number
+
+
+_positive_int = _at_least(1)
+_count_from_zero = _at_least(0)  # e.g. no queue at all
 
 
 def _port(text: str) -> int:
@@ -354,17 +362,6 @@ def _port(text: str) -> int:
     value = _positive_int(text)
     if value > 65535:
         raise argparse.ArgumentTypeError(f"must be a TCP port, 1-65535, got {value}")
-    return value
-
-
-def _count_from_zero(text: str) -> int:
-    """An argparse type: a count that may be 0 (e.g. no queue at all)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
     return value
 
 
