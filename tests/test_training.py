@@ -198,8 +198,10 @@ views = 0
     model = tmp_path / "multi.onnx"
     assert export.main(["--checkpoint", str(tmp_path / "run" / "checkpoint.safetensors"), "--out", str(model),
                         "--parity-photos", "4"]) == 0
-    assert Classifier(model).info.training["parent"] == "ImageNet weights of tf_efficientnet_lite0"
     classifier = Classifier(model)
+    assert classifier.info.training["parent"] == "ImageNet weights of tf_efficientnet_lite0"
+    # No --prohibited: the default rule decided, and the model file says what it decided, not how.
+    assert classifier.info.training["config"]["prohibited"] == list(classifier.info.operating_points) == ["ivory"]
     metrics = evaluate(classifier, load_split(classifier.info.training)).metrics  # the run's split, where recorded
     assert set(metrics["accuracy_by_dataset"]) == {"products", "everyday"}
     assert {"shelves", "kitchens"} <= set(metrics["decisions_by_source"])
