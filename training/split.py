@@ -36,6 +36,8 @@ _EXAMPLES = 3  # photos named in a refusal: enough to find the change, few enoug
 
 @dataclass(frozen=True)
 class RecordedSplit:
+    """The photos of a run with the split training gave them, as recorded in its `split.json`."""
+
     samples: list[Sample]
     report: SplitReport
     manifest_sha256: str  # `manifest_hash` of the samples: which photos, labels and splits
