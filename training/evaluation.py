@@ -17,12 +17,12 @@ from training.data import Sample
 from training.errors import DataError
 from training.metrics import measure
 from wildvision.classifier import Classifier
-from wildvision.images import ImageLoadError, load_image
-from wildvision.preprocess import to_tensor
+from wildvision.images import ImageLoadError
 
 __all__ = ["SPLITS", "Evaluation", "evaluate"]
 
 SPLITS = ("val", "calib", "train", "all")  # val and calib are held out of training; train and all are for audits
+_BATCH = 32  # photos per onnxruntime call: batches amortise the call, and 32 at 288 px stay under 100 MB
 
 
 @dataclass(frozen=True)
@@ -47,18 +47,20 @@ def evaluate(classifier: Classifier, samples: Sequence[Sample], *, split: str = 
     if unknown:
         raise DataError(f"the {split} photos have labels the model does not know: {sorted(unknown)}")
     logits, scored, unreadable = [], [], []
-    spec = classifier.info.preprocessing
-    for sample in held_out:
-        try:
-            pixels = to_tensor(load_image(sample.path, min_side=spec.input_size), spec)
-        except ImageLoadError as error:
-            unreadable.append(str(error))
-            continue
-        logits.append(classifier.logits(pixels[np.newaxis])[0])
-        scored.append(sample)
+    for start in range(0, len(held_out), _BATCH):
+        covers = []
+        for sample in held_out[start : start + _BATCH]:
+            try:
+                covers.append(classifier.prepare(sample.path).tensors[0])  # training photos are stills
+            except ImageLoadError as error:
+                unreadable.append(str(error))
+                continue
+            scored.append(sample)
+        if covers:
+            logits.append(classifier.logits(np.stack(covers)))
     if unreadable:
         print(f"{len(unreadable)} unreadable photo(s) left out, e.g. {unreadable[0]}", file=sys.stderr)
-    raw = np.array(logits)
+    raw = np.concatenate(logits) if logits else np.zeros((0, len(labels)), np.float32)
     probabilities = classifier.probabilities(raw)
     metrics = measure(probabilities, scored, labels, classifier.info.operating_points)
     return Evaluation(scored, raw, probabilities, {**metrics, "unreadable": len(unreadable)}, unreadable)
