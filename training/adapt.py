@@ -44,7 +44,7 @@ from wildvision.images import load_image
 from wildvision.model_info import ModelInfo, OperatingPoint
 from wildvision.preprocess import to_batch
 
-__all__ = ["main", "parse_args"]
+__all__ = ["Adapted", "check_head_parity", "fit_adapted", "main", "parse_args", "start_head"]
 
 MIN_NEW_LABEL_PHOTOS = 5  # a new label needs photos in most of the cross-validation folds to be fitted and calibrated
 
@@ -104,14 +104,14 @@ def adapt(args: argparse.Namespace) -> int:
     replay, check = _base_photos(base_samples, labels, args.base_photos, args.check_photos)
     cache = args.work or args.out.parent / ".adapt-cache"
     fit_set = _fit_set(base, labelled, replay, labels, cache)
-    start = _start_head(read_head(args.model), base.info.labels, labels)
-    groups = [s.group for s in fit_set.samples]
-    held_out = cross_fit(fit_set.embeddings, fit_set.targets, fit_set.weights, groups, start, stay_close=args.stay_close)
+    start = start_head(read_head(args.model), base.info.labels, labels)
     prohibited = [label for label in labels if label in base.info.operating_points
                   or (label in args.new_label and not label.startswith(HARMLESS_PREFIX))]
-    temperature, points = _calibrate(held_out, fit_set.targets, labels, prohibited, args)
-    head = fit_head(fit_set.embeddings, fit_set.targets, fit_set.weights, start, stay_close=args.stay_close)
-    probabilities = softmax(held_out[: fit_set.labelled], temperature)
+    fitted = fit_adapted(fit_set.embeddings, fit_set.targets, fit_set.weights, [s.group for s in fit_set.samples],
+                         start, labels, prohibited, review_recall=args.review_recall, block_fpr=args.block_fpr,
+                         stay_close=args.stay_close)
+    head, temperature, points = fitted.head, fitted.temperature, fitted.operating_points
+    probabilities = softmax(fitted.held_out_logits[: fit_set.labelled], temperature)
     metrics = {"split": "cross-validated", **measure(probabilities, fit_set.samples[: fit_set.labelled], labels, points)}
     if check:
         metrics["base_val"] = _forgetting(base, head, temperature, labels, check, cache)
@@ -187,7 +187,26 @@ def _fit_set(base: Classifier, labelled: list[Sample], replay: list[Sample], lab
     return FitSet(kept, features.embeddings, targets, weights, int(is_labelled.sum()))
 
 
-def _start_head(base_head: Head, base_labels: Sequence[str], labels: Sequence[str]) -> Head:
+@dataclass(frozen=True)
+class Adapted:
+    head: Head
+    temperature: float
+    operating_points: dict[str, OperatingPoint]
+    held_out_logits: np.ndarray  # every fitting photo scored by a head fitted without its fold
+
+
+def fit_adapted(
+    embeddings: np.ndarray, targets: np.ndarray, weights: np.ndarray, groups: Sequence[str], start: Head,
+    labels: Sequence[str], prohibited: Sequence[str], *, review_recall: float, block_fpr: float, stay_close: float,
+) -> Adapted:
+    """The adapted head, its temperature and thresholds (fitted on cross-validated logits)."""
+    held_out = cross_fit(embeddings, targets, weights, groups, start, stay_close=stay_close)
+    temperature, points = _calibrate(held_out, targets, labels, prohibited, review_recall, block_fpr)
+    head = fit_head(embeddings, targets, weights, start, stay_close=stay_close)
+    return Adapted(head, temperature, points, held_out)
+
+
+def start_head(base_head: Head, base_labels: Sequence[str], labels: Sequence[str]) -> Head:
     """The base head's rows for its labels; a new label's row starts at zero (no evidence either way)."""
     weight = np.zeros((len(labels), base_head.weight.shape[1]), np.float32)
     bias = np.zeros(len(labels), np.float32)
@@ -197,7 +216,8 @@ def _start_head(base_head: Head, base_labels: Sequence[str], labels: Sequence[st
 
 
 def _calibrate(
-    logits: np.ndarray, targets: np.ndarray, labels: Sequence[str], prohibited: Sequence[str], args: argparse.Namespace
+    logits: np.ndarray, targets: np.ndarray, labels: Sequence[str], prohibited: Sequence[str], review_recall: float,
+    block_fpr: float,
 ) -> tuple[float, dict[str, OperatingPoint]]:
     """Temperature and each prohibited label's thresholds from cross-validated logits."""
     missing = [label for label in prohibited if not (targets == labels.index(label)).any()]
@@ -207,7 +227,7 @@ def _calibrate(
     temperature = fit_temperature(logits, targets)
     probabilities = softmax(logits, temperature)
     points = {label: choose_operating_point(probabilities[:, labels.index(label)], targets == labels.index(label),
-                                            block_false_positive_rate=args.block_fpr, review_recall=args.review_recall)
+                                            block_false_positive_rate=block_fpr, review_recall=review_recall)
               for label in prohibited}
     return temperature, points
 
@@ -231,7 +251,9 @@ def _adapted_info(
     base: Classifier, args: argparse.Namespace, labels: list[str], temperature: float,
     points: dict[str, OperatingPoint], metrics: dict[str, object], labelled: list[Sample], replay: list[Sample],
 ) -> ModelInfo:
-    data = {"labelled": _fingerprint(labelled), "replayed": _fingerprint(replay) if replay else None}
+    data = {"labelled": _fingerprint(labelled), "replayed": _fingerprint(replay) if replay else None,
+            # as `wildvision info` reads a training run's counts: every labelled photo was fitted (cross-validated)
+            "by_split": {"adapted": _fingerprint(labelled)["by_label"]}}
     version = args.version or f"{base.info.version}+adapted.{data['labelled']['content_sha256'][:8]}"
     config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
     config = {**config, "data": [str(p) for p in args.data], "base_data": [str(p) for p in args.base_data]}

@@ -1,0 +1,217 @@
+"""The platform loop: select photos to label, read their labels back (CSV, Label Studio), adapt the shipped model
+(with a new label) and compare it with the base, on generated photos; bad input is refused with the fix named."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="adapting needs the [train] extra: pip install '.[train]'")
+
+from conftest import identity_onnx, make_dataset, make_photo  # noqa: E402
+from training import adapt, compare, features, select  # noqa: E402
+from training.data import load_samples  # noqa: E402
+from wildvision import Classifier  # noqa: E402
+from wildvision.model_info import ModelInfo, OperatingPoint, Preprocessing  # noqa: E402
+
+LABELS = ("ivory", "horn", "not_ivory")
+
+
+@pytest.fixture(scope="module")
+def adapted(tmp_path_factory, shipped_model) -> dict[str, Path]:
+    """The shipped model adapted to generated photos, with `horn` as a new prohibited label (about 20 s)."""
+    root = tmp_path_factory.mktemp("adapt")
+    data = make_dataset(root / "labelled", LABELS, per_label=12)
+    out = root / "adapted.onnx"
+    assert adapt.main(["--model", str(shipped_model), "--data", str(data), "--new-label", "horn", "--out", str(out),
+                       "--work", str(root / "work"), "--parity-photos", "6"]) == 0
+    return {"data": data, "model": out, "work": root / "work", "root": root}
+
+
+def _fresh(root: Path) -> Path:
+    """Photos never adapted on: the same looks, other seeds."""
+    for label in LABELS:
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for seed in range(100, 108):
+            make_photo(label, seed).save(root / label / f"{label}_{seed}.jpg", quality=90)
+    return root
+
+
+def test_adapting_adds_a_new_label_that_recognises_photos_it_never_saw(adapted, shipped_model, tmp_path):
+    model = Classifier(adapted["model"])
+    base = Classifier(shipped_model)
+    assert model.info.labels == ("ivory", "not_ivory", "horn")
+    assert set(model.info.operating_points) == {"ivory", "horn"}  # the new label is prohibited (not named not_*)
+    assert model.info.version.startswith(base.info.version + "+adapted.") and model.info.name == base.info.name
+    assert model.info.training["adapted_from"]["digest"] == base.identity.digest
+    labelled = model.info.training["data"]["labelled"]
+    assert labelled["photos"] == 36 and len(labelled["content_sha256"]) == 64
+    assert model.info.metrics["split"] == "cross-validated"
+    fresh = _fresh(tmp_path)
+    samples = load_samples(fresh)
+    predicted = [p.label for p in model.predict_batch([s.path for s in samples])]
+    accuracy = np.mean([label == s.label for label, s in zip(predicted, samples)])
+    assert accuracy >= 0.9, predicted
+    horn = [s.path for s in samples if s.label == "horn"]
+    assert all(p.decision != "allow" for p in model.predict_batch(horn))
+    explanation = model.explain(horn[0], "horn")  # the activation map follows the new classifier
+    assert explanation.heatmap.max() > 0
+
+
+def test_a_rerun_reuses_the_cached_embeddings_and_writes_the_same_model(adapted, shipped_model, monkeypatch):
+    forward_passes = []
+    monkeypatch.setattr(features, "batch_features", lambda *a: forward_passes.append(a))
+    again = adapted["root"] / "again.onnx"
+    assert adapt.main(["--model", str(shipped_model), "--data", str(adapted["data"]), "--new-label", "horn",
+                       "--out", str(again), "--work", str(adapted["work"])]) == 0
+    assert not forward_passes
+    first, second = Classifier(adapted["model"]), Classifier(again)
+    np.testing.assert_allclose(first.info.temperature, second.info.temperature)
+    assert first.info.operating_points == second.info.operating_points
+
+
+def test_an_interrupted_run_keeps_the_photos_it_embedded(shipped_model, tmp_path, monkeypatch):
+    data = make_dataset(tmp_path / "data", ("ivory", "not_ivory"), per_label=20)
+    paths = sorted(data.rglob("*.jpg"))
+    classifier = Classifier(shipped_model)
+    features.compute_features(classifier, paths[:16], cache=tmp_path / "cache")  # one chunk, then "killed"
+    calls = []
+    original = features.batch_features
+    monkeypatch.setattr(features, "batch_features", lambda c, batch: calls.append(len(batch)) or original(c, batch))
+    result = features.compute_features(classifier, paths, cache=tmp_path / "cache")
+    assert sum(calls) == len(paths) - 16 and len(result.kept) == len(paths)
+
+
+def test_compare_shows_what_adapting_changed(adapted, shipped_model, tmp_path, capsys):
+    fresh = _fresh(tmp_path / "held_out")
+    html = tmp_path / "compare.html"
+    assert compare.main([str(shipped_model), str(adapted["model"]), "--data", str(fresh), "--html", str(html)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["horn"], ["ivory"])}
+    assert rows["horn"][2] == "n/a" and float(rows["horn"][3]) >= 0.95  # the base has no horn label: no AUC
+    assert float(rows["ivory"][3]) > float(rows["ivory"][2])  # generated "ivory" is new to the base model
+    assert "now caught" in out
+    page = html.read_text(encoding="utf-8")
+    assert "<h2>Per label</h2>" in page and "<h2>now caught (" in page and "data:image/jpeg;base64," in page
+
+
+def test_compare_applies_a_platforms_thresholds_to_both_models(adapted, shipped_model, tmp_path, capsys):
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"ivory": {"review": 0.0, "block": 0.0}}))  # block everything
+    fresh = _fresh(tmp_path / "held_out")
+    assert compare.main([str(shipped_model), str(adapted["model"]), "--data", str(fresh),
+                         "--operating-points", str(policy)]) == 0
+    harmless = next(line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  all "))
+    assert harmless[2:] == ["A", "1.0000", "/", "1.0000", "B", "1.0000", "/", "1.0000"]
+
+
+def test_select_writes_a_csv_a_contact_sheet_and_label_studio_tasks_that_come_back_as_data(shipped_model, tmp_path,
+                                                                                          capsys):
+    pool = make_dataset(tmp_path / "pool", ("ivory", "not_ivory"), per_label=10)
+    task = tmp_path / "task"
+    assert select.main(["--photos", str(pool), "--count", "8", "--out", str(task), "--model", str(shipped_model)]) == 0
+    rows = list(csv.DictReader((task / "labels.csv").open()))
+    assert len(rows) == 8 == len({row["path"] for row in rows}) and all(row["label"] == "" for row in rows)
+    assert all((task / row["path"]).is_file() for row in rows)
+    assert (task / "contact_sheet.html").read_text().count("data:image/jpeg;base64,") == 8
+    tasks = json.loads((task / "label_studio_tasks.json").read_text())
+    assert [t["data"]["path"] for t in tasks] == [row["path"] for row in rows]
+    assert tasks[0]["data"]["image"].startswith("data:image/jpeg;base64,")
+    assert '<Choice value="ivory"/>' in (task / "label_studio_config.xml").read_text()
+
+    export = task / "export.json"  # as Label Studio exports it: answers, one skipped and one untouched task
+    for index, item in enumerate(tasks):
+        truth = Path(item["data"]["path"]).parent.name
+        item["annotations"] = [{"was_cancelled": index == 0,
+                                "result": [{"type": "choices", "value": {"choices": [truth]}}]}] if index != 1 else []
+    export.write_text(json.dumps(tasks))
+    labels_csv = tmp_path / "labelled" / "labels.csv"
+    assert select.main(["--from-label-studio", str(export), "--out", str(labels_csv)]) == 0
+    assert "2 task(s) skipped or unlabelled left out" in capsys.readouterr().out
+    samples = load_samples(labels_csv)
+    assert len(samples) == 6 and all(s.path.is_file() and s.path.parent.name == s.label for s in samples)
+
+
+def test_select_reads_scan_records_and_skips_photos_that_could_not_be_scored(shipped_model, tmp_path):
+    pool = make_dataset(tmp_path / "pool", ("ivory", "not_ivory"), per_label=4)
+    records = pool / "results.jsonl"
+    lines = [{"path": p.relative_to(pool).as_posix(), "error": None} for p in sorted(pool.rglob("*.jpg"))]
+    lines.append({"path": "broken.jpg", "error": "corrupt", "error_category": "corrupt"})
+    records.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert select.main(["--records", str(records), "--count", "20", "--out", str(tmp_path / "task"),
+                        "--model", str(shipped_model)]) == 0
+    rows = list(csv.DictReader((tmp_path / "task" / "labels.csv").open()))
+    assert len(rows) == 8 and not any("broken" in row["path"] for row in rows)
+
+
+def test_choose_spreads_doubts_over_the_pool_and_adds_confident_positives():
+    rng = np.random.default_rng(0)
+    centres = np.eye(4, 16) * 10  # four kinds of photo
+    embeddings = np.concatenate([centre + rng.normal(size=(50, 16)) for centre in centres])
+    flagged = np.concatenate([rng.uniform(0.45, 0.55, 50),  # kind 0: all coin tosses
+                              rng.uniform(0.3, 0.7, 50), rng.uniform(0.0, 0.4, 50),
+                              rng.uniform(0.97, 1.0, 50)])  # kind 3: sure positives
+    probabilities = np.stack([flagged, 1 - flagged], axis=1)
+    choices = select.choose(embeddings, probabilities, [0], 10, positive_share=0.2)
+    uncertain = [c.index for c in choices if c.reason == "uncertain"]
+    positives = [c.index for c in choices if c.reason == "confident_positive"]
+    assert len(uncertain) == 8 and len(positives) == 2
+    assert {i // 50 for i in uncertain} >= {0, 1}  # not all eight from the most doubtful kind
+    assert len({i // 50 for i in uncertain}) >= 2 and all(i // 50 == 3 for i in positives)
+    most_doubtful = np.argsort(np.abs(flagged - 0.5))[:8]
+    assert set(uncertain) != set(most_doubtful.tolist())
+
+
+def _adapt_error(capsys, *argv: str) -> str:
+    assert adapt.main(list(argv)) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and error.startswith("error: ")
+    return error
+
+
+def test_a_label_the_model_does_not_have_is_refused_unless_declared(shipped_model, tmp_path, capsys):
+    data = make_dataset(tmp_path / "data", ("ivory", "not_ivory"), per_label=3)
+    (data / "ivory").rename(data / "ivroy")
+    error = _adapt_error(capsys, "--model", str(shipped_model), "--data", str(data), "--out", str(tmp_path / "x.onnx"))
+    assert "['ivroy']" in error and "--new-label" in error
+    error = _adapt_error(capsys, "--model", str(shipped_model), "--data", str(data), "--new-label", "ivroy",
+                         "--out", str(tmp_path / "x.onnx"))
+    assert "'ivory' and 'ivroy' look like one label spelt two ways" in error
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_missing_photos_in_a_csv_are_refused(shipped_model, tmp_path, capsys):
+    labels = tmp_path / "labels.csv"
+    make_photo("ivory", 0).save(tmp_path / "a.jpg")
+    labels.write_text("path,label\na.jpg,ivory\ngone.jpg,not_ivory\n")
+    error = _adapt_error(capsys, "--model", str(shipped_model), "--data", str(labels), "--out", str(tmp_path / "x.onnx"))
+    assert "1 photo(s) not found" in error and "gone.jpg" in error
+
+
+def test_a_file_that_is_not_an_exported_wildvision_model_is_refused(tmp_path, capsys):
+    data = make_dataset(tmp_path / "data", ("ivory", "not_ivory"), per_label=3)
+    foreign = identity_onnx(tmp_path / "foreign.onnx", 2, None)
+    error = _adapt_error(capsys, "--model", str(foreign), "--data", str(data), "--out", str(tmp_path / "x.onnx"))
+    assert "not a wildvision model" in error
+    info = ModelInfo(name="stand-in", version="1", labels=("ivory", "not_ivory"),
+                     preprocessing=Preprocessing(8, "squash", (0.5,) * 3, (0.5,) * 3), temperature=1.0,
+                     operating_points={"ivory": OperatingPoint(0.5, 0.9)})
+    stand_in = identity_onnx(tmp_path / "stand_in.onnx", 2, info.to_json())
+    error = _adapt_error(capsys, "--model", str(stand_in), "--data", str(data), "--out", str(tmp_path / "x.onnx"))
+    assert "only wildvision models exported by training.export can be adapted" in error
+
+
+def test_a_written_model_that_disagrees_with_its_head_is_never_left_at_out(adapted, shipped_model, tmp_path,
+                                                                            monkeypatch, capsys):
+    original = adapt.write_with_head
+    monkeypatch.setattr(adapt, "write_with_head", lambda base, head, info, out: original(
+        base, adapt.Head(head.weight * 1.5, head.bias), info, out))
+    out = tmp_path / "bad.onnx"
+    assert adapt.main(["--model", str(shipped_model), "--data", str(adapted["data"]), "--new-label", "horn",
+                       "--out", str(out), "--work", str(adapted["work"])]) == 1
+    assert "export refused: the written model differs from the fitted head" in capsys.readouterr().err
+    assert not out.exists()
