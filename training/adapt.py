@@ -99,12 +99,13 @@ class FitSet:
 def adapt(args: argparse.Namespace) -> int:
     started = time.monotonic()
     base = Classifier(args.model, threads=args.threads)
+    base_head = read_head(args.model)  # before any photo is read: refuse a model that cannot be adapted at once
     labelled, base_samples = _read_data(args.data, args.base_data, parse_relabel(args.relabel))
     labels = _label_set(base.info, labelled, args.new_label)
     replay, check = _base_photos(base_samples, labels, args.base_photos, args.check_photos)
     cache = args.work or args.out.parent / ".adapt-cache"
     fit_set = _fit_set(base, labelled, replay, labels, cache)
-    start = start_head(read_head(args.model), base.info.labels, labels)
+    start = start_head(base_head, base.info.labels, labels)
     prohibited = [label for label in labels if label in base.info.operating_points
                   or (label in args.new_label and not label.startswith(HARMLESS_PREFIX))]
     fitted = fit_adapted(fit_set.embeddings, fit_set.targets, fit_set.weights, [s.group for s in fit_set.samples],
