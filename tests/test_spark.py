@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from importlib.metadata import version
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -174,14 +175,29 @@ def standalone_cluster(tmp_path) -> Iterator[Cluster]:
         yield Cluster(url, workers)
 
 
+@pytest.fixture(scope="module")
+def packed_environment(tmp_path_factory) -> Path:
+    """The README's packed environment: a fresh virtual environment with this checkout installed as a package (not
+    the test's own environment) and what executors import beside it, packed by venv-pack (about two minutes)."""
+    venv_pack = pytest.importorskip("venv_pack", reason="packing an environment needs venv-pack (the test extra)")
+    root = tmp_path_factory.mktemp("packed")
+    environment = root / "wv"
+    subprocess.run([sys.executable, "-m", "venv", str(environment)], check=True)
+    # The same versions as this process has: pip takes them from its cache, and the records can be compared exactly.
+    pins = [f"{name}=={version(name)}" for name in ("numpy", "pillow", "onnxruntime", "pandas", "pyarrow")]
+    subprocess.run([str(environment / "bin" / "pip"), "install", "--quiet", str(REPO), *pins], check=True)
+    return Path(venv_pack.pack(prefix=str(environment), output=str(root / "wildvision-env.tar.gz"), compress_level=1))
+
+
 @contextmanager
-def started(command: list[str], log: Path) -> Iterator[subprocess.Popen]:
-    """A process in a process group of its own (with the JVMs and Python workers it starts), killed on exit."""
+def started(command: list[str], log: Path, **settings: str) -> Iterator[subprocess.Popen]:
+    """A process in a process group of its own (with the JVMs and Python workers it starts), killed on exit;
+    `settings` are extra environment variables."""
     environment = {
         **os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_DAEMON_MEMORY": "256m",  # master and worker JVMs
-        "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,  # executors and driver import this checkout
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        **settings,
     }
+    environment.pop("PYTHONPATH", None)  # executors import only what their own Python has
     with log.open("w") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=environment, start_new_session=True)
     try:
@@ -343,26 +359,28 @@ def test_a_killed_run_continues_where_it_stopped(spark, large_archive, expected_
 
 
 @pytest.mark.slow
-def test_a_standalone_cluster_run_survives_a_lost_worker(spark, standalone_cluster, large_archive, known_items,
-                                                        expected_matches, tmp_path):
-    """The README's cluster recipe against a master and two workers, each a process of its own: spark-submit runs
-    the command, which ships the model and the index to the executors; one worker is killed mid-run, its tasks run
-    again on the other, and the records equal `scan --match-index`'s, one per photo."""
+def test_a_standalone_cluster_run_survives_a_lost_worker(spark, standalone_cluster, packed_environment, large_archive,
+                                                        known_items, expected_matches, tmp_path):
+    """The README's cluster recipe against a master and two workers, each a process of its own: executors run the
+    packed environment Spark unpacks for them (`--archives`), the command ships the model and the index; one worker
+    is killed mid-run, its tasks run again on the other, and the records equal `scan --match-index`'s, one per photo."""
     entry = tmp_path / "wildvision_spark.py"
     entry.write_text("from wildvision.cli import run; run()\n")
     output = tmp_path / "spark.parquet"
     submit = [
         str(SPARK_BIN / "spark-submit"), "--master", standalone_cluster.url,
-        "--conf", "spark.executor.cores=1", "--conf", "spark.executor.memory=512m", "--conf", "spark.ui.enabled=false",
+        "--archives", f"{packed_environment}#env", "--conf", "spark.executor.cores=1", "--conf", "spark.executor.memory=512m", "--conf", "spark.ui.enabled=false",
         str(entry), "spark", str(large_archive), "-o", str(output), "--partitions", "20",
         "--match-index", str(known_items),
     ]
     log = tmp_path / "driver.log"
-    with started(submit, log) as driver:
+    with started(submit, log, PYSPARK_DRIVER_PYTHON=sys.executable, PYSPARK_PYTHON="./env/bin/python") as driver:
         wait_until(lambda: any(output.glob("part-*.parquet")), driver)
         stop(standalone_cluster.workers[0])
         assert driver.wait(timeout=300) == 0, log.read_text()[-3000:]
     assert "Lost executor" in log.read_text(), "the killed worker's executor was running"
+    unpacked = list((tmp_path / "work-1").glob("app-*/*/env/bin/python"))
+    assert unpacked, "the surviving worker's executor ran the packed environment Spark unpacked for it"
     records = spark.read.parquet(str(output))
     assert records.count() == len(expected_matches), "one record per photo"
     assert_same_records(rows_by_path(records, large_archive), expected_matches)
