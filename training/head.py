@@ -19,10 +19,7 @@ import torch
 __all__ = ["FOLDS", "Head", "cross_fit", "fit_head"]
 
 FOLDS = 5
-# Pull towards the base weights, per unit of mean loss. The embeddings are pooled activations in [0, 6] over 1280
-# features, so small weight changes on many features add up to large logit changes: the pull keeps the change to what
-# the photos support. Set once, before any simulation figure was seen, and not tuned on them.
-DEFAULT_STAY_CLOSE = 1e-3
+DEFAULT_STAY_CLOSE = 1e-3  # pull towards the start weights, per unit of mean loss (see training.adapt.PULLS)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ from wildvision.model_info import METADATA_KEY, ModelInfo
 __all__ = ["read_head", "write_with_head"]
 
 
+_ADDED_BIAS = "adapted.classifier.bias"
+
+
 class _NotExportedHead(DataError):
     pass
 
@@ -31,7 +34,9 @@ def read_head(path: Path) -> Head:
     graph = onnx.load(str(path)).graph
     weight_name, bias_name = _classifier_names(graph, path)
     tensors = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name in (weight_name, bias_name)}
-    return Head(tensors[weight_name].astype(np.float32), tensors[bias_name].astype(np.float32))
+    weight = tensors[weight_name].astype(np.float32)
+    bias = tensors[bias_name] if bias_name else np.zeros(len(weight))
+    return Head(weight, bias.astype(np.float32))
 
 
 def write_with_head(base: Path, head: Head, info: ModelInfo, out: Path) -> None:
@@ -42,6 +47,10 @@ def write_with_head(base: Path, head: Head, info: ModelInfo, out: Path) -> None:
     model = onnx.load(str(base))
     graph = model.graph
     weight_name, bias_name = _classifier_names(graph, base)
+    if bias_name is None:  # the exporter drops an all-zero bias: give the Gemm one to hold the new bias
+        bias_name = _ADDED_BIAS
+        graph.initializer.append(numpy_helper.from_array(head.bias.astype(np.float32), bias_name))
+        next(node for node in graph.node if "logits" in node.output).input.append(bias_name)
     replaced = {weight_name: head.weight.astype(np.float32), bias_name: head.bias.astype(np.float32)}
     for index, tensor in enumerate(graph.initializer):
         if tensor.name in replaced:
@@ -59,19 +68,20 @@ def write_with_head(base: Path, head: Head, info: ModelInfo, out: Path) -> None:
     onnx.save(model, str(out))
 
 
-def _classifier_names(graph, path: Path) -> tuple[str, str]:
-    """The weight and bias the final Gemm reads, checked to be the rows `activation_map` reads too."""
+def _classifier_names(graph, path: Path) -> tuple[str, str | None]:
+    """The weight and bias (None where the exporter dropped an all-zero one) the final Gemm reads, checked to be the
+    rows `activation_map` reads too."""
     producers = {output: node for node in graph.node for output in node.output}
     gemm, cam = producers.get("logits"), producers.get("activation_map")
     initializers = {t.name for t in graph.initializer}
-    if (gemm is None or gemm.op_type != "Gemm" or list(gemm.input[:1]) != ["embedding"] or len(gemm.input) != 3
+    if (gemm is None or gemm.op_type != "Gemm" or list(gemm.input[:1]) != ["embedding"] or len(gemm.input) not in (2, 3)
             or not set(gemm.input[1:]) <= initializers or _attribute(gemm, "transB") != 1):
         raise _NotExportedHead(f"{path}: the graph does not end in the classifier training.export writes "
                                "(Gemm from 'embedding' to 'logits'); only wildvision models exported by "
                                "training.export can be adapted")
     if cam is not None and gemm.input[1] not in cam.input:
         raise _NotExportedHead(f"{path}: 'activation_map' does not read the classifier's weights; export it again")
-    return gemm.input[1], gemm.input[2]
+    return gemm.input[1], gemm.input[2] if len(gemm.input) == 3 else None
 
 
 def _attribute(node, name: str) -> object:
