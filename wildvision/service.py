@@ -56,7 +56,7 @@ from starlette.datastructures import Headers, MutableHeaders, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from wildvision.classifier import Classifier, Prediction
+from wildvision.classifier import Classifier, Prediction, PreparedPhoto
 from wildvision.images import ImageLoadError
 from wildvision.known_items import KnownItemIndex, Match
 
@@ -168,7 +168,18 @@ def create_app(
         return classifier.predict(body), None
 
     def score_each(bodies: list[bytes | ErrorOut]) -> list[tuple[Prediction, Match | None] | ErrorOut]:
-        return [body if isinstance(body, ErrorOut) else _or_error(score, body) for body in bodies]
+        """A batch's photos in one forward pass; a photo that cannot be read fails only itself."""
+        prepared = [body if isinstance(body, ErrorOut) else _prepared_or_error(classifier, body, index is not None)
+                    for body in bodies]
+        photos = [item for item in prepared if isinstance(item, PreparedPhoto)]
+        if not photos:
+            return prepared  # type: ignore[return-value]  # errors only
+        if index is None:
+            scored = zip(classifier.score(photos), [None] * len(photos))
+        else:
+            predictions, embeddings = classifier.score_and_embed(photos)
+            scored = zip(predictions, index.match_photos(photos, embeddings))
+        return [item if isinstance(item, ErrorOut) else next(scored) for item in prepared]
 
     def answer(prediction: Prediction, match: Match | None) -> PredictionOut:
         metrics.photos.labels(prediction.decision, prediction.label).inc()
@@ -382,10 +393,10 @@ def _base64_photo(item: object) -> bytes | ErrorOut:
         return ErrorOut(error=f"not valid base64 ({error})", category="not_an_image")
 
 
-def _or_error(score: Callable[[bytes], T], body: bytes) -> T | ErrorOut:
-    """One photo of a batch: its result, or why it could not be scored (which fails only that photo)."""
+def _prepared_or_error(classifier: Classifier, body: bytes, with_hashes: bool) -> PreparedPhoto | ErrorOut:
+    """One photo of a batch, ready for the model, or why it cannot be scored (which fails only that photo)."""
     try:
-        return score(body)
+        return classifier.prepare(body, with_hashes=with_hashes)
     except ImageLoadError as error:
         return ErrorOut(error=error.reason, category=error.category)
 
