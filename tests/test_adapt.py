@@ -215,3 +215,54 @@ def test_a_written_model_that_disagrees_with_its_head_is_never_left_at_out(adapt
                        "--out", str(out), "--work", str(adapted["work"])]) == 1
     assert "export refused: the written model differs from the fitted head" in capsys.readouterr().err
     assert not out.exists()
+
+
+def _exported_like(path: Path, weight: np.ndarray, bias: np.ndarray | None) -> Path:
+    """A graph ending as training.export's do (ReduceMean to `embedding`, Gemm to `logits`, Einsum to
+    `activation_map`), where the exporter may have dropped an all-zero bias."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    initializers = [numpy_helper.from_array(weight, "classifier.weight"),
+                    numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes")]
+    gemm_inputs = ["embedding", "classifier.weight"]
+    if bias is not None:
+        initializers.append(numpy_helper.from_array(bias, "classifier.bias"))
+        gemm_inputs.append("classifier.bias")
+    nodes = [helper.make_node("ReduceMean", ["pixels", "axes"], ["embedding"], keepdims=0),
+             helper.make_node("Einsum", ["pixels", "classifier.weight"], ["activation_map"], equation="nchw,kc->nkhw"),
+             helper.make_node("Gemm", gemm_inputs, ["logits"], transB=1)]
+    channels, labels = weight.shape[1], weight.shape[0]
+    graph = helper.make_graph(nodes, "exported", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT,
+                                                                                ["batch", channels, 4, 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", labels]),
+                               helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", channels]),
+                               helper.make_tensor_value_info("activation_map", TensorProto.FLOAT,
+                                                             ["batch", labels, 4, 4])], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("bias", [None, np.array([0.5, -0.5], dtype=np.float32)])
+def test_a_new_head_replaces_logits_and_activation_maps_together(tmp_path, bias):
+    import onnxruntime as ort
+
+    from training.head import Head
+    from training.onnx_head import read_head, write_with_head
+
+    rng = np.random.default_rng(0)
+    base = _exported_like(tmp_path / "base.onnx", rng.normal(size=(2, 6)).astype(np.float32), bias)
+    assert np.array_equal(read_head(base).bias, bias if bias is not None else np.zeros(2, np.float32))
+    head = Head(rng.normal(size=(3, 6)).astype(np.float32), np.array([1.0, 2.0, 3.0], np.float32))
+    info = ModelInfo(name="m", version="2", labels=("ivory", "not_ivory", "horn"),
+                     preprocessing=Preprocessing(8, "squash", (0.5,) * 3, (0.5,) * 3), temperature=1.0,
+                     operating_points={"ivory": OperatingPoint(0.5, 0.9)})
+    write_with_head(base, head, info, tmp_path / "new.onnx")
+    pixels = rng.normal(size=(5, 6, 4, 4)).astype(np.float32)
+    logits, embedding, maps = ort.InferenceSession(str(tmp_path / "new.onnx")).run(
+        ["logits", "embedding", "activation_map"], {"pixels": pixels})
+    np.testing.assert_allclose(logits, head.logits(embedding), atol=1e-5)
+    np.testing.assert_allclose(maps.mean(axis=(2, 3)) + head.bias, logits, atol=1e-5)
+    assert read_head(tmp_path / "new.onnx").weight.shape == (3, 6)
