@@ -36,8 +36,8 @@ from wildvision.model_info import (
 from wildvision.preprocess import to_batch
 
 __all__ = [
-    "DEFAULT_MODEL_FILE", "Classifier", "Decision", "ModelIdentity", "Prediction", "PreparedPhoto", "decide",
-    "default_model_path", "read_model_info",
+    "BLANK_SPREAD", "DEFAULT_MODEL_FILE", "Classifier", "Decision", "ModelIdentity", "Prediction", "PreparedPhoto",
+    "decide", "default_model_path", "describe_thresholds", "read_model_info",
 ]
 
 Decision = Literal["allow", "review", "block"]

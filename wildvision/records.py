@@ -54,8 +54,8 @@ class ScanRecord:
 
     @classmethod
     def scored(cls, path: str, prediction: Prediction) -> ScanRecord:
-        fields = {name: value for name, value in prediction.to_dict().items() if name in _FIELD_NAMES}
-        return cls(path=path, **fields)
+        values = {name: value for name, value in prediction.to_dict().items() if name in _FIELD_NAMES}
+        return cls(path=path, **values)
 
     @classmethod
     def failed(cls, path: str, error: ImageLoadError, identity: ModelIdentity) -> ScanRecord:

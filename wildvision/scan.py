@@ -118,6 +118,7 @@ def scan(
     side by side beat one batch split across cores, and the decoding threads then slow no scorer down.
     With `index`, records are `ScanRecordWithMatch`es.
     """
+
     def prepare(item: ScanInput) -> PreparedPhoto | ImageLoadError:
         try:
             return classifier.prepare(item.file, with_hashes=index is not None)
