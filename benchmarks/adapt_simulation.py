@@ -160,7 +160,7 @@ def _fit(embeddings: np.ndarray, samples: list[Sample], chosen: list[int], label
     prohibited = [label for label in labels if label != "not_ivory"]
     return fit_adapted(embeddings[chosen], targets, weights, [str(samples[i].group) for i in chosen], start, labels,
                        prohibited, review_recall=None if review_fpr else REVIEW_RECALL, review_fpr=review_fpr,
-                       block_fpr=BLOCK_FPR, pulls=pulls, anchor=anchor)
+                       block_fpr=BLOCK_FPR, pulls=pulls, anchor=anchor, new_labels=len(labels) - len(LABELS))
 
 
 def _measure(name: str, model, embeddings: np.ndarray, samples: list[Sample], parts: dict[str, list[int]],

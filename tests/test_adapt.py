@@ -27,8 +27,10 @@ def adapted(tmp_path_factory, shipped_model) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("adapt")
     data = make_dataset(root / "labelled", LABELS, per_label=12)
     out = root / "adapted.onnx"
+    # Generated looks are unlike anything the shipped model knew, and no base data is given to choose the pull: the
+    # default would hold ivory where it was (by design), so the pull is loosened as --stay-close lets a platform do.
     assert adapt.main(["--model", str(shipped_model), "--data", str(data), "--new-label", "horn", "--out", str(out),
-                       "--work", str(root / "work"), "--parity-photos", "6"]) == 0
+                       "--work", str(root / "work"), "--parity-photos", "6", "--stay-close", "0.001"]) == 0
     return {"data": data, "model": out, "work": root / "work", "root": root}
 
 
@@ -67,11 +69,24 @@ def test_a_rerun_reuses_the_cached_embeddings_and_writes_the_same_model(adapted,
     monkeypatch.setattr(features, "batch_features", lambda *a: forward_passes.append(a))
     again = adapted["root"] / "again.onnx"
     assert adapt.main(["--model", str(shipped_model), "--data", str(adapted["data"]), "--new-label", "horn",
-                       "--out", str(again), "--work", str(adapted["work"])]) == 0
+                       "--out", str(again), "--work", str(adapted["work"]), "--stay-close", "0.001"]) == 0
     assert not forward_passes
     first, second = Classifier(adapted["model"]), Classifier(again)
     np.testing.assert_allclose(first.info.temperature, second.info.temperature)
     assert first.info.operating_points == second.info.operating_points
+
+
+def test_without_base_data_the_base_labels_are_held_where_they_were(adapted, shipped_model, tmp_path):
+    out = tmp_path / "held.onnx"
+    assert adapt.main(["--model", str(shipped_model), "--data", str(adapted["data"]), "--new-label", "horn",
+                       "--out", str(out), "--work", str(adapted["work"]), "--parity-photos", "2"]) == 0
+    from training.onnx_head import read_head
+
+    base, held, loose = (read_head(path) for path in (shipped_model, out, adapted["model"]))
+    moved = {name: float(np.abs(head.weight[:2] - base.weight).max()) for name, head in (("held", held),
+                                                                                          ("loose", loose))}
+    assert moved["held"] < moved["loose"] / 5, moved
+    assert Classifier(out).info.metrics["pull"] == adapt.DEFAULT_STAY_CLOSE_ALONE
 
 
 def test_an_interrupted_run_keeps_the_photos_it_embedded(shipped_model, tmp_path, monkeypatch):
@@ -212,7 +227,7 @@ def test_a_written_model_that_disagrees_with_its_head_is_never_left_at_out(adapt
         base, adapt.Head(head.weight * 1.5, head.bias), info, out))
     out = tmp_path / "bad.onnx"
     assert adapt.main(["--model", str(shipped_model), "--data", str(adapted["data"]), "--new-label", "horn",
-                       "--out", str(out), "--work", str(adapted["work"])]) == 1
+                       "--out", str(out), "--work", str(adapted["work"]), "--stay-close", "0.001"]) == 1
     assert "export refused: the written model differs from the fitted head" in capsys.readouterr().err
     assert not out.exists()
 
@@ -266,3 +281,39 @@ def test_a_new_head_replaces_logits_and_activation_maps_together(tmp_path, bias)
     np.testing.assert_allclose(logits, head.logits(embedding), atol=1e-5)
     np.testing.assert_allclose(maps.mean(axis=(2, 3)) + head.bias, logits, atol=1e-5)
     assert read_head(tmp_path / "new.onnx").weight.shape == (3, 6)
+
+
+def test_the_pull_is_the_weakest_that_keeps_the_base_accuracy_on_anchor_photos():
+    rng = np.random.default_rng(1)
+    # Feature 0 decides the base's two labels; the platform's photos say feature 1 does: following them all the way
+    # would forget the base's photos.
+    base_x = rng.normal(size=(200, 4)).astype(np.float32)
+    base_y = (base_x[:, 0] < 0).astype(int)
+    platform_x = rng.normal(size=(60, 4)).astype(np.float32)
+    platform_y = (platform_x[:, 1] < 0).astype(int)
+    start = adapt.Head(np.array([[4, 0, 0, 0], [-4, 0, 0, 0]], np.float32), np.zeros(2, np.float32))
+    anchor = adapt.anchor_from(base_x, base_y, start, 2)
+    groups = [str(i) for i in range(60)]
+    kwargs = dict(review_recall=0.9, block_fpr=0.05, pulls=adapt.PULLS)
+    free = adapt.fit_adapted(platform_x, platform_y, np.ones(60), groups, start, ["ivory", "not_ivory"], ["ivory"],
+                             **kwargs)
+    held = adapt.fit_adapted(platform_x, platform_y, np.ones(60), groups, start, ["ivory", "not_ivory"], ["ivory"],
+                             anchor=anchor, max_forgetting=0.01, **kwargs)
+    assert free.pull == adapt.PULLS[0] and anchor.change(free.head) < -0.05  # unchecked, it forgets
+    assert held.pull > adapt.PULLS[0] and held.anchor_change >= -0.01
+    assert held.anchor_change == pytest.approx(anchor.change(held.head))
+
+
+def test_base_data_is_replayed_and_its_val_photos_measure_forgetting(shipped_model, tmp_path, capsys):
+    labelled = make_dataset(tmp_path / "labelled", ("ivory", "not_ivory"), per_label=8)
+    base = make_dataset(tmp_path / "base", ("ivory", "not_ivory"), per_label=10)
+    rows = ["path,label,split"] + [f"{p.relative_to(base).as_posix()},{p.parent.name},{'val' if i % 2 else 'train'}"
+                                   for i, p in enumerate(sorted(base.rglob("*.jpg")))]
+    (base / "manifest.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "adapted.onnx"
+    assert adapt.main(["--model", str(shipped_model), "--data", str(labelled), "--base-data", str(base),
+                       "--base-photos", "6", "--anchor-photos", "4", "--out", str(out), "--parity-photos", "4"]) == 0
+    assert "base val (10 photos): accuracy" in capsys.readouterr().out
+    info = Classifier(out).info
+    assert info.training["data"]["replayed"]["photos"] == 6 and info.metrics["base_val"]["photos"] == 10
+    assert info.metrics["anchor_change"] is not None and info.metrics["pull"] in adapt.PULLS

@@ -34,7 +34,7 @@ from training.data import DataSource, Sample, content_hash, label_sources, manif
 from training.errors import DataError, run_command
 from training.export import ParityError
 from training.features import batch_features, compute_features
-from training.head import Head, cross_fit, fit_head
+from training.head import DEFAULT_STAY_CLOSE, Head, cross_fit, fit_head
 from training.metrics import measure
 from training.onnx_head import read_head, write_with_head
 from training.quantize import quantize_model
@@ -133,7 +133,8 @@ def adapt(args: argparse.Namespace) -> int:
                   or (label in args.new_label and not label.startswith(HARMLESS_PREFIX))]
     fitted = fit_adapted(fit_set.embeddings, fit_set.targets, fit_set.weights, [s.group for s in fit_set.samples],
                          start, labels, prohibited, review_recall=None if args.review_fpr else args.review_recall,
-                         review_fpr=args.review_fpr, block_fpr=args.block_fpr, pulls=pulls, anchor=anchor, max_forgetting=args.max_forgetting)
+                         review_fpr=args.review_fpr, block_fpr=args.block_fpr, pulls=pulls, anchor=anchor,
+                         new_labels=len(labels) - len(base.info.labels), max_forgetting=args.max_forgetting)
     head, temperature, points = fitted.head, fitted.temperature, fitted.operating_points
     probabilities = softmax(fitted.held_out_logits[: fit_set.labelled], temperature)
     metrics = {"split": "cross-validated", **measure(probabilities, fit_set.samples[: fit_set.labelled], labels, points),
@@ -239,19 +240,25 @@ class Anchor:
 def fit_adapted(
     embeddings: np.ndarray, targets: np.ndarray, weights: np.ndarray, groups: Sequence[str], start: Head,
     labels: Sequence[str], prohibited: Sequence[str], *, review_recall: float | None, block_fpr: float,
-    pulls: Sequence[float], review_fpr: float | None = None, anchor: Anchor | None = None, max_forgetting: float = DEFAULT_MAX_FORGETTING,
+    pulls: Sequence[float], review_fpr: float | None = None, new_labels: int = 0, anchor: Anchor | None = None,
+    max_forgetting: float = DEFAULT_MAX_FORGETTING,
 ) -> Adapted:
     """The adapted head with the weakest of `pulls` that keeps the anchor's accuracy within `max_forgetting` (the
-    strongest where none does), its temperature and thresholds (fitted on cross-validated logits)."""
+    strongest where none does), its temperature and thresholds (fitted on cross-validated logits).
+
+    The pull holds the base labels' rows; the last `new_labels` rows have nothing to forget and are only kept small
+    (`DEFAULT_STAY_CLOSE`), so that a firm pull cannot stop a new label being learnt.
+    """
     for pull in sorted(pulls):
-        head = fit_head(embeddings, targets, weights, start, stay_close=pull)
+        per_row = np.array([pull] * (len(labels) - new_labels) + [DEFAULT_STAY_CLOSE] * new_labels)
+        head = fit_head(embeddings, targets, weights, start, stay_close=per_row)
         change = anchor.change(head) if anchor is not None else None
         if change is None or change >= -max_forgetting:
             break
     if change is not None and change < -max_forgetting:
         print(f"warning: even the strongest pull ({pull}) loses {-change:.4f} accuracy on the base anchor photos",
               file=sys.stderr)
-    held_out = cross_fit(embeddings, targets, weights, groups, start, stay_close=pull)
+    held_out = cross_fit(embeddings, targets, weights, groups, start, stay_close=per_row)
     temperature, points = _calibrate(held_out, targets, labels, prohibited, review_recall, review_fpr, block_fpr)
     return Adapted(head, temperature, points, held_out, pull, change)
 

@@ -35,22 +35,24 @@ class Head:
 
 def fit_head(
     embeddings: np.ndarray, targets: np.ndarray, weights: np.ndarray, start: Head, *,
-    stay_close: float = DEFAULT_STAY_CLOSE,
+    stay_close: float | np.ndarray = DEFAULT_STAY_CLOSE,
 ) -> Head:
-    """Minimise the weighted cross-entropy plus `stay_close` times the squared distance to `start` (L-BFGS)."""
+    """Minimise the weighted cross-entropy plus `stay_close` (one value, or one per label) times the squared distance
+    to `start` (L-BFGS)."""
     x = torch.from_numpy(embeddings.astype(np.float32))
     y = torch.from_numpy(targets.astype(np.int64))
     w = torch.from_numpy((weights / weights.sum()).astype(np.float32))
     origin_weight, origin_bias = torch.from_numpy(start.weight), torch.from_numpy(start.bias)
     weight, bias = origin_weight.clone().requires_grad_(), origin_bias.clone().requires_grad_()
+    pull = torch.from_numpy(np.broadcast_to(np.asarray(stay_close, np.float32), origin_bias.shape).copy())
     optimiser = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=200, history_size=20,
                                   line_search_fn="strong_wolfe")
 
     def loss() -> torch.Tensor:
         optimiser.zero_grad()
         cross_entropy = (torch.nn.functional.cross_entropy(x @ weight.T + bias, y, reduction="none") * w).sum()
-        distance = (weight - origin_weight).pow(2).sum() + (bias - origin_bias).pow(2).sum()
-        value = cross_entropy + stay_close * distance
+        distance = (weight - origin_weight).pow(2).sum(dim=1) + (bias - origin_bias).pow(2)
+        value = cross_entropy + (pull * distance).sum()
         value.backward()
         return value
 
@@ -60,7 +62,7 @@ def fit_head(
 
 def cross_fit(
     embeddings: np.ndarray, targets: np.ndarray, weights: np.ndarray, groups: Sequence[str], start: Head, *,
-    stay_close: float = DEFAULT_STAY_CLOSE,
+    stay_close: float | np.ndarray = DEFAULT_STAY_CLOSE,
 ) -> np.ndarray:
     """Every photo's logits from a head fitted on the folds it is not in."""
     folds = np.array([_fold(group) for group in groups])
