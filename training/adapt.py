@@ -349,7 +349,8 @@ def _fingerprint(samples: list[Sample]) -> dict[str, object]:
 def _write(args: argparse.Namespace, base: Classifier, head: Head, info: ModelInfo, labelled: list[Sample]) -> None:
     """Write the model (and its int8 twin) only after the checks passed; nothing appears at --out otherwise."""
     side = base.info.preprocessing.input_size
-    photos = [load_image(s.path, min_side=side) for s in _spread(labelled, args.parity_photos)]
+    checked = set(_spread(labelled, args.parity_photos))
+    photos = [load_image(s.path, min_side=side) for s in sorted(checked, key=lambda s: str(s.path))]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     twin = args.out.with_name(args.out.stem + ".int8.onnx")
     with tempfile.TemporaryDirectory(dir=args.out.parent) as scratch:
@@ -358,7 +359,9 @@ def _write(args: argparse.Namespace, base: Classifier, head: Head, info: ModelIn
         difference = check_head_parity(base, head, candidate, photos, args.tolerance)
         print(f"parity on {len(photos)} photos: max logit difference {difference:.2e}")
         if args.int8:
-            calibration = [load_image(s.path, min_side=side) for s in _spread(labelled[1:], 100)]
+            # int8 ranges from photos other than those its agreement is checked on
+            rest = [s for s in labelled if s not in checked] or labelled
+            calibration = [load_image(s.path, min_side=side) for s in _spread(rest, 100)]
             agreement = quantize_model(candidate, Path(scratch) / twin.name, calibration, parity_photos=photos)
             print(f"int8: against float32, {agreement}")
         candidate.replace(args.out)

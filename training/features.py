@@ -50,7 +50,7 @@ def compute_features(classifier: Classifier, paths: Sequence[Path], *, cache: Pa
         if store is not None:
             store.write(found)
     kept = [i for i, digest in enumerate(digests) if digest in known]
-    unreadable = [f"{paths[i]}: cannot be read or decoded" for i in range(len(paths)) if i not in set(kept)]
+    unreadable = [f"{path}: cannot be read or decoded" for path, digest in zip(paths, digests) if digest not in known]
     if unreadable:
         print(f"{len(unreadable)} unreadable photo(s) left out, e.g. {unreadable[0]}", file=sys.stderr)
     rows = [known[digests[i]] for i in kept]
