@@ -68,7 +68,7 @@ def simulate(network: Classifier, args: argparse.Namespace, shipped_points: dict
     started = time.monotonic()
     samples, embeddings = _embedded(network, args.data, args.cache)
     parts = _parts(samples)
-    print(f"photos: " + ", ".join(f"{name} {len(idx)}" for name, idx in parts.items()))
+    print("photos: " + ", ".join(f"{name} {len(idx)}" for name, idx in parts.items()))
     base = _fit(embeddings, samples, parts["base_train"], LABELS, None)
     base_row = _measure("base (head without Towneley)", base, embeddings, samples, parts, LABELS, shipped_points)
     rows = [base_row]

@@ -5,8 +5,10 @@
 The base model's network stays as it is; a new classifier head is fitted on the embeddings the base model's own graph
 computes (`training.features`, cached and resumable), starting from and pulled towards the base head so that what
 the new photos do not speak to is decided as before (`training.head`). With `--base-data` a sample of the base
-model's own training photos is replayed beside the new ones, weighted equally in total, and its `val` photos measure
-forgetting. New labels (`--new-label`) get their own rows and, unless named `not_*`, operating points.
+model's own training photos is replayed beside the new ones (weighted equally in total), other training photos of it
+(the anchor) choose the pull, the weakest that keeps the base's accuracy on them, and its `val` photos measure the
+forgetting that is reported; without base data a fixed, firm pull holds the base labels. New labels (`--new-label`)
+get their own rows and, unless named `not_*`, operating points.
 
 Temperature and thresholds are fitted on cross-validated scores: every photo scored by a head that never saw it, so
 a few hundred labelled photos serve for fitting and calibrating at once. The output is a normal wildvision model with

@@ -80,7 +80,7 @@ def choose(
     ordered = np.sort(probabilities, axis=1)
     margin = ordered[:, -1] - ordered[:, -2]  # 0: a coin toss between two labels
     flagged = probabilities[:, list(prohibited)].max(axis=1) if prohibited else np.zeros(len(probabilities))
-    positives_wanted = int(round(count * positive_share))
+    positives_wanted = round(count * positive_share)
     confident = np.flatnonzero(flagged >= 0.5)
     confident = confident[np.argsort(-flagged[confident])][: UNCERTAIN_POOL * positives_wanted]
     positive = spread_choice(embeddings[confident], -flagged[confident], positives_wanted, seed=seed)
