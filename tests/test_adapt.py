@@ -189,8 +189,10 @@ def _adapt_error(capsys, *argv: str) -> str:
 
 
 def test_a_label_the_model_does_not_have_is_refused_unless_declared(shipped_model, tmp_path, capsys):
-    data = make_dataset(tmp_path / "data", ("ivory", "not_ivory"), per_label=3)
-    (data / "ivory").rename(data / "ivroy")
+    make_dataset(tmp_path, ("ivory", "not_ivory"), per_label=3)
+    data = tmp_path / "labels.csv"  # a reviewer's typo in the filled-in CSV
+    data.write_text("path,label\nivory/ivory_000.jpg,ivroy\nivory/ivory_001.jpg,ivory\nnot_ivory/not_ivory_000.jpg,"
+                    "not_ivory\n")
     error = _adapt_error(capsys, "--model", str(shipped_model), "--data", str(data), "--out", str(tmp_path / "x.onnx"))
     assert "['ivroy']" in error and "--new-label" in error
     error = _adapt_error(capsys, "--model", str(shipped_model), "--data", str(data), "--new-label", "ivroy",
