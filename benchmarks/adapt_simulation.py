@@ -31,7 +31,7 @@ import numpy as np
 from training.adapt import DEFAULT_STAY_CLOSE_ALONE, PULLS, Anchor, anchor_from, fit_adapted, start_head
 from training.backbone import IMAGENET_MEAN, IMAGENET_STD, build_model
 from training.calibration import softmax
-from training.compare import Scored, compare_scores
+from training.compare import Comparison, Scored, compare_scores
 from training.data import Sample, load_samples
 from training.export import write_onnx
 from training.features import compute_features
@@ -165,22 +165,25 @@ def _fit(embeddings: np.ndarray, samples: list[Sample], chosen: list[int], label
 
 def _measure(name: str, model, embeddings: np.ndarray, samples: list[Sample], parts: dict[str, list[int]],
              labels: list[str], shipped_points: dict[str, OperatingPoint], label_of=lambda s: s.label) -> dict:
-    """Figures on Towneley val and everyday val (at the model's own thresholds and the shipped ones), and base val
-    accuracy."""
-    test = parts["test"] + parts["everyday_val"]
-    test_samples = [replace(samples[i], label=label_of(samples[i]),
-                            source="everyday" if samples[i].dataset == "everyday-v1" else samples[i].source)
-                    for i in test]
-    probabilities = softmax(model.head.logits(embeddings[test]), model.temperature)
-    own = Scored(name, tuple(labels), probabilities, model.operating_points)
-    at_shipped = Scored(name, tuple(labels), probabilities, {**model.operating_points, **shipped_points})
-    comparison = compare_scores(test_samples, own, at_shipped)  # the same scores, two sets of thresholds
+    """Per-label figures on Towneley val, flag rates on its harmless photos and on everyday val (each at the model's
+    own thresholds and the shipped ones), and base val accuracy."""
+    towneley = _compared(name, model, embeddings, samples, parts["test"], labels, shipped_points, label_of)
+    everyday = _compared(name, model, embeddings, samples, parts["everyday_val"], labels, shipped_points, label_of)
     val = parts["base_val"]
     val_targets = np.array([labels.index(label_of(samples[i])) for i in val])
     val_accuracy = float((model.head.logits(embeddings[val]).argmax(1) == val_targets).mean())
-    everyday = comparison.harmless.get("everyday", {"flagged": (None, None), "blocked": (None, None)})
-    return {"name": name, "per_label": comparison.per_label, "pull": model.pull, "anchor_change": model.anchor_change, "everyday_flagged": everyday["flagged"],
-            "everyday_blocked": everyday["blocked"], "base_val_accuracy": val_accuracy}
+    return {"name": name, "per_label": towneley.per_label, "pull": model.pull,
+            "towneley_flagged": towneley.harmless["all"]["flagged"],
+            "everyday_flagged": everyday.harmless["all"]["flagged"], "base_val_accuracy": val_accuracy}
+
+
+def _compared(name: str, model, embeddings: np.ndarray, samples: list[Sample], chosen: list[int], labels: list[str],
+              shipped_points: dict[str, OperatingPoint], label_of) -> Comparison:
+    """The model's scores of `chosen` compared with themselves: at its own thresholds (A) and the shipped ones (B)."""
+    probabilities = softmax(model.head.logits(embeddings[chosen]), model.temperature)
+    own = Scored(name, tuple(labels), probabilities, model.operating_points)
+    at_shipped = Scored(name, tuple(labels), probabilities, {**model.operating_points, **shipped_points})
+    return compare_scores([replace(samples[i], label=label_of(samples[i])) for i in chosen], own, at_shipped)
 
 
 def _random_rows(budget, embeddings, samples, parts, replay, anchor, start, shipped_points) -> dict:
@@ -196,8 +199,8 @@ def _random_rows(budget, embeddings, samples, parts, replay, anchor, start, ship
     summary["per_label"] = {"ivory": {**runs[0]["per_label"]["ivory"], "auc": (float(np.mean(aucs)), None),
                                       "recall_flagged": _mean_pair(runs, "recall_flagged"),
                                       "recall_blocked": _mean_pair(runs, "recall_blocked")}}
-    summary["everyday_flagged"] = tuple(float(np.mean([r["everyday_flagged"][k] for r in runs])) for k in (0, 1))
-    summary["everyday_blocked"] = tuple(float(np.mean([r["everyday_blocked"][k] for r in runs])) for k in (0, 1))
+    for key in ("towneley_flagged", "everyday_flagged"):
+        summary[key] = tuple(float(np.mean([r[key][k] for r in runs])) for k in (0, 1))
     summary["base_val_accuracy"] = float(np.mean([r["base_val_accuracy"] for r in runs]))
     summary["auc_range"] = (min(aucs), max(aucs))
     pulls = [run["pull"] for run in runs]
@@ -211,18 +214,18 @@ def _mean_pair(runs: list[dict], key: str) -> tuple[float, float]:
 
 def _print_table(rows: list[dict]) -> None:
     base_accuracy = rows[0]["base_val_accuracy"]
-    print(f"\nTowneley val ({rows[0]['per_label']['ivory']['photos']} ivory photos) and everyday val; recall and "
-          "flag rates at the model's own thresholds | at the shipped thresholds (0.81/0.99)")
-    print(f"{'model':<44} {'AUC':>6}  {'flagged':>15}  {'blocked':>15}  {'everyday flagged':>17}  "
-          f"{'base val acc (change)':>22}  pull")
+    print(f"\nTowneley val ({rows[0]['per_label']['ivory']['photos']} ivory photos): ivory AUC; ivory flagged and "
+          "blocked, Towneley's and everyday val's harmless photos flagged, at the model's own thresholds | at the "
+          "shipped thresholds (0.81/0.99)")
+    print(f"{'model':<44} {'AUC':>6}  {'flagged':>13}  {'blocked':>13}  {'harmless flagged':>17}  "
+          f"{'everyday flagged':>17}  {'base val acc (change)':>22}  pull")
     for row in rows:
         ivory = row["per_label"]["ivory"]
         spread = f" [{row['auc_range'][0]:.3f}-{row['auc_range'][1]:.3f}]" if "auc_range" in row else ""
-        flagged, blocked, everyday = ivory["recall_flagged"], ivory["recall_blocked"], row["everyday_flagged"]
+        rates = [ivory["recall_flagged"], ivory["recall_blocked"], row["towneley_flagged"], row["everyday_flagged"]]
         change = row["base_val_accuracy"] - base_accuracy
-        print(f"{row['name']:<44} {ivory['auc'][0]:.3f}  {flagged[0]:.3f} | {flagged[1]:.3f}  "
-              f"{blocked[0]:.3f} | {blocked[1]:.3f}  {everyday[0]:.4f} | {everyday[1]:.4f}  "
-              f"{row['base_val_accuracy']:.4f} ({change:+.4f})  {row['pull']}{spread}")
+        print(f"{row['name']:<44} {ivory['auc'][0]:.3f}  " + "  ".join(f"{a:.3f} | {b:.3f}" for a, b in rates)
+              + f"  {row['base_val_accuracy']:.4f} ({change:+.4f})  {row['pull']}{spread}")
 
 
 def _new_label(embeddings, samples, parts, replay, anchor, start) -> None:
