@@ -319,3 +319,15 @@ def test_base_data_is_replayed_and_its_val_photos_measure_forgetting(shipped_mod
     info = Classifier(out).info
     assert info.training["data"]["replayed"]["photos"] == 6 and info.metrics["base_val"]["photos"] == 10
     assert info.metrics["anchor_change"] is not None and info.metrics["pull"] in adapt.PULLS
+
+
+@pytest.mark.slow
+def test_an_int8_twin_is_written_beside_the_adapted_model_and_checked(adapted, shipped_model, tmp_path, capsys):
+    out = tmp_path / "platform.onnx"
+    assert adapt.main(["--model", str(shipped_model), "--data", str(adapted["data"]), "--new-label", "horn",
+                       "--out", str(out), "--work", str(adapted["work"]), "--stay-close", "0.001",
+                       "--parity-photos", "8", "--int8"]) == 0
+    assert "int8: against float32, top label agrees on" in capsys.readouterr().out
+    twin = Classifier(tmp_path / "platform.int8.onnx")
+    assert twin.info.precision == "int8" and twin.info.labels == ("ivory", "not_ivory", "horn")
+    assert twin.info.version == Classifier(out).info.version
