@@ -92,7 +92,7 @@ class Broken:
     """A classifier with a bug: every prediction raises something no handler expects."""
 
     def __init__(self, classifier: Classifier) -> None:
-        self.info = classifier.info
+        self.info, self.identity = classifier.info, classifier.identity
 
     def predict(self, image):
         raise RuntimeError("a programming error")

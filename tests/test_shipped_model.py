@@ -17,11 +17,12 @@ SOURCES = (SHARED_DATA, EVERYDAY_DATA)  # in the order the model's training conf
 
 @pytest.fixture(scope="module")
 def evaluation(shipped_model):
-    from training.evaluate import evaluate
+    from training.evaluation import evaluate
+    from training.split import load_split
     from wildvision import Classifier
 
     classifier = Classifier(shipped_model)
-    return evaluate(classifier, SOURCES), classifier.info
+    return evaluate(classifier, load_split(classifier.info.training, data=SOURCES)), classifier.info
 
 
 def test_the_val_photos_are_the_ones_held_out_in_training(shipped_model):
