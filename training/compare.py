@@ -196,10 +196,7 @@ def _compare(args: argparse.Namespace) -> int:
     missing = [str(s.path) for s in samples if not s.path.is_file()]
     if missing:
         raise DataError(f"{len(missing)} photo(s) not found, e.g. {missing[:3]}")
-    try:
-        policy = read_operating_points(args.operating_points) if args.operating_points else None
-    except OperatingPointError as error:
-        raise DataError(str(error)) from None
+    policy = read_operating_points(args.operating_points) if args.operating_points else None  # checked per model below
     models = [Classifier(path) for path in (args.base, args.candidate)]
     unknown = sorted({s.label for s in samples} - set(models[0].info.labels) - set(models[1].info.labels))
     if unknown:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from wildvision.model_info import ModelFormatError
+from wildvision.errors import WildvisionError
 
 __all__ = ["CheckpointError", "ConfigError", "DataError", "ExportRefused", "MissingDependencyError", "TrainingError",
            "run_command"]
@@ -46,8 +46,9 @@ class MissingDependencyError(TrainingError, ImportError):
     """A package of the `[train]` extra is missing; the message says what to install."""
 
 
-# Errors of the wildvision library that a training command reports as input errors: a missing or foreign model file.
-_INPUT_ERRORS = (TrainingError, ModelFormatError, FileNotFoundError)
+# Errors of the wildvision library that a training command reports as input errors: a missing or foreign model file,
+# a thresholds file that is not safe, a photo that cannot be read.
+_INPUT_ERRORS = (TrainingError, WildvisionError, FileNotFoundError)
 
 
 def run_command(command: Callable[[], int]) -> int:
