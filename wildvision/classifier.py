@@ -268,14 +268,18 @@ class Classifier:
         points = self.info.operating_points if operating_points is None else self.info.checked_operating_points(
             operating_points)
         frames = _per_photo(photos, self._calibrated(batch, logits))
-        return [max((self._prediction(row, points) for row in rows), key=self._how_prohibited) for rows in frames]
+        thresholds = describe_thresholds(points)  # once per batch: the same for every photo in it
+        return [max((self._prediction(row, points, thresholds) for row in rows), key=self._how_prohibited)
+                for rows in frames]
 
     def _how_prohibited(self, prediction: Prediction) -> tuple[int, float]:
         """Order frames by decision, then by their highest prohibited score: the frame a reviewer must see first."""
         top = max((prediction.scores[label] for label in self.info.operating_points), default=0.0)
         return _DECISION_RANK[prediction.decision], top
 
-    def _prediction(self, probabilities: np.ndarray, operating_points: Mapping[str, OperatingPoint]) -> Prediction:
+    def _prediction(
+        self, probabilities: np.ndarray, operating_points: Mapping[str, OperatingPoint], thresholds: str
+    ) -> Prediction:
         scores = {label: float(p) for label, p in zip(self.info.labels, probabilities)}
         identity = self.identity
         return Prediction(
@@ -286,7 +290,7 @@ class Classifier:
             model_version=identity.version,
             model_precision=identity.precision,
             model_digest=identity.digest,
-            thresholds=describe_thresholds(operating_points),
+            thresholds=thresholds,
         )
 
 

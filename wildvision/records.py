@@ -13,6 +13,7 @@ millions of records needs no more memory than one Parquet row group. Parquet nee
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 from dataclasses import asdict, dataclass, fields
@@ -128,6 +129,12 @@ def read_records(path: Path, labels: Sequence[str]) -> Iterator[dict]:
 def flat_columns(labels: Sequence[str], *, with_match: bool = False) -> list[tuple[str, type]]:
     """The columns of CSV and Parquet records in `ScanRecord`'s field order, `scores` and `match` expanded, each with
     its Python type (`str`, `float` or `int`)."""
+    return list(_flat_columns(tuple(labels), with_match))
+
+
+@functools.cache
+def _flat_columns(labels: tuple[str, ...], with_match: bool) -> tuple[tuple[str, type], ...]:
+    """Derived once per label set: `flatten` asks for every row it writes."""
     columns: list[tuple[str, type]] = []
     for field in fields(ScanRecordWithMatch if with_match else ScanRecord):
         if field.name == "scores":
@@ -136,7 +143,7 @@ def flat_columns(labels: Sequence[str], *, with_match: bool = False) -> list[tup
             columns += [(f"match_{name}", kind) for name, kind in _MATCH_TYPES.items()]
         else:
             columns.append((field.name, str))
-    return columns
+    return tuple(columns)
 
 
 def flatten(record: dict, labels: Sequence[str], *, with_match: bool = False) -> dict:
@@ -144,7 +151,7 @@ def flatten(record: dict, labels: Sequence[str], *, with_match: bool = False) ->
     scores, match = record["scores"] or {}, record.get("match") or {}
     values = {**record, **{f"score_{label}": scores.get(label) for label in labels},
               **{f"match_{name}": match.get(name) for name in _MATCH_TYPES}}
-    return {name: values.get(name) for name, _ in flat_columns(labels, with_match=with_match)}
+    return {name: values.get(name) for name, _ in _flat_columns(tuple(labels), with_match)}
 
 
 def columns_of(path: Path) -> list[str] | None:

@@ -261,8 +261,9 @@ def _check_same_scan(journal: Path, output: Path, classifier: Classifier, with_m
     """Refuse to continue an earlier scan made with another model file, other thresholds or labels, or with/without
     matching: records of two models (or a missing match read as "no match") would be mixed in one output."""
     expected = [name for name, _ in flat_columns(classifier.info.labels, with_match=with_match)]
-    if output.exists() and not journal.exists() and columns_of(output) not in (None, expected):
-        raise ResumeError(f"{output}: an earlier scan wrote other columns ({', '.join(columns_of(output) or [])}): "
+    written = columns_of(output) if output.exists() and not journal.exists() else None
+    if written not in (None, expected):
+        raise ResumeError(f"{output}: an earlier scan wrote other columns ({', '.join(written or [])}): "
                           f"another model's labels, {'no ' if with_match else ''}--match-index, or an older "
                           "wildvision; use another output file")
     first = _first_record(journal, output, classifier.info.labels)
