@@ -157,7 +157,7 @@ def _harmless_source(folder: Path, count: int) -> Path:
     return folder
 
 
-def test_training_on_several_sources_records_and_reports_each(tmp_path):
+def test_training_on_several_sources_records_and_reports_each(tmp_path, capsys):
     from training import train
     from training.evaluation import evaluate
 
@@ -186,6 +186,9 @@ calib-fraction = 0.5
 views = 0
 """)
     assert train.main(["--config", str(config)]) == 0
+    # Recipes are chosen on calib, so the log reports calib accuracy for every source (val only reports).
+    calib_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("calib accuracy"))
+    assert "shelves" in calib_line and "kitchens" in calib_line and "prohibited flagged" in calib_line
     checkpoint = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
     assert checkpoint["labels"] == ["ivory", "not_ivory"]
     assert checkpoint["config"]["data"] == [{"path": str(products)}, {"path": str(everyday), "label": "not_ivory",

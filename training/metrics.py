@@ -16,7 +16,7 @@ from training.data import Sample
 from wildvision.classifier import decide
 from wildvision.model_info import OperatingPoint
 
-__all__ = ["format_report", "measure", "wilson_interval"]
+__all__ = ["format_report", "format_summary", "measure", "wilson_interval"]
 
 
 def measure(
@@ -75,6 +75,14 @@ def format_report(metrics: Mapping[str, object]) -> str:
               f"harmless flagged {value['harmless_flagged']} blocked {value['harmless_blocked']} (n={value['harmless']})"
               for name, value in metrics["decisions_by_source"].items()]
     return "\n".join(lines)
+
+
+def format_summary(metrics: Mapping[str, object]) -> str:
+    """One line: accuracy overall and per source, and the share of prohibited photos the thresholds catch."""
+    by_source = "  ".join(f"{name} {value['accuracy']}" for name, value in metrics["accuracy_by_source"].items())
+    decisions = metrics["decisions"]
+    return (f"accuracy {metrics['accuracy']} ({by_source}); prohibited flagged {decisions['prohibited_flagged']} "
+            f"blocked {decisions['prohibited_blocked']}")
 
 
 def _decision_rates(decisions: Sequence[str], is_prohibited: Sequence[bool]) -> dict[str, float | int | None]:

@@ -37,7 +37,7 @@ from training.data import (
 )
 from training.dedupe import DEFAULT_MAX_DISTANCE
 from training.errors import ConfigError, DataError, run_command
-from training.metrics import format_report, measure
+from training.metrics import format_report, format_summary, measure
 from training.split import RecordedSplit, write_split
 from wildvision.images import ImageLoadError, load_image
 from wildvision.model_info import OperatingPoint, Preprocessing
@@ -183,6 +183,8 @@ def train(args: argparse.Namespace) -> int:
 
     calib_logits, calib = cache.logits(tail, samples, "calib")
     temperature, operating_points = fit_calibration(calib_logits, calib, labels, prohibited, args)
+    # What a recipe is chosen by (epochs, blocks, views): calib, never val, which only reports.
+    print("calib " + format_summary(measure(softmax(calib_logits, temperature), calib, labels, operating_points)))
     val_logits, val = cache.logits(tail, samples, "val")
     metrics = measure(softmax(val_logits, temperature), val, labels, operating_points) if val else {}
     print(format_report(metrics) if metrics else "no val photos: nothing to report")
