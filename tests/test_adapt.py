@@ -163,22 +163,59 @@ def test_select_reads_scan_records_and_skips_photos_that_could_not_be_scored(shi
     assert len(rows) == 8 and not any("broken" in row["path"] for row in rows)
 
 
-def test_choose_spreads_doubts_over_the_pool_and_adds_confident_positives():
-    rng = np.random.default_rng(0)
-    centres = np.eye(4, 16) * 10  # four kinds of photo
-    embeddings = np.concatenate([centre + rng.normal(size=(50, 16)) for centre in centres])
-    flagged = np.concatenate([rng.uniform(0.45, 0.55, 50),  # kind 0: all coin tosses
-                              rng.uniform(0.3, 0.7, 50), rng.uniform(0.0, 0.4, 50),
-                              rng.uniform(0.97, 1.0, 50)])  # kind 3: sure positives
+def _blobs(sizes: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Kinds of photo as embedding blobs of the given sizes, far apart."""
+    rng = np.random.default_rng(seed)
+    centres = np.eye(len(sizes), 16) * 10
+    return np.concatenate([centre + rng.normal(size=(size, 16)) for centre, size in zip(centres, sizes)])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_choose_covers_every_kind_in_proportion_and_keeps_the_pools_label_mix(seed):
+    sizes = (60, 30, 20, 10)
+    kind = np.repeat(np.arange(4), sizes)
+    embeddings = _blobs(sizes, seed)
+    # kind 3 (the rarest, 8 %) is the prohibited one, and the model doubts exactly those photos: choosing by doubt
+    # would spend the budget on them
+    flagged = np.where(kind == 3, 0.5, 0.02)
     probabilities = np.stack([flagged, 1 - flagged], axis=1)
-    choices = select.choose(embeddings, probabilities, [0], 10, positive_share=0.2)
-    uncertain = [c.index for c in choices if c.reason == "uncertain"]
+    choices = select.choose(embeddings, probabilities, [0], 12, seed=seed)
+    assert len({c.index for c in choices}) == 12 and {c.reason for c in choices} == {"typical"}
+    per_kind = np.bincount(kind[[c.index for c in choices]], minlength=4)
+    assert (per_kind >= 1).all()  # every kind is represented ...
+    assert per_kind[0] >= 4 and per_kind[3] <= 2  # ... roughly as often as it occurs (6, 3, 2, 1)
+
+
+def test_choose_takes_each_clusters_most_typical_photo_not_an_outlier():
+    embeddings = _blobs((40, 40))
+    embeddings[[0, 40]] += 4.0  # one odd photo in each kind
+    choices = select.choose(embeddings, np.full((80, 2), 0.5), [0], 2)
+    assert sorted(c.index // 40 for c in choices) == [0, 1] and not {c.index for c in choices} & {0, 40}
+    centres = [embeddings[:40].mean(axis=0), embeddings[40:].mean(axis=0)]
+    for choice in choices:
+        own = embeddings[choice.index // 40 * 40 : choice.index // 40 * 40 + 40]
+        distances = np.linalg.norm(own - centres[choice.index // 40], axis=1)
+        assert distances[choice.index % 40] <= np.quantile(distances, 0.25)  # from the kind's dense middle
+
+
+def test_typicality_is_high_in_dense_regions_and_does_not_depend_on_the_distance_chunk(monkeypatch):
+    embeddings = _blobs((50, 5))  # a crowded kind and a sparse one
+    embeddings[50:] += np.random.default_rng(1).normal(scale=3.0, size=(5, 16))
+    whole = select.typicality(embeddings, neighbours=4)
+    assert whole[:50].min() > whole[50:].max()
+    monkeypatch.setattr(select, "_DISTANCE_ROWS", 7)
+    np.testing.assert_allclose(select.typicality(embeddings, neighbours=4), whole, rtol=1e-6)
+
+
+def test_choose_adds_confident_positives_to_check_when_asked():
+    embeddings = _blobs((50, 50, 50))
+    flagged = np.repeat([0.02, 0.4, 0.99], 50)  # kind 2: sure positives
+    probabilities = np.stack([flagged, 1 - flagged], axis=1)
+    choices = select.choose(embeddings, probabilities, [0], 12, positive_share=0.25)
     positives = [c.index for c in choices if c.reason == "confident_positive"]
-    assert len(uncertain) == 8 and len(positives) == 2
-    assert {i // 50 for i in uncertain} >= {0, 1}  # not all eight from the most doubtful kind
-    assert len({i // 50 for i in uncertain}) >= 2 and all(i // 50 == 3 for i in positives)
-    most_doubtful = np.argsort(np.abs(flagged - 0.5))[:8]
-    assert set(uncertain) != set(most_doubtful.tolist())
+    typical = [c.index for c in choices if c.reason == "typical"]
+    assert len(positives) == 3 and all(i // 50 == 2 for i in positives)
+    assert len(typical) == 9 and not set(typical) & set(positives) and {i // 50 for i in typical} == {0, 1, 2}
 
 
 def _adapt_error(capsys, *argv: str) -> str:

@@ -1,13 +1,15 @@
 """Choose the photos worth a reviewer's time, and turn their labels back into data that `training.adapt` reads.
 
 `python -m training.select --photos FOLDER --count 300 --out TASK/` (or `--records scan.jsonl` with `--root`, the
-folder that scan read) scores the pool with the model and picks:
+folder that scan read) embeds and scores the pool with the model and picks:
 
-- **uncertain photos, spread over the pool's variety**: the least sure quarter of the pool (smallest gap between the
-  two top calibrated scores) is clustered by embedding into as many groups as photos wanted, and each group gives its
-  least sure photo, so the budget is not spent on fifty near-identical doubts;
-- **a slice of confident positives** (`--positive-share`): photos the model would flag most surely, spread the same
-  way, to check what it already blocks.
+- **the pool in miniature**: the whole pool is clustered by embedding into as many groups as photos wanted, and each
+  group gives its most typical photo (the one in the densest neighbourhood, as TypiClust does), so a few hundred
+  labels cover the pool's variety in proportion and keep its label mix. At such budgets this beat choosing the
+  model's least sure photos, which skews the labels towards look-alikes and made adapting hold back (README,
+  "What it does on the shared data");
+- **optionally, a slice of confident positives** (`--positive-share`, default none): photos the model would flag
+  most surely, spread the same way, to check what it already blocks; they skew the label mix too.
 
 TASK/ gets `labels.csv` (fill in `label`; delete rows you cannot judge), `contact_sheet.html` (self-contained), and
 `label_studio_tasks.json` with `label_studio_config.xml` (import both into a Label Studio project). Its JSON export
@@ -34,17 +36,22 @@ from wildvision.classifier import Classifier
 from wildvision.records import read_records
 from wildvision.scan import find_images
 
-__all__ = ["Choice", "choose", "main", "read_label_studio", "spread_choice"]
+__all__ = ["Choice", "choose", "main", "read_label_studio", "spread_choice", "typicality"]
 
-UNCERTAIN_POOL = 4  # cluster the least sure `UNCERTAIN_POOL x count` photos: doubtful enough, still varied
+POSITIVE_POOL = 4  # confident positives are spread over the surest `POSITIVE_POOL x wanted`: sure, still varied
+TYPICAL_NEIGHBOURS = 20  # TypiClust's k: a photo's typicality is its inverse mean distance to this many neighbours
 LABEL_STUDIO_SIDE = 512  # px: enough for a reviewer to judge, small enough for a task file of hundreds of photos
 _KMEANS_ROUNDS = 15
+_DISTANCE_ROWS = 1024  # rows of the pool-by-pool distance matrix held at once: memory stays linear in the pool
+REASONS = {"typical": "Each stands for a group of similar photos in the pool (the most typical of its group), so "
+                      "together they show the pool in miniature.",
+           "confident_positive": "The model would flag these most surely: check that it is right."}
 
 
 @dataclass(frozen=True)
 class Choice:
     index: int  # position in the pool
-    reason: str  # "uncertain" or "confident_positive"
+    reason: str  # a key of REASONS
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -59,7 +66,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "--from-label-studio, the task folder select wrote (default: the export's folder)")
     parser.add_argument("--model", type=Path, help="the model to select for (default: the shipped model)")
     parser.add_argument("--count", type=int, default=300, help="photos to choose")
-    parser.add_argument("--positive-share", type=float, default=0.1, help="share of confident positives to check")
+    parser.add_argument("--positive-share", type=float, default=0.0,
+                        help="share of the photos to spend on confident positives, to check what the model flags")
     parser.add_argument("--out", type=Path, required=True, help="task folder (or the CSV with --from-label-studio)")
     parser.add_argument("--work", type=Path, help="feature cache (default: OUT/.cache)")
     parser.add_argument("--seed", type=int, default=0)
@@ -73,23 +81,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def choose(
     embeddings: np.ndarray, probabilities: np.ndarray, prohibited: Sequence[int], count: int, *,
-    positive_share: float = 0.1, seed: int = 0,
+    positive_share: float = 0.0, seed: int = 0,
 ) -> list[Choice]:
-    """Up to `count` pool positions: uncertain photos spread by embedding, then a slice of confident positives."""
+    """Up to `count` pool positions: the most typical photo of each of as many embedding clusters, after a slice
+    (`positive_share`) of confident positives."""
     count = min(count, len(probabilities))
-    ordered = np.sort(probabilities, axis=1)
-    margin = ordered[:, -1] - ordered[:, -2]  # 0: a coin toss between two labels
     flagged = probabilities[:, list(prohibited)].max(axis=1) if prohibited else np.zeros(len(probabilities))
     positives_wanted = round(count * positive_share)
     confident = np.flatnonzero(flagged >= 0.5)
-    confident = confident[np.argsort(-flagged[confident])][: UNCERTAIN_POOL * positives_wanted]
-    positive = spread_choice(embeddings[confident], -flagged[confident], positives_wanted, seed=seed)
-    taken = set(confident[positive].tolist())
-    rest = np.array([i for i in np.argsort(margin) if i not in taken], dtype=int)
-    doubtful = rest[: UNCERTAIN_POOL * (count - len(taken))]
-    uncertain = spread_choice(embeddings[doubtful], margin[doubtful], count - len(taken), seed=seed)
-    return ([Choice(int(i), "uncertain") for i in doubtful[uncertain]]
-            + [Choice(int(i), "confident_positive") for i in confident[positive]])
+    confident = confident[np.argsort(-flagged[confident])][: POSITIVE_POOL * positives_wanted]
+    positive = confident[spread_choice(embeddings[confident], -flagged[confident], positives_wanted, seed=seed)]
+    rest = np.setdiff1d(np.arange(len(probabilities)), positive)
+    typical = rest[spread_choice(embeddings[rest], -typicality(embeddings[rest]), count - len(positive), seed=seed)]
+    return [Choice(int(i), "typical") for i in typical] + [Choice(int(i), "confident_positive") for i in positive]
 
 
 def spread_choice(embeddings: np.ndarray, priority: np.ndarray, count: int, *, seed: int = 0) -> np.ndarray:
@@ -98,11 +102,30 @@ def spread_choice(embeddings: np.ndarray, priority: np.ndarray, count: int, *, s
         return np.zeros(0, dtype=int)
     if count >= len(embeddings):
         return np.argsort(priority)
-    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    assignment = _kmeans(unit, count, np.random.default_rng(seed))
+    assignment = _kmeans(_unit(embeddings), count, np.random.default_rng(seed))
     chosen = [members[np.argmin(priority[members])] for cluster in np.unique(assignment)
               for members in [np.flatnonzero(assignment == cluster)]]
     return np.array(sorted(chosen, key=lambda i: priority[i]), dtype=int)
+
+
+def typicality(embeddings: np.ndarray, neighbours: int = TYPICAL_NEIGHBOURS) -> np.ndarray:
+    """TypiClust's typicality: the inverse mean (cosine-geometry) distance to a photo's nearest neighbours in the
+    pool, high where many photos look alike."""
+    unit = _unit(embeddings)
+    neighbours = min(neighbours, len(unit) - 1)
+    if neighbours < 1:
+        return np.ones(len(unit))
+    mean_distance = np.empty(len(unit))
+    for start in range(0, len(unit), _DISTANCE_ROWS):
+        distance = np.sqrt(np.maximum(2 - 2 * unit[start : start + _DISTANCE_ROWS] @ unit.T, 0))
+        # the nearest "neighbour" at distance 0 is the photo itself: take one more and drop it
+        nearest = np.partition(distance, neighbours, axis=1)[:, : neighbours + 1]
+        mean_distance[start : start + len(distance)] = (nearest.sum(axis=1) - nearest.min(axis=1)) / neighbours
+    return 1 / np.maximum(mean_distance, 1e-12)
+
+
+def _unit(embeddings: np.ndarray) -> np.ndarray:
+    return embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
 
 
 def _kmeans(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -139,7 +162,7 @@ def _select(args: argparse.Namespace) -> int:
     _write_csv(args.out / "labels.csv", rows)
     _write_contact_sheet(args.out / "contact_sheet.html", rows, args.out)
     _write_label_studio(args.out, rows, classifier.info.labels, classifier.info.full_name)
-    reasons = {reason: sum(row["reason"] == reason for row in rows) for reason in ("uncertain", "confident_positive")}
+    reasons = {reason: sum(row["reason"] == reason for row in rows) for reason in REASONS}
     print(f"chose {len(rows)} of {len(paths)} photos ({reasons}); fill in the label column of "
           f"{args.out / 'labels.csv'} or import {args.out / 'label_studio_tasks.json'} into Label Studio")
     return 0
@@ -171,9 +194,7 @@ def _write_csv(path: Path, rows: list[dict[str, str]]) -> None:
 
 def _write_contact_sheet(path: Path, rows: list[dict[str, str]], out: Path) -> None:
     sections = []
-    for reason, note in (("uncertain", "The model is least sure of these: each is the most doubtful of its group of "
-                                        "similar photos."),
-                         ("confident_positive", "The model would flag these most surely: check that it is right.")):
+    for reason, note in REASONS.items():
         chosen = [row for row in rows if row["reason"] == reason]
         body = "".join(figure(out / row["path"], f"{row['path']} · suggested {row['suggested']} · "
                               f"{row['prohibited_score']}") for row in chosen)
