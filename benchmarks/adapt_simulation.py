@@ -1,6 +1,7 @@
 """The select → label → adapt → measure loop, simulated on the shared data with Towneley as "the platform".
 
-    python benchmarks/adapt_simulation.py [--data ../shared/data] [--cache runs/adapt-sim/features]
+    PYTHONPATH=. python benchmarks/adapt_simulation.py [--data ../shared/data] [--cache runs/adapt-sim/features]
+    PYTHONPATH=. python benchmarks/adapt_simulation.py --design    # how select's rule was chosen
 
 Set-up. The base is the shipped network with a head fitted on every non-Towneley `train` photo (Met, clothing,
 everyday) and calibrated by cross-fitting, as `training.adapt` does: a model whose head never saw Towneley. (Its
@@ -15,6 +16,11 @@ scores and embeddings) or at random (five seeds), then adapted with `training.ad
 base training photos (as `--base-data` does) or not. A new label (`sculpture`, a stand-in product) is added from a
 fully labelled pool. The embeddings are computed once through the shipped ONNX model and cached (about ten minutes on
 two cores the first time; seconds after).
+
+`--design` is where select's rule was chosen, apart from every reported figure: Towneley's `train` photos alone are
+split by group (70 / 30, two different splits) into a design pool and a design test, budgets scale with the pool (70
+and 210 photos), and candidate rules, each with and without weights that give the labelled photos the pool's
+estimated label mix, are compared with random choice (five seeds) on the ImageNet network.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from training.export import write_onnx
 from training.features import compute_features
 from training.head import DEFAULT_STAY_CLOSE, Head
 from training.onnx_head import write_with_head
-from training.select import choose
+from training.select import POSITIVE_POOL, choose, spread_choice, typicality
 from wildvision.classifier import Classifier, default_model_path
 from wildvision.model_info import ModelInfo, OperatingPoint, Preprocessing
 
@@ -56,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(argv)
     shipped = Classifier(default_model_path())
     imagenet = _imagenet_network(args.cache.parent / "imagenet-lite0.onnx")
+    if args.design:
+        design(imagenet, args)
+        return
     print("== the ImageNet network: nothing of the shared data seen (the strict simulation)")
     base = simulate(imagenet, args, dict(shipped.info.operating_points))
     _write_base(imagenet, base, args.cache.parent / "base-without-towneley.onnx")
@@ -116,6 +125,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--cache", type=Path, default=Path("runs/adapt-sim/features"))
+    parser.add_argument("--design", action="store_true",
+                        help="compare selection rules on the design split of Towneley's train photos only")
     return parser.parse_args(argv)
 
 
@@ -147,11 +158,13 @@ def _replay(samples: list[Sample], candidates: list[int]) -> tuple[list[int], li
 
 def _fit(embeddings: np.ndarray, samples: list[Sample], chosen: list[int], labels: list[str], start: Head | None,
          label_of=lambda s: s.label, pulls: Sequence[float] = PULLS, anchor: Anchor | None = None,
-         review_fpr: float | None = None):
+         review_fpr: float | None = None, pool_mix: np.ndarray | None = None):
     """A head fitted as training.adapt fits one: labelled and replayed photos weigh the same in total."""
     targets = np.array([labels.index(label_of(samples[i])) for i in chosen])
     is_platform = np.array([samples[i].source == "towneley" for i in chosen])
     weights = np.where(is_platform, 1.0 / max(is_platform.sum(), 1), 1.0 / max((~is_platform).sum(), 1))
+    if pool_mix is not None:
+        weights[is_platform] = _mix_weights(targets[is_platform], pool_mix)
     if start is None:  # the Towneley-blind base: a head from nothing, lightly held to it
         start = Head(np.zeros((len(labels), embeddings.shape[1]), np.float32), np.zeros(len(labels), np.float32))
         pulls = (DEFAULT_STAY_CLOSE,)
@@ -246,6 +259,106 @@ def _new_label(embeddings, samples, parts, replay, anchor, start) -> None:
           f"{new['recall_flagged'][0]}, blocked {new['recall_blocked'][0]} at review {point.review:.3f} / block "
           f"{point.block:.3f}; ivory AUC {ivory['auc'][0]}; everyday val flagged {row['everyday_flagged'][0]}; base val "
           f"accuracy {row['base_val_accuracy']:.4f}")
+
+
+DESIGN_SHARE = 0.7  # of Towneley's train groups form the design pool; the rest is the design test
+DESIGN_SPLITS = ("design-a", "design-b")  # two group splits, so that one lucky split cannot decide
+
+
+def design(network: Classifier, args: argparse.Namespace) -> None:
+    """Selection rules against random choice on Towneley *train* photos alone, split by group into a design pool and
+    a design test: the rule is chosen here, so the reported figures (Towneley val) never take part in choosing it."""
+    samples, embeddings = _embedded(network, args.data, args.cache)
+    parts = _parts(samples)
+    base = _fit(embeddings, samples, parts["base_train"], LABELS, None)
+    replay, anchor = _replay(samples, parts["base_train"])
+    anchor = anchor_from(embeddings[anchor], np.array([LABELS.index(samples[i].label) for i in anchor]), base.head,
+                         len(LABELS))
+    for salt in DESIGN_SPLITS:
+        in_pool = [_bucket(salt, samples[i].group) < DESIGN_SHARE for i in parts["pool"]]
+        pool = [i for i, keep in zip(parts["pool"], in_pool) if keep]
+        test = [i for i, keep in zip(parts["pool"], in_pool) if not keep]
+        probabilities = softmax(base.head.logits(embeddings[pool]), base.temperature)
+        pool_mix = probabilities.mean(axis=0)
+        ivory = sum(samples[i].label == "ivory" for i in pool)
+        print(f"\n{salt}: pool {len(pool)} ({ivory} ivory; base estimate {pool_mix[0] * len(pool):.0f}), test "
+              f"{len(test)} ({sum(samples[i].label == 'ivory' for i in test)} ivory); base AUC "
+              f"{_auc(base, embeddings, samples, test):.3f}")
+        for budget in (round(DESIGN_SHARE * b) for b in BUDGETS):
+            for name, rule in DESIGN_RULES.items():
+                picked = [pool[i] for i in rule(embeddings[pool], probabilities, budget)]
+                for weighted in (False, True):
+                    model = _fit(embeddings, samples, picked + replay, LABELS, base.head, anchor=anchor,
+                                 pool_mix=pool_mix if weighted else None)
+                    print(f"  {budget:>3} {name + (' + mix weights' if weighted else ''):<72} ivory "
+                          f"{sum(samples[i].label == 'ivory' for i in picked):>3}  AUC "
+                          f"{_auc(model, embeddings, samples, test):.3f}  pull {model.pull:g}")
+            aucs = [_auc(_fit(embeddings, samples, list(rng.choice(pool, budget, replace=False)) + replay, LABELS,
+                              base.head, anchor=anchor), embeddings, samples, test)
+                    for rng in (np.random.default_rng(seed) for seed in RANDOM_SEEDS)]
+            print(f"  {budget:>3} {'random, mean of ' + str(len(aucs)):<72}           AUC {np.mean(aucs):.3f} "
+                  f"[{min(aucs):.3f}-{max(aucs):.3f}]")
+
+
+def _bucket(salt: str, group: str) -> float:
+    """A stable number in [0, 1) per group: a design split by object, never by photo."""
+    return int.from_bytes(hashlib.sha256(f"{salt}:{group}".encode()).digest()[:8], "big") / 2**64
+
+
+def _auc(model, embeddings: np.ndarray, samples: list[Sample], test: list[int]) -> float:
+    scores = softmax(model.head.logits(embeddings[test]), model.temperature)[:, 0]
+    positive = np.array([samples[i].label == "ivory" for i in test])
+    ranks = np.argsort(np.argsort(scores)) + 1
+    return float((ranks[positive].sum() - positive.sum() * (positive.sum() + 1) / 2)
+                 / (positive.sum() * (~positive).sum()))
+
+
+def _mix_weights(targets: np.ndarray, pool_mix: np.ndarray) -> np.ndarray:
+    """Per-photo weights (summing to 1) under which the labelled photos' label mix is the pool's estimated one."""
+    counts = np.bincount(targets, minlength=len(pool_mix)).astype(float)
+    share = pool_mix[targets] / counts[targets]
+    return share / share.sum()
+
+
+def _positives_then(rule, share: float = 0.1):
+    """A candidate: `rule` (embeddings, margins, count -> rows) chooses the photos left after a slice (`share`) of
+    confident positives, taken as `choose` takes them."""
+    def chosen(embeddings: np.ndarray, probabilities: np.ndarray, count: int) -> list[int]:
+        flagged = probabilities[:, 0]
+        wanted = round(count * share)
+        confident = np.flatnonzero(flagged >= 0.5)
+        confident = confident[np.argsort(-flagged[confident])][: POSITIVE_POOL * wanted]
+        taken = confident[spread_choice(embeddings[confident], -flagged[confident], wanted)]
+        rest = np.setdiff1d(np.arange(len(flagged)), taken)
+        ordered = np.sort(probabilities[rest], axis=1)
+        margin = ordered[:, -1] - ordered[:, -2]  # 0: a coin toss
+        return taken.tolist() + rest[rule(embeddings[rest], margin, count - len(taken))].tolist()
+    return chosen
+
+
+def _uncertain_quarter(embeddings: np.ndarray, margin: np.ndarray, count: int) -> np.ndarray:
+    """The select this replaced: the least sure quarter of the pool, one per cluster, the least sure of each."""
+    doubtful = np.argsort(margin)[: 4 * count]
+    return doubtful[spread_choice(embeddings[doubtful], margin[doubtful], count)]
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    return np.argsort(np.argsort(values))
+
+
+# The candidates compared by --design, each with and without mix weights (round one: the first three, round two: the
+# rest). The last is `choose` as it now stands (TypiClust: whole pool, most typical per cluster, no positives).
+DESIGN_RULES = {
+    "uncertain quarter, one per cluster (old)": _positives_then(_uncertain_quarter),
+    "whole pool, least sure per cluster": _positives_then(lambda e, m, n: spread_choice(e, m, n)),
+    "whole pool, most typical per cluster": _positives_then(lambda e, m, n: spread_choice(e, -typicality(e), n)),
+    "whole pool, random per cluster": _positives_then(
+        lambda e, m, n: spread_choice(e, np.random.default_rng(0).random(len(e)), n)),
+    "whole pool, typical and unsure per cluster": _positives_then(
+        lambda e, m, n: spread_choice(e, _ranks(m) + _ranks(-typicality(e)), n)),
+    "whole pool, most typical per cluster, no positives (select)":
+        lambda e, p, n: [c.index for c in choose(e, p, [0], n)],
+}
 
 
 if __name__ == "__main__":
