@@ -76,10 +76,12 @@ def test_a_rerun_reuses_the_cached_embeddings_and_writes_the_same_model(adapted,
     assert first.info.operating_points == second.info.operating_points
 
 
-def test_without_base_data_the_base_labels_are_held_where_they_were(adapted, shipped_model, tmp_path):
+def test_without_base_data_the_base_labels_are_held_where_they_were(adapted, shipped_model, tmp_path, capsys):
     out = tmp_path / "held.onnx"
     assert adapt.main(["--model", str(shipped_model), "--data", str(adapted["data"]), "--new-label", "horn",
                        "--out", str(out), "--work", str(adapted["work"]), "--parity-photos", "2"]) == 0
+    # 12 ivory and 12 horn photos alone set review: the user is told what bounds (nothing) its false alarms.
+    assert "warning: review is set at a recall of only {'ivory': 12, 'horn': 12}" in capsys.readouterr().err
     from training.onnx_head import read_head
 
     base, held, loose = (read_head(path) for path in (shipped_model, out, adapted["model"]))
