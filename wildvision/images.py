@@ -220,12 +220,14 @@ def _open(file: BinaryIO, name: str) -> Image.Image:
 
 
 def _open_quietly(file: BinaryIO) -> Image.Image:
-    """`Image.open` without its DecompressionBombWarning on stderr: the pixel limit is checked right after, and
-    an oversized photo becomes a `too_large` error, not a warning in the host's log."""
+    """`Image.open` without Pillow's warnings on stderr: the pixel limit is checked right after (an oversized photo
+    becomes a `too_large` error), and a header Pillow reads past damage to ("Truncated File Read", "Tag data larger
+    than file" in a TIFF's directory) either decodes or fails as `corrupt`, not as a line in the host's log."""
     # catch_warnings swaps the process's filter list, so our threads take turns; a host thread warning meanwhile
-    # sees this one extra filter, which silences nothing but this warning.
+    # sees these extra filters, which silence nothing but Pillow's own.
     with _warnings_lock, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
         return Image.open(file)
 
 
