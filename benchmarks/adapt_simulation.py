@@ -1,7 +1,7 @@
 """The select → label → adapt → measure loop, simulated on the shared data with Towneley as "the platform".
 
-    PYTHONPATH=. python benchmarks/adapt_simulation.py [--data ../shared/data] [--cache runs/adapt-sim/features]
-    PYTHONPATH=. python benchmarks/adapt_simulation.py --design    # how select's rule was chosen
+    python benchmarks/adapt_simulation.py [--data ../shared/data] [--cache runs/adapt-sim/features]
+    python benchmarks/adapt_simulation.py --design    # how select's rule was chosen
 
 Set-up. The base is the shipped network with a head fitted on every non-Towneley `train` photo (Met, clothing,
 everyday) and calibrated by cross-fitting, as `training.adapt` does: a model whose head never saw Towneley. (Its
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -34,18 +35,22 @@ from typing import Sequence
 
 import numpy as np
 
-from training.adapt import DEFAULT_STAY_CLOSE_ALONE, PULLS, Anchor, anchor_from, fit_adapted, start_head
-from training.backbone import IMAGENET_MEAN, IMAGENET_STD, build_model
-from training.calibration import softmax
-from training.compare import Comparison, Scored, compare_scores
-from training.data import Sample, load_samples
-from training.export import write_onnx
-from training.features import compute_features
-from training.head import DEFAULT_STAY_CLOSE, Head
-from training.onnx_head import write_with_head
-from training.select import POSITIVE_POOL, choose, spread_choice, typicality
-from wildvision.classifier import Classifier, default_model_path
-from wildvision.model_info import ModelInfo, OperatingPoint, Preprocessing
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # training/ is not installed: run from the checkout
+
+from training.adapt import (  # noqa: E402
+    DEFAULT_STAY_CLOSE_ALONE, PULLS, Anchor, anchor_from, fit_adapted, start_head,
+)
+from training.backbone import IMAGENET_MEAN, IMAGENET_STD, build_model  # noqa: E402
+from training.calibration import softmax  # noqa: E402
+from training.compare import Comparison, Scored, auc, compare_scores  # noqa: E402
+from training.data import Sample, load_samples  # noqa: E402
+from training.export import write_onnx  # noqa: E402
+from training.features import compute_features  # noqa: E402
+from training.head import DEFAULT_STAY_CLOSE, Head  # noqa: E402
+from training.onnx_head import write_with_head  # noqa: E402
+from training.select import choose, confident_positives, spread_choice, typicality  # noqa: E402
+from wildvision.classifier import Classifier, default_model_path  # noqa: E402
+from wildvision.model_info import ModelInfo, OperatingPoint, Preprocessing  # noqa: E402
 
 LABELS = ["ivory", "not_ivory"]
 BUDGETS = (100, 300)
@@ -307,10 +312,7 @@ def _bucket(salt: str, group: str) -> float:
 
 def _auc(model, embeddings: np.ndarray, samples: list[Sample], test: list[int]) -> float:
     scores = softmax(model.head.logits(embeddings[test]), model.temperature)[:, 0]
-    positive = np.array([samples[i].label == "ivory" for i in test])
-    ranks = np.argsort(np.argsort(scores)) + 1
-    return float((ranks[positive].sum() - positive.sum() * (positive.sum() + 1) / 2)
-                 / (positive.sum() * (~positive).sum()))
+    return auc(scores, np.array([samples[i].label == "ivory" for i in test]))
 
 
 def _mix_weights(targets: np.ndarray, pool_mix: np.ndarray) -> np.ndarray:
@@ -324,12 +326,8 @@ def _positives_then(rule, share: float = 0.1):
     """A candidate: `rule` (embeddings, margins, count -> rows) chooses the photos left after a slice (`share`) of
     confident positives, taken as `choose` takes them."""
     def chosen(embeddings: np.ndarray, probabilities: np.ndarray, count: int) -> list[int]:
-        flagged = probabilities[:, 0]
-        wanted = round(count * share)
-        confident = np.flatnonzero(flagged >= 0.5)
-        confident = confident[np.argsort(-flagged[confident])][: POSITIVE_POOL * wanted]
-        taken = confident[spread_choice(embeddings[confident], -flagged[confident], wanted)]
-        rest = np.setdiff1d(np.arange(len(flagged)), taken)
+        taken = confident_positives(embeddings, probabilities[:, 0], round(count * share))
+        rest = np.setdiff1d(np.arange(len(probabilities)), taken)
         ordered = np.sort(probabilities[rest], axis=1)
         margin = ordered[:, -1] - ordered[:, -2]  # 0: a coin toss
         return taken.tolist() + rest[rule(embeddings[rest], margin, count - len(taken))].tolist()

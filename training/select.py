@@ -36,7 +36,7 @@ from wildvision.classifier import Classifier
 from wildvision.records import read_records
 from wildvision.scan import find_images
 
-__all__ = ["Choice", "choose", "main", "read_label_studio", "spread_choice", "typicality"]
+__all__ = ["Choice", "choose", "confident_positives", "main", "read_label_studio", "spread_choice", "typicality"]
 
 POSITIVE_POOL = 4  # confident positives are spread over the surest `POSITIVE_POOL x wanted`: sure, still varied
 TYPICAL_NEIGHBOURS = 20  # TypiClust's k: a photo's typicality is its inverse mean distance to this many neighbours
@@ -87,13 +87,17 @@ def choose(
     (`positive_share`) of confident positives."""
     count = min(count, len(probabilities))
     flagged = probabilities[:, list(prohibited)].max(axis=1) if prohibited else np.zeros(len(probabilities))
-    positives_wanted = round(count * positive_share)
-    confident = np.flatnonzero(flagged >= 0.5)
-    confident = confident[np.argsort(-flagged[confident])][: POSITIVE_POOL * positives_wanted]
-    positive = confident[spread_choice(embeddings[confident], -flagged[confident], positives_wanted, seed=seed)]
+    positive = confident_positives(embeddings, flagged, round(count * positive_share), seed=seed)
     rest = np.setdiff1d(np.arange(len(probabilities)), positive)
     typical = rest[spread_choice(embeddings[rest], -typicality(embeddings[rest]), count - len(positive), seed=seed)]
     return [Choice(int(i), "typical") for i in typical] + [Choice(int(i), "confident_positive") for i in positive]
+
+
+def confident_positives(embeddings: np.ndarray, flagged: np.ndarray, count: int, *, seed: int = 0) -> np.ndarray:
+    """`count` rows the model would flag most surely (`flagged`: the top prohibited score), spread by embedding."""
+    confident = np.flatnonzero(flagged >= 0.5)
+    confident = confident[np.argsort(-flagged[confident])][: POSITIVE_POOL * count]
+    return confident[spread_choice(embeddings[confident], -flagged[confident], count, seed=seed)]
 
 
 def spread_choice(embeddings: np.ndarray, priority: np.ndarray, count: int, *, seed: int = 0) -> np.ndarray:
