@@ -19,7 +19,7 @@ from wildvision import Classifier
 from wildvision.cli import main
 from wildvision.hashing import difference_hash
 from wildvision.known_items import IndexFormatError, KnownItemIndex, MatchRule
-from wildvision.records import read_records, write_records
+from wildvision.records import RecordLayout, read_records, write_records
 from wildvision.scan import find_images, scan_to_file
 
 LABELS = ("horn", "ivory", "not_ivory")
@@ -142,8 +142,8 @@ def test_records_with_matches_round_trip(tmp_path, suffix):
                                               "error_category": "empty"}, "match": None},
     ]
     path = tmp_path / f"records{suffix}"
-    write_records(records, path, LABELS, with_match=True)
-    assert list(read_records(path, LABELS)) == records
+    write_records(records, path, RecordLayout(tuple(LABELS), match=True))
+    assert list(read_records(path)) == records
 
 
 @pytest.fixture
@@ -172,7 +172,7 @@ def test_cli_index_add_then_scan_with_matches(folders, tiny_run, tmp_path, capsy
     for suffix in (".jsonl", ".csv"):
         output = tmp_path / f"scan{suffix}"
         assert main(["--model", model, "scan", str(listings), "-o", str(output), "--match-index", str(index)]) == 0
-        matches = {r["path"]: r["match"] for r in read_records(output, LABELS)}
+        matches = {r["path"]: r["match"] for r in read_records(output)}
         assert {path: match and match["reference"] for path, match in matches.items()} == {
             "broken.jpg": None, "unrelated.jpg": None,
             "repost1.jpg": (known / "seized1.jpg").as_posix(), "repost2.png": (known / "seized2.jpg").as_posix()}

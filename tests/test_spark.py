@@ -25,8 +25,7 @@ from conftest import REPO, make_photo
 from wildvision import Classifier, OperatingPoint
 from wildvision.cli import main
 from wildvision.known_items import KnownItemIndex
-from wildvision.records import flatten
-from wildvision.scan import ScanInput, find_images, scan
+from wildvision.scan import ScanInput, find_images, layout_of, scan
 
 pytest.importorskip("pyspark", reason="the Spark tests need the spark extra (part of [test])")
 if shutil.which("java") is None and "JAVA_HOME" not in os.environ:
@@ -121,8 +120,8 @@ def expected_matches(large_archive, classifier, known_items) -> dict[str, dict]:
 
 def scanned(root: Path, classifier: Classifier, index: KnownItemIndex | None = None) -> dict[str, dict]:
     """`scan`'s records of the photos under `root`, as flat rows (the Parquet columns) by relative path."""
-    labels, with_match = classifier.info.labels, index is not None
-    return {record.path: flatten(record.to_dict(), labels, with_match=with_match)
+    layout = layout_of(classifier, index)
+    return {record.path: layout.flatten(layout.to_dict(record))
             for record in scan(find_images(root), classifier, index=index)}
 
 

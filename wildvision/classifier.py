@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
+from PIL import Image
 
 from wildvision.explain import Explanation, heatmap_on_photo
 from wildvision.hashing import difference_hash
@@ -34,10 +35,12 @@ from wildvision.model_info import (
     OperatingPoint,
 )
 from wildvision.preprocess import to_batch
+from wildvision.text import READ_SIDE, Lexicon, TextEvidence, TextReader
 
 __all__ = [
-    "BLANK_SPREAD", "DEFAULT_MODEL_FILE", "Classifier", "Decision", "ModelIdentity", "Prediction", "PreparedPhoto",
-    "decide", "default_model_path", "describe_thresholds", "read_model_info",
+    "BLANK_SPREAD", "DEFAULT_MODEL_FILE", "Classifier", "Decision", "ListingPrediction", "ModelIdentity", "Prediction",
+    "PreparedPhoto", "decide", "decide_listing", "decide_with_text", "default_model_path", "describe_thresholds", "flagged_labels", "rank_of",
+    "read_model_info",
 ]
 
 Decision = Literal["allow", "review", "block"]
@@ -70,7 +73,9 @@ class Prediction:
     """One photo's result: every label's calibrated probability, the top label, the decision they lead to, the
     thresholds that decided (`label=review/block`, `; `-separated) and the model file that scored it.
 
-    For an animated or multi-page file, the result of its most prohibited frame."""
+    For an animated or multi-page file, the result of its most prohibited frame. With text reading on, `text` holds
+    what was read on the photo (every frame) and the phrases that counted; `decision` weighs both
+    (`decide_with_text`)."""
 
     scores: dict[str, float]
     label: str
@@ -80,6 +85,21 @@ class Prediction:
     model_precision: Precision
     model_digest: str
     thresholds: str
+    text: TextEvidence | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ListingPrediction:
+    """A listing's result: the decision of its most prohibited photo (by image or by the words on it), which photo
+    that is (its position), and every photo's own prediction."""
+
+    decision: Decision
+    deciding_photo: int
+    labels: tuple[str, ...]  # the prohibited labels any photo is flagged for, by text or image (`flagged_labels`)
+    photos: tuple[Prediction, ...]
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -92,6 +112,7 @@ class PreparedPhoto:
 
     tensors: np.ndarray  # (frames, 3, side, side) float32
     hashes: np.ndarray | None = None  # (frames, HASH_BYTES) uint8
+    frames: tuple[Image.Image, ...] = ()  # the decoded frames, kept only where text is read from them
 
 
 def default_model_path(precision: Precision = "float32") -> Path:
@@ -122,6 +143,47 @@ def describe_thresholds(operating_points: Mapping[str, OperatingPoint]) -> str:
     return "; ".join(f"{label}={point.review:.4g}/{point.block:.4g}" for label, point in operating_points.items())
 
 
+def decide_with_text(
+    scores: Mapping[str, float], image_decision: Decision, evidence: TextEvidence,
+    operating_points: Mapping[str, OperatingPoint],
+) -> Decision:
+    """The decision once the words on the photo are weighed: a prohibited product named on the photo sends it at
+    least to `review`, and to `block` where the image model agrees (its score for that label reaches `review`). A label
+    the image model does not know (rhino horn today) is reviewed on the text alone; text never lowers a decision."""
+    decision = image_decision
+    for label in evidence.labels:
+        point = operating_points.get(label)
+        agrees = point is not None and scores.get(label, 0.0) >= point.review
+        decision = max(decision, "block" if agrees else "review", key=_DECISION_RANK.__getitem__)
+    return decision
+
+
+def rank_of(prediction: Prediction, prohibited: Iterable[str]) -> tuple[int, int, float]:
+    """How prohibited a photo's result is, for choosing the one a reviewer must see first: by decision, then by
+    whether its text names a product, then by its highest prohibited score."""
+    named = prediction.text is not None and bool(prediction.text.matches)
+    top = max((prediction.scores.get(label, 0.0) for label in prohibited), default=0.0)
+    return _DECISION_RANK[prediction.decision], int(named), top
+
+
+def decide_listing(
+    predictions: Sequence[Prediction], operating_points: Mapping[str, OperatingPoint]
+) -> ListingPrediction:
+    """A listing decided by its most prohibited photo (`rank_of`), flagged for every label any photo is flagged for."""
+    deciding = max(range(len(predictions)), key=lambda i: rank_of(predictions[i], operating_points))
+    labels = (flagged_labels(p.scores, p.text.labels if p.text else (), operating_points) for p in predictions)
+    return ListingPrediction(predictions[deciding].decision, deciding,
+                             tuple(dict.fromkeys(label for photo in labels for label in photo)), tuple(predictions))
+
+
+def flagged_labels(
+    scores: Mapping[str, float], text_labels: Iterable[str], operating_points: Mapping[str, OperatingPoint]
+) -> tuple[str, ...]:
+    """The prohibited labels a photo is flagged for: named by its text, or scored at least at `review`."""
+    by_image = (label for label, point in operating_points.items() if scores.get(label, 0.0) >= point.review)
+    return tuple(dict.fromkeys([*text_labels, *by_image]))
+
+
 class Classifier:
     """A loaded wildvision model.
 
@@ -139,15 +201,24 @@ class Classifier:
         threads: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_frames: int = DEFAULT_MAX_FRAMES,
+        read_text: bool = False,
+        lexicon: Lexicon | str | os.PathLike[str] | None = None,
     ) -> None:
         """Load `model_path` (default: the shipped model, in `precision` float32 or int8).
 
         `operating_points` replaces the model's own thresholds for the labels it names (a platform's policy; see
         `ModelInfo.checked_operating_points`); `threads` caps onnxruntime's intra-op threads (default: all cores);
         `max_pixels` and `max_frames` bound what one photo may decode to (`wildvision.images.load_frames`).
+        `read_text` also reads the words on every photo (`pip install "wildvision[text]"`) and weighs the products they
+        name (`decide_with_text`), judged by `lexicon` (a `Lexicon` or its TOML file; default: the package's own).
         """
         if max_pixels < 1 or max_frames < 1:
             raise ValueError(f"max_pixels and max_frames must be at least 1, got {max_pixels} and {max_frames}")
+        if lexicon is not None and not read_text:
+            raise ValueError("a lexicon judges text that is read: pass read_text=True with it")
+        self.lexicon = (lexicon if isinstance(lexicon, Lexicon) else Lexicon.load(lexicon)) if read_text else None
+        # One OCR engine per core at most: more threads than that only queue, and each engine holds its own models.
+        self.text_reader = TextReader(threads=threads, engines=os.cpu_count() or 1) if read_text else None
         path = Path(model_path) if model_path is not None else default_model_path(precision)
         self.session = _open_session(path, threads)
         info = read_model_info(self.session, path)
@@ -164,6 +235,18 @@ class Classifier:
         `operating_points` replaces thresholds for this call only (e.g. a stricter policy for one category).
         """
         return self.score([self.prepare(image)], operating_points=operating_points)[0]
+
+    def predict_listing(
+        self, images: Iterable[ImageSource], *, batch_size: int = 16,
+        operating_points: Mapping[str, OperatingPoint] | None = None,
+    ) -> ListingPrediction:
+        """Score a listing's photos together: the listing is decided by its most prohibited photo, by image or by the
+        words on it (the promotional photo that names the product is often not the first). An unreadable photo
+        raises `ImageLoadError` naming its position, as in `predict_batch`."""
+        predictions = self.predict_batch(images, batch_size=batch_size, operating_points=operating_points)
+        if not predictions:
+            raise ValueError("a listing needs at least one photo")
+        return decide_listing(predictions, self._points(operating_points))
 
     def predict_batch(
         self, images: Iterable[ImageSource], *, batch_size: int = 16,
@@ -182,10 +265,10 @@ class Classifier:
 
         Raises `ImageLoadError` for anything that is not a usable image.
         """
-        spec = self.info.preprocessing
-        frames = load_frames(image, min_side=spec.input_size, max_pixels=self.max_pixels, max_frames=self.max_frames)
+        frames = self._decode(image)
         hashes = np.stack([difference_hash(frame) for frame in frames]) if with_hashes else None
-        return PreparedPhoto(to_batch(frames, spec), hashes)
+        reading = self.text_reader is not None
+        return PreparedPhoto(to_batch(frames, self.info.preprocessing), hashes, tuple(frames) if reading else ())
 
     def score(
         self, photos: Sequence[PreparedPhoto], *, operating_points: Mapping[str, OperatingPoint] | None = None
@@ -213,18 +296,28 @@ class Classifier:
         return _unit_rows(np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32))
 
     def explain(self, image: ImageSource, label: str | None = None) -> Explanation:
-        """Where `label`'s evidence lies in the photo (default: the first prohibited label, else the top label)."""
-        photo = load_image(image, min_side=self.info.preprocessing.input_size, max_pixels=self.max_pixels)
-        batch = to_batch([photo], self.info.preprocessing)
+        """Where `label`'s evidence lies in the photo (default: the first prohibited label, else the top label).
+
+        An animated or multi-page photo is explained on the frame that decided its prediction; with text reading on,
+        the lines of that frame that named a product are part of the explanation (and marked on its overlay)."""
+        photos = self._decode(image)
+        batch = to_batch(photos, self.info.preprocessing)
         logits, activation = self._run(("logits", "activation_map"), batch)
-        probabilities = self._calibrated(batch, logits)[0]
-        label = label or next(iter(self.info.operating_points), self.info.labels[int(probabilities.argmax())])
+        frames = self._calibrated(batch, logits)
+        points = self.info.operating_points
+        thresholds = describe_thresholds(points)
+        chosen = max(range(len(frames)),
+                     key=lambda i: self._how_prohibited(self._prediction(frames[i], points, thresholds)))
+        probabilities = frames[chosen]
+        label = label or next(iter(points), self.info.labels[int(probabilities.argmax())])
         if label not in self.info.labels:
             raise ValueError(f"unknown label {label!r}; this model has {list(self.info.labels)}")
         index = self.info.labels.index(label)
         score = float(probabilities[index])
-        heatmap = heatmap_on_photo(activation[0, index], photo, self.info.preprocessing, score=score)
-        return Explanation(label, score, heatmap, photo)
+        frame = photos[chosen]
+        heatmap = heatmap_on_photo(activation[chosen, index], frame, self.info.preprocessing, score=score)
+        text = self._text_evidence([frame]) if self.text_reader is not None else None
+        return Explanation(label, score, heatmap, frame, text)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """The model's raw, uncalibrated outputs for an NCHW batch."""
@@ -236,6 +329,25 @@ class Classifier:
         scaled -= scaled.max(axis=1, keepdims=True)
         exp = np.exp(scaled)
         return exp / exp.sum(axis=1, keepdims=True)
+
+    def _decode(self, image: ImageSource) -> list[Image.Image]:
+        """Every frame of `image`, upright RGB, decoded at reduced scale down to what the model (or reading its text,
+        which wants more pixels) needs."""
+        spec = self.info.preprocessing
+        side = max(spec.input_size, READ_SIDE) if self.text_reader is not None else spec.input_size
+        return load_frames(image, min_side=side, max_pixels=self.max_pixels, max_frames=self.max_frames)
+
+    def _text_evidence(self, frames: Sequence[Image.Image]) -> TextEvidence:
+        """Every line read on the frames, and the lexicon's verdict on them."""
+        assert self.text_reader is not None and self.lexicon is not None
+        lines = tuple(line for frame in frames for line in self.text_reader.read(frame))
+        return TextEvidence(self.lexicon.identity, lines, self.lexicon.find(lines))
+
+    def _points(self, operating_points: Mapping[str, OperatingPoint] | None) -> Mapping[str, OperatingPoint]:
+        """The thresholds in force: the model's, or a call's own (checked)."""
+        if operating_points is None:
+            return self.info.operating_points
+        return self.info.checked_operating_points(operating_points)
 
     def _prepare_numbered(self, image: ImageSource, position: int) -> PreparedPhoto:
         try:
@@ -265,17 +377,25 @@ class Classifier:
         self, photos: Sequence[PreparedPhoto], batch: np.ndarray, logits: np.ndarray,
         operating_points: Mapping[str, OperatingPoint] | None,
     ) -> list[Prediction]:
-        points = self.info.operating_points if operating_points is None else self.info.checked_operating_points(
-            operating_points)
+        points = self._points(operating_points)
         frames = _per_photo(photos, self._calibrated(batch, logits))
         thresholds = describe_thresholds(points)  # once per batch: the same for every photo in it
-        return [max((self._prediction(row, points, thresholds) for row in rows), key=self._how_prohibited)
-                for rows in frames]
+        predictions = [max((self._prediction(row, points, thresholds) for row in rows), key=self._how_prohibited)
+                       for rows in frames]
+        if self.text_reader is None:
+            return predictions
+        return [self._with_text(prediction, photo, points) for prediction, photo in zip(predictions, photos)]
 
-    def _how_prohibited(self, prediction: Prediction) -> tuple[int, float]:
+    def _with_text(
+        self, prediction: Prediction, photo: PreparedPhoto, points: Mapping[str, OperatingPoint]
+    ) -> Prediction:
+        evidence = self._text_evidence(photo.frames)
+        decision = decide_with_text(prediction.scores, prediction.decision, evidence, points)
+        return replace(prediction, text=evidence, decision=decision)
+
+    def _how_prohibited(self, prediction: Prediction) -> tuple[int, int, float]:
         """Order frames by decision, then by their highest prohibited score: the frame a reviewer must see first."""
-        top = max((prediction.scores[label] for label in self.info.operating_points), default=0.0)
-        return _DECISION_RANK[prediction.decision], top
+        return rank_of(prediction, self.info.operating_points)
 
     def _prediction(
         self, probabilities: np.ndarray, operating_points: Mapping[str, OperatingPoint], thresholds: str

@@ -15,7 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from wildvision.classifier import Classifier
+from wildvision.classifier import Classifier, Prediction
 from wildvision.errors import WildvisionError
 from wildvision.images import (
     DEFAULT_MAX_FRAMES,
@@ -25,7 +25,15 @@ from wildvision.images import (
 )
 from wildvision.known_items import KnownItemIndex
 from wildvision.model_info import read_operating_points
-from wildvision.records import format_of
+from wildvision.listings import (
+    ListingOf,
+    listing_per_folder,
+    listings_from_csv,
+    listings_path,
+    summarise_listings,
+    write_listings,
+)
+from wildvision.records import format_of, read_records
 from wildvision.scan import (
     ScanInput,
     TerminalProgress,
@@ -33,6 +41,7 @@ from wildvision.scan import (
     find_images,
     scan_to_file,
 )
+from wildvision.text import Lexicon
 
 __all__ = ["main", "run"]
 
@@ -45,9 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         points = read_operating_points(args.operating_points) if args.operating_points else None
+        if args.lexicon is not None and not args.read_text and args.command is not _info:
+            raise _UsageError("--lexicon judges the text that --read-text reads: give both")
         classifier = Classifier(args.model, precision=args.precision, operating_points=points,
                                 threads=getattr(args, "threads", None), max_pixels=args.max_pixels,
-                                max_frames=args.max_frames)
+                                max_frames=args.max_frames, read_text=args.read_text,
+                                lexicon=args.lexicon if args.read_text else None)
         return args.command(args, classifier)
     # Bad input, files or extras become one line; anything else is a bug and keeps its traceback.
     except (WildvisionError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError) as error:
@@ -73,6 +85,7 @@ def _scan(args: argparse.Namespace, classifier: Classifier) -> int:
     else:
         inputs = files_from_list(args.files_from.open(encoding="utf-8"))
     index = KnownItemIndex(args.match_index, classifier) if args.match_index else None
+    listing_of = _listing_of(args)  # a bad listings file fails now, before any photo is scored
     summary = scan_to_file(
         inputs, args.output, classifier, batch_size=args.batch_size, workers=args.workers,
         scorers=max(1, (os.cpu_count() or 1) // args.threads), progress=progress, index=index,
@@ -80,7 +93,23 @@ def _scan(args: argparse.Namespace, classifier: Classifier) -> int:
     progress.finish()
     summary.skipped = skipped
     print(f"{args.output}: {summary}", file=sys.stderr)
+    if listing_of is not None:
+        listings = summarise_listings(read_records(args.output), listing_of, classifier.info.operating_points)
+        write_listings(listings, listings_path(args.output))
+        decisions = Counter(str(listing.decision) for listing in listings)
+        print(f"{listings_path(args.output)}: {len(listings)} listings; decisions: "
+              f"{', '.join(f'{name} {count}' for name, count in sorted(decisions.items()))}", file=sys.stderr)
     return 0
+
+
+def _listing_of(args: argparse.Namespace) -> ListingOf | None:
+    if args.listings is not None and args.listing_folders:
+        raise _UsageError("give either --listings CSV or --listing-folders, not both")
+    if args.listing_folders and args.folder is None:
+        raise _UsageError("--listing-folders needs a FOLDER to scan (its sub-folders are the listings)")
+    if args.listings is not None:
+        return listings_from_csv(args.listings)
+    return listing_per_folder if args.listing_folders else None
 
 
 def _predict(args: argparse.Namespace, classifier: Classifier) -> int:
@@ -99,12 +128,20 @@ def _predict(args: argparse.Namespace, classifier: Classifier) -> int:
         extra = {"match": match.to_dict() if match else None} if index else {}
         extra |= {"explanation": str(overlays[path])} if args.explain else {}
         if args.json:
-            print(json.dumps({"path": str(path), **prediction.to_dict(), **extra}))
+            print(json.dumps({"path": str(path), **prediction.to_dict(), **extra}, ensure_ascii=False))
         else:
             scores = "  ".join(f"{label} {score:.3f}" for label, score in prediction.scores.items())
             notes = "".join(f"  {name}: {value}" for name, value in extra.items())
-            print(f"{path}: {prediction.decision.upper():<6} {prediction.label}  ({scores}){notes}")
+            print(f"{path}: {prediction.decision.upper():<6} {prediction.label}  ({scores}){notes}{_words(prediction)}")
     return 1 if failures else 0
+
+
+def _words(prediction: Prediction) -> str:
+    """What the text on the photo named, for a person: `  text: ivory ("mammoth ivory" in "Mammoth Ivory Netsuke")`."""
+    if prediction.text is None:
+        return ""
+    named = "; ".join(f'{match.label} ("{match.phrase}" in "{match.text}")' for match in prediction.text.matches)
+    return f"  text: {named or f'nothing named ({len(prediction.text.lines)} lines read)'}"
 
 
 def _overlay_paths(images: list[Path], folder: Path) -> dict[Path, Path]:
@@ -217,6 +254,9 @@ def _info(args: argparse.Namespace, classifier: Classifier) -> int:
             print(f"flagged    {name}: {', '.join(parts)} (sent to review or blocked)")
     print(f"trained on {json.dumps(info.training.get('data', {}).get('by_split', {}))}")
     print(f"notes      {info.notes}")
+    lexicon = Lexicon.load(args.lexicon)  # whether or not this run reads text: what --read-text would judge by
+    print(f"lexicon    {lexicon.identity}: {', '.join(lexicon.labels)}")
+    print(f"languages  {', '.join(lexicon.languages)}")
     card = classifier.model_path.with_name(classifier.model_path.name.removesuffix(".onnx").removesuffix(".int8") + ".md")
     if card.is_file():  # the shipped model's card travels next to it, in the wheel too
         print(f"card       {card}")
@@ -247,6 +287,12 @@ def _add_model_options(parser: argparse.ArgumentParser, *, suppress: bool) -> No
                              "get a too_large error")
     parser.add_argument("--max-frames", type=_positive_int, default=default(DEFAULT_MAX_FRAMES),
                         help=f"most frames of an animated or multi-page file, all scored (default: {DEFAULT_MAX_FRAMES})")
+    parser.add_argument("--read-text", action="store_true", default=default(False),
+                        help="also read the words on every photo; a product they name sends it to review "
+                             '(needs wildvision[text]; about 10x the time per photo)')
+    parser.add_argument("--lexicon", type=Path, metavar="FILE", default=default(None),
+                        help="with --read-text: your own lexicon (TOML, the shipped lexicon.toml's format) instead of "
+                             "the shipped one")
 
 
 def _with_model_options(commands: argparse._SubParsersAction) -> None:
@@ -275,6 +321,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="onnxruntime threads per batch; one batch is scored per THREADS cores at once (default: 1)")
     scan.add_argument("--match-index", type=Path, metavar="INDEX",
                       help="a known-item index (see `index add`): every record gets a `match` field")
+    scan.add_argument("--listings", type=Path, metavar="CSV", help="which listing each photo is in (columns path, "
+                      "listing): also write one record per listing, decided by its most prohibited photo, to "
+                      "OUTPUT's name with .listings.jsonl")
+    scan.add_argument("--listing-folders", action="store_true",
+                      help="each sub-folder of FOLDER is one listing (as --listings, from the folders)")
     scan.set_defaults(command=_scan)
 
     predict = commands.add_parser("predict", help="score photos and print the results")

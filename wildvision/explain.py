@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from wildvision.model_info import Preprocessing
+from wildvision.text import TextEvidence
 
 __all__ = ["Explanation", "heatmap_on_photo"]
 
@@ -20,6 +21,7 @@ __all__ = ["Explanation", "heatmap_on_photo"]
 _RAMP = np.array([(0, 0, 96), (0, 64, 255), (255, 32, 0), (255, 224, 0)], dtype=np.float32)
 _OVERLAY_OPACITY = 0.6  # at the strongest evidence; the photo shows through untinted where there is none
 _CAPTION_HEIGHT = 0.06  # of the photo's shorter side, at least 12 pixels
+_WORD_COLOUR = (0, 255, 255)  # cyan: outside the heat map's ramp, so a framed word never reads as image evidence
 
 
 @dataclass(frozen=True)
@@ -30,10 +32,11 @@ class Explanation:
     # photos, so a photo the model barely suspects shows a faint map, not a full-strength hot spot.
     heatmap: np.ndarray
     photo: Image.Image  # the upright RGB photo as scored (a large JPEG is decoded at reduced scale, as for `predict`)
+    text: TextEvidence | None = None  # the words read on the photo, when the classifier reads text
 
     def overlay(self) -> Image.Image:
         """The photo with the heat map blended over it where there is evidence, captioned with label and score, for a
-        human reviewer."""
+        human reviewer; each line of text that named a product is framed and tagged with its label."""
         positions = self.heatmap * (len(_RAMP) - 1)
         low = np.minimum(positions.astype(int), len(_RAMP) - 2)
         fraction = (positions - low)[..., np.newaxis]
@@ -41,6 +44,8 @@ class Explanation:
         pixels = np.asarray(self.photo, dtype=np.float32)
         opacity = (self.heatmap * _OVERLAY_OPACITY)[..., np.newaxis]  # untouched where there is no evidence
         overlay = Image.fromarray((pixels * (1 - opacity) + colours * opacity).round().astype(np.uint8), "RGB")
+        if self.text is not None:
+            _mark_words(overlay, self.text)
         _caption(overlay, f"{self.label} {self.score:.3f}")
         return overlay
 
@@ -53,6 +58,22 @@ def _caption(image: Image.Image, text: str) -> None:
     right = min(image.width, round(draw.textlength(text, font=font)) + height // 2)
     draw.rectangle((0, 0, right, height), fill=(0, 0, 0))
     draw.text((height // 4, height // 10), text, fill=(255, 255, 255), font=font)
+
+
+def _mark_words(image: Image.Image, text: TextEvidence) -> None:
+    """A frame around each line that named a product, its label on a band beneath it."""
+    draw = ImageDraw.Draw(image)
+    width = max(2, round(min(image.size) / 200))
+    height = max(12, round(min(image.size) * _CAPTION_HEIGHT * 0.8))
+    font = ImageFont.load_default(size=height * 0.8)
+    for match in {match.box: match for match in text.matches}.values():  # one frame per line
+        left, top, right, bottom = match.box
+        draw.rectangle(match.box, outline=_WORD_COLOUR, width=width)
+        tag = f"text: {match.label}"
+        band_top = min(bottom, image.height - height)
+        draw.rectangle((left, band_top, left + round(draw.textlength(tag, font=font)) + height // 2, band_top + height),
+                       fill=_WORD_COLOUR)
+        draw.text((left + height // 4, band_top + height // 10), tag, fill=(0, 0, 0), font=font)
 
 
 def heatmap_on_photo(activation: np.ndarray, photo: Image.Image, spec: Preprocessing, *, score: float = 1.0) -> np.ndarray:

@@ -20,26 +20,25 @@ import sys
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator
 
 from wildvision.classifier import Classifier, PreparedPhoto, describe_thresholds
 from wildvision.errors import WildvisionError
 from wildvision.images import IMAGE_SUFFIXES, ImageLoadError
 from wildvision.known_items import KnownItemIndex
 from wildvision.records import (
+    RecordLayout,
     ScanRecord,
-    ScanRecordWithMatch,
     columns_of,
-    flat_columns,
     read_records,
     write_records,
 )
 
 __all__ = [
-    "IMAGE_SUFFIXES", "ResumeError", "ScanInput", "ScanRecord", "ScanRecordWithMatch", "ScanSummary", "TerminalProgress",
-    "files_from_list", "find_images", "scan", "scan_to_file",
+    "IMAGE_SUFFIXES", "ResumeError", "ScanInput", "ScanRecord", "ScanSummary", "TerminalProgress", "files_from_list",
+    "find_images", "layout_of", "scan", "scan_to_file",
 ]
 
 _BATCHES_AHEAD = 2  # batches decoding while others are scored: enough to hide decoding, few enough for flat memory
@@ -116,7 +115,7 @@ def scan(
     `workers` threads decode; `scorers` batches are scored at once, each on the classifier's own threads. For the
     most photos per second give one scorer per core and a `Classifier(threads=1)`: on this small model, whole batches
     side by side beat one batch split across cores, and the decoding threads then slow no scorer down.
-    With `index`, records are `ScanRecordWithMatch`es.
+    With `index`, records carry `match`; with a classifier that reads text, `text` (see `layout_of`).
     """
 
     def prepare(item: ScanInput) -> PreparedPhoto | ImageLoadError:
@@ -152,28 +151,28 @@ def scan_to_file(
     With `index`, every record gets a `match` field. An earlier output must come from the same model file, thresholds
     and matching, else a `ResumeError` says so before anything is scored.
     """
-    with_match = index is not None
+    layout = layout_of(classifier, index)
     started = time.monotonic()
     summary = ScanSummary()
     journal = output.with_name(output.name + ".partial.jsonl")
     output.parent.mkdir(parents=True, exist_ok=True)
-    _check_same_scan(journal, output, classifier, with_match)
+    _check_same_scan(journal, output, classifier, layout)
     if output.exists() and not journal.exists():  # a finished earlier scan: keep its records, add what is new
         with journal.open("w", encoding="utf-8") as sink:
-            sink.writelines(json.dumps(record) + "\n" for record in read_records(output, classifier.info.labels))
+            sink.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in read_records(output))
     done = _recorded_names(journal)
     summary.already_done = len(done)
     todo = (item for item in inputs if item.name not in done)
     with journal.open("a", encoding="utf-8") as sink:
         records = scan(todo, classifier, batch_size=batch_size, workers=workers, scorers=scorers, index=index)
         for count, record in enumerate(records, 1):
-            sink.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+            sink.write(json.dumps(layout.to_dict(record), ensure_ascii=False) + "\n")
             summary.add(record)
             if count % batch_size == 0:
                 sink.flush()  # a killed run keeps every record of every finished batch
                 if progress:
                     progress(count)
-    write_records(_journal_records(journal), output, classifier.info.labels, with_match=with_match)
+    write_records(_journal_records(journal), output, layout)
     journal.unlink()
     summary.seconds = time.monotonic() - started
     return summary
@@ -207,19 +206,18 @@ def _score(
     prepared = [future.result() for future in futures]
     good = [item for item in prepared if isinstance(item, PreparedPhoto)]
     if index is None:
-        scored = iter(classifier.score(good)) if good else iter(())
-        return [ScanRecord.failed(item.name, result, classifier.identity) if isinstance(result, ImageLoadError)
-                else ScanRecord.scored(item.name, next(scored)) for item, result in zip(batch, prepared)]
-    predictions, embeddings = classifier.score_and_embed(good) if good else ([], [])
-    scored_and_matched = zip(predictions, index.match_photos(good, embeddings))
+        predictions, matches = classifier.score(good) if good else [], [None] * len(good)
+    else:
+        predictions, embeddings = classifier.score_and_embed(good) if good else ([], [])
+        matches = index.match_photos(good, embeddings)
+    scored = zip(predictions, matches)
     records: list[ScanRecord] = []
     for item, result in zip(batch, prepared):
         if isinstance(result, ImageLoadError):
-            records.append(ScanRecordWithMatch.failed(item.name, result, classifier.identity))
+            records.append(ScanRecord.failed(item.name, result, classifier.identity))
         else:
-            prediction, match = next(scored_and_matched)
-            records.append(replace(ScanRecordWithMatch.scored(item.name, prediction),
-                                   match=match.to_dict() if match else None))
+            prediction, match = next(scored)
+            records.append(ScanRecord.scored(item.name, prediction, match=match))
     return records
 
 
@@ -257,22 +255,32 @@ class ResumeError(WildvisionError, ValueError):
     """An earlier scan into the same output was made differently: continuing it would mix two kinds of records."""
 
 
-def _check_same_scan(journal: Path, output: Path, classifier: Classifier, with_match: bool) -> None:
-    """Refuse to continue an earlier scan made with another model file, other thresholds or labels, or with/without
-    matching: records of two models (or a missing match read as "no match") would be mixed in one output."""
-    expected = [name for name, _ in flat_columns(classifier.info.labels, with_match=with_match)]
+def layout_of(classifier: Classifier, index: KnownItemIndex | None = None) -> RecordLayout:
+    """The records' layout of a scan with this classifier (does it read text?) and known-item index."""
+    return RecordLayout(classifier.info.labels, match=index is not None, text=classifier.lexicon is not None)
+
+
+def _check_same_scan(journal: Path, output: Path, classifier: Classifier, layout: RecordLayout) -> None:
+    """Refuse to continue an earlier scan made with another model file, other thresholds, labels or lexicon, or
+    with/without matching or reading text: records of two models (or a missing match read as "no match") would be
+    mixed in one output."""
     written = columns_of(output) if output.exists() and not journal.exists() else None
-    if written not in (None, expected):
+    if written not in (None, layout.column_names):
         raise ResumeError(f"{output}: an earlier scan wrote other columns ({', '.join(written or [])}): "
-                          f"another model's labels, {'no ' if with_match else ''}--match-index, or an older "
-                          "wildvision; use another output file")
-    first = _first_record(journal, output, classifier.info.labels)
+                          f"another model's labels, {'no ' if layout.match else ''}--match-index, "
+                          f"{'no ' if layout.text else ''}--read-text, or an older wildvision; use another output file")
+    first = _first_record(journal, output)
     if first is None:
         return
-    if ("match" in first) != with_match:
-        earlier = "with" if not with_match else "without"
-        raise ResumeError(f"{output}: an earlier scan into this file ran {earlier} --match-index; use the same options "
-                          "or another output file")
+    for part, option in (("match", "--match-index"), ("text", "--read-text")):
+        if (part in first) != getattr(layout, part):
+            earlier = "with" if not getattr(layout, part) else "without"
+            raise ResumeError(f"{output}: an earlier scan into this file ran {earlier} {option}; use the same options "
+                              "or another output file")
+    lexicon = classifier.lexicon.identity if classifier.lexicon else None
+    if isinstance(first.get("text"), dict) and first["text"]["lexicon"] != lexicon:
+        raise ResumeError(f"{output}: an earlier scan into this file read text with lexicon {first['text']['lexicon']}, "
+                          f"not {lexicon}; continue it with the same --lexicon, or use another output file")
     identity = classifier.identity
     now = {"model_name": identity.name, "model_version": identity.version, "model_precision": identity.precision,
            "model_digest": identity.digest}
@@ -284,12 +292,12 @@ def _check_same_scan(journal: Path, output: Path, classifier: Classifier, with_m
                           "continue it with the same model, precision and thresholds, or use another output file")
 
 
-def _first_record(journal: Path, output: Path, labels: Sequence[str]) -> dict | None:
+def _first_record(journal: Path, output: Path) -> dict | None:
     if journal.exists():
         with journal.open(encoding="utf-8") as source:
             line = source.readline()
         return json.loads(line) if line.endswith("\n") else None  # a torn line is dropped on resuming anyway
-    return next(read_records(output, labels), None) if output.exists() else None
+    return next(read_records(output), None) if output.exists() else None
 
 
 def _journal_records(journal: Path) -> Iterator[dict[str, object]]:

@@ -26,7 +26,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Mapping
 from urllib.parse import urlsplit
 
 try:
@@ -45,8 +45,9 @@ from wildvision.classifier import Classifier, ModelIdentity, default_model_path,
 from wildvision.images import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS, ImageLoadError
 from wildvision.known_items import KnownItemIndex
 from wildvision.model_info import OperatingPoint
-from wildvision.records import ScanRecord, ScanRecordWithMatch, flat_columns, flatten
-from wildvision.scan import IMAGE_SUFFIXES, ResumeError, ScanInput, ScanSummary, find_images, scan
+from wildvision.records import RecordLayout, ScanRecord
+from wildvision.scan import IMAGE_SUFFIXES, ResumeError, ScanInput, ScanSummary, find_images, layout_of, scan
+from wildvision.text import Lexicon
 
 __all__ = ["Reading", "read_photos", "record_schema", "score_archive", "score_photos", "session"]
 
@@ -108,11 +109,10 @@ def read_photos(spark: SparkSession, source: str) -> DataFrame:
     return photos
 
 
-def record_schema(labels: Sequence[str], *, with_match: bool = False) -> StructType:
-    """The records' columns: those `wildvision scan` writes to Parquet (`wildvision.records.flat_columns`), with
-    `scan --match-index`'s `match_*` columns when `with_match`."""
-    columns = flat_columns(labels, with_match=with_match)
-    return StructType([StructField(name, _SPARK_TYPES[kind]) for name, kind in columns])
+def record_schema(layout: RecordLayout) -> StructType:
+    """The records' columns: those `wildvision scan` writes to Parquet (`RecordLayout.columns`), with
+    `scan --match-index`'s `match_*` and `scan --read-text`'s `text_*` columns where the layout has them."""
+    return StructType([StructField(name, _SPARK_TYPES[kind]) for name, kind in layout.columns])
 
 
 @dataclass(frozen=True)
@@ -124,10 +124,12 @@ class Reading:
     operating_points: tuple[tuple[str, OperatingPoint], ...] | None = None  # None: the model's own
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_frames: int = DEFAULT_MAX_FRAMES
+    lexicon: Lexicon | None = None  # read the text on photos and judge it with this lexicon (it travels as data)
 
     @classmethod
     def of(cls, classifier: Classifier) -> Reading:
-        return cls(tuple(classifier.info.operating_points.items()), classifier.max_pixels, classifier.max_frames)
+        return cls(tuple(classifier.info.operating_points.items()), classifier.max_pixels, classifier.max_frames,
+                   classifier.lexicon)
 
 
 @dataclass(frozen=True)
@@ -176,8 +178,9 @@ def score_archive(
     photos = read_photos(spark, source)
     model_file, index_file = _ship_model_and_index(spark, model, match_index)
     job = _Job(model_file, index_file, reading, batch_size)
-    classifier, with_match = _classifier(SparkFiles.get(model_file), reading), index_file is not None
-    earlier = _earlier_records(spark, output, classifier, with_match)
+    classifier = _classifier(SparkFiles.get(model_file), reading)
+    layout = RecordLayout(classifier.info.labels, match=index_file is not None, text=reading.lexicon is not None)
+    earlier = _earlier_records(spark, output, classifier, layout)
     before = _counts(earlier)
     # Broadcast, so the photos are filtered where Spark reads them and their bytes never cross the network.
     todo = photos.join(F.broadcast(earlier.select("path")), "path", "left_anti")
@@ -187,8 +190,8 @@ def score_archive(
     with _conf(spark, split):  # read when the write is planned
         records = _score(todo, job)
         records.write.mode("append").options(**_KEEP_FINISHED_TASKS).parquet(output)
-    _append_unread_files(photos, source, output, classifier, with_match)
-    summary = _summary(_counts(_records(spark, output, classifier.info.labels, with_match)) - before)
+    _append_unread_files(photos, source, output, classifier, layout)
+    summary = _summary(_counts(_records(spark, output, layout)) - before)
     summary.already_done = sum(before.values())
     summary.seconds = time.monotonic() - started
     return summary
@@ -201,20 +204,21 @@ def _score(photos: DataFrame, job: _Job) -> DataFrame:
         _index(job)  # another model's index fails here, once
     columns = ["path", "content"] if "content" in photos.columns else ["path"]
     score = functools.partial(_score_partition, job=job)
-    schema = record_schema(labels, with_match=job.index_file is not None)
+    schema = record_schema(RecordLayout(labels, match=job.index_file is not None, text=job.reading.lexicon is not None))
     return photos.where(F.col("path").isNotNull()).select(*columns).mapInPandas(score, schema)
 
 
-def _earlier_records(spark: SparkSession, output: str, classifier: Classifier, with_match: bool) -> DataFrame:
+def _earlier_records(spark: SparkSession, output: str, classifier: Classifier, layout: RecordLayout) -> DataFrame:
     """The records earlier runs wrote to `output` (none for a new folder), refusing a folder of another kind of run.
 
-    A run notes what it scores with (model file, thresholds, labels, matching) in OUTPUT/_wildvision.json before it
+    A run notes what it scores with (model file, thresholds, labels, matching, lexicon) in OUTPUT/_wildvision.json before it
     scores a photo, so even a run killed before its first task finished is continued, and records of two models never
     mix in one output.
     """
     info = classifier.info
     identity = {"model": str(classifier.identity), "thresholds": describe_thresholds(info.operating_points),
-                "labels": list(info.labels), "match_index": with_match}
+                "labels": list(info.labels), "match_index": layout.match,
+                "read_text": classifier.lexicon.identity if classifier.lexicon else None}
     file_system, note = _hadoop_path(spark, f"{output.rstrip('/')}/{_RUN_FILE}")
     noted = _read_text(spark, file_system, note)
     if noted is None and _exists(spark, output):
@@ -225,24 +229,25 @@ def _earlier_records(spark: SparkSession, output: str, classifier: Classifier, w
             sink.write(bytearray(json.dumps(identity).encode()))
     elif (recorded := json.loads(noted)) != identity:
         raise ResumeError(f"{output} holds records of {_describe(recorded)}, but this run scores with "
-                          f"{_describe(identity)}; use the same --model, --precision and --match-index as before, "
-                          "or another output folder")
-    return _records(spark, output, info.labels, with_match)
+                          f"{_describe(identity)}; use the same --model, --precision, --match-index and --read-text "
+                          "as before, or another output folder")
+    return _records(spark, output, layout)
 
 
 def _describe(identity: Mapping) -> str:
     matching = "with" if identity["match_index"] else "without"
+    text = f"reading text ({identity['read_text']})" if identity.get("read_text") else "without --read-text"
     return (f"{identity['model']} (labels {', '.join(identity['labels'])}; thresholds {identity['thresholds']}) "
-            f"{matching} --match-index")
+            f"{matching} --match-index, {text}")
 
 
-def _records(spark: SparkSession, output: str, labels: Sequence[str], with_match: bool) -> DataFrame:
+def _records(spark: SparkSession, output: str, layout: RecordLayout) -> DataFrame:
     """The records in `output`; none where no task has finished yet (so the schema is given, not read from files)."""
-    return spark.read.schema(record_schema(labels, with_match=with_match)).parquet(output)
+    return spark.read.schema(record_schema(layout)).parquet(output)
 
 
 def _append_unread_files(
-    photos: DataFrame, source: str, output: str, classifier: Classifier, with_match: bool
+    photos: DataFrame, source: str, output: str, classifier: Classifier, layout: RecordLayout
 ) -> None:
     """Give every image file Spark never handed over its error record, as `scan` does: 0-byte and unreadable files
     (listed, but not read) and dead symbolic links (never listed).
@@ -250,19 +255,18 @@ def _append_unread_files(
     They are found by comparing the listing with the written records (on the cluster: only the few misses reach the
     driver), and dead links by walking a local source's folders on the driver.
     """
-    spark, info = photos.sparkSession, classifier.info
+    spark = photos.sparkSession
     links = {item.name: item for item in _dead_links(spark, source)}
     listing = _listed_files(photos).union(spark.createDataFrame([(name,) for name in links], "path string"))
-    written = _records(spark, output, info.labels, with_match).select("path")
+    written = _records(spark, output, layout).select("path")
     missed = [row.path for row in listing.join(written, "path", "left_anti").collect()]
     records = [
         *scan([links[path] for path in missed if path in links], classifier),  # scan's own words for a dead link
-        *(_unread_record(spark, path, classifier.identity, with_match) for path in missed if path not in links),
+        *(_unread_record(spark, path, classifier.identity) for path in missed if path not in links),
     ]
     if records:
-        rows = [flatten(record.to_dict(), info.labels, with_match=with_match) for record in records]
-        schema = record_schema(info.labels, with_match=with_match)
-        spark.createDataFrame(rows, schema).coalesce(1).write.mode("append").parquet(output)
+        rows = [layout.flatten(layout.to_dict(record)) for record in records]
+        spark.createDataFrame(rows, record_schema(layout)).coalesce(1).write.mode("append").parquet(output)
 
 
 def _listed_files(photos: DataFrame) -> DataFrame:
@@ -295,7 +299,7 @@ def _dead_links(spark: SparkSession, source: str) -> list[ScanInput]:
     return links
 
 
-def _unread_record(spark: SparkSession, path: str, model: ModelIdentity, with_match: bool) -> ScanRecord:
+def _unread_record(spark: SparkSession, path: str, model: ModelIdentity) -> ScanRecord:
     """The error record of a listed file Spark did not read: empty, vanished, or unreadable."""
     file_system, hadoop_path = _hadoop_path(spark, path)
     try:
@@ -303,8 +307,7 @@ def _unread_record(spark: SparkSession, path: str, model: ModelIdentity, with_ma
         reason, category = ("empty file (0 bytes)", "empty") if size == 0 else ("cannot read file", "unreadable")
     except Py4JJavaError:
         reason, category = "cannot read file (it vanished after it was listed)", "unreadable"
-    record = ScanRecordWithMatch if with_match else ScanRecord
-    return record.failed(path, ImageLoadError(path, reason, category), model)
+    return ScanRecord.failed(path, ImageLoadError(path, reason, category), model)
 
 
 def _read_text(spark: SparkSession, file_system, path) -> str | None:
@@ -330,7 +333,7 @@ def _classifier(model_file: str, reading: Reading) -> Classifier:
     """This process's Classifier of `model_file` (an executor's, or the driver's for labels): loaded once, then reused."""
     points = None if reading.operating_points is None else dict(reading.operating_points)
     return Classifier(model_file, threads=1, operating_points=points, max_pixels=reading.max_pixels,
-                      max_frames=reading.max_frames)
+                      max_frames=reading.max_frames, read_text=reading.lexicon is not None, lexicon=reading.lexicon)
 
 
 @functools.cache
@@ -346,12 +349,11 @@ def _score_partition(chunks: Iterator[pd.DataFrame], *, job: _Job) -> Iterator[p
     batch_size = job.batch_size
     classifier = _classifier(SparkFiles.get(job.model_file), job.reading)
     index = None if job.index_file is None else _index(job)
-    labels, with_match = classifier.info.labels, index is not None
-    columns = [name for name, _ in flat_columns(labels, with_match=with_match)]
+    layout = layout_of(classifier, index)
     records = scan(_inputs(chunks), classifier, batch_size=batch_size, workers=cpus, scorers=cpus, index=index)
     while batch := list(islice(records, batch_size)):
-        rows = [flatten(record.to_dict(), labels, with_match=with_match) for record in batch]
-        yield pd.DataFrame(rows, columns=columns)
+        rows = [layout.flatten(layout.to_dict(record)) for record in batch]
+        yield pd.DataFrame(rows, columns=layout.column_names)
 
 
 def _inputs(chunks: Iterator[pd.DataFrame]) -> Iterator[ScanInput]:

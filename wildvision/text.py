@@ -1,0 +1,333 @@
+"""Text evidence: read the words a seller wrote on a photo and find the prohibited products they name.
+
+Sellers caption their photos ("Mammoth Ivory Netsuke · Now $950"), and a promotional graphic that the image model
+calls harmless often names the product outright. This module has the two halves of reading that evidence:
+
+- `TextReader` finds and reads lines of text with PP-OCRv4 (detection and recognition, Chinese and English, run by
+  onnxruntime from the `rapidocr-onnxruntime` wheel, which ships the models: nothing is downloaded).
+- `Lexicon` decides which lines name a product: phrases per label and language from a TOML file (the package's own
+  `lexicon.toml`, or a platform's), with the contexts that do not count ("ivory white", Côte d'Ivoire).
+
+`wildvision.classifier` combines the two with the image model's scores (see `decide_with_text`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import re
+import threading
+import tomllib
+import unicodedata
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from wildvision.errors import WildvisionError
+
+__all__ = [
+    "DETECT_SIDE", "LANGUAGES", "MAX_LINES", "READ_SIDE", "Lexicon", "LexiconError", "TextEvidence", "TextLine", "TextMatch", "TextReader",
+    "default_lexicon_path",
+]
+
+# The languages of the trade a lexicon may name (BCP 47 tags). PP-OCRv4's bundled recogniser reads Chinese and
+# Latin letters; accents are often dropped, hence matching folds them (`_normalise`).
+LANGUAGES = ("en", "fr", "de", "es", "pt", "zh-Hans", "zh-Hant", "ja", "vi", "th", "id", "ms")
+# Text is found on a copy of the photo whose longer side is at most this many pixels: detection cost grows with pixels
+# (a 960-pixel side costs about 3x a 533-pixel one on one core), and captions worth reading stay legible at this size.
+# Recognition then reads each line from the full-resolution photo.
+DETECT_SIDE = 640
+# Photos whose text is read are decoded with at least this short side (JPEGs are otherwise reduced to the model's
+# 288 pixels): a 4:3 photo then reaches DETECT_SIDE, and recognition reads lines from every pixel decoded.
+READ_SIDE = 480
+# Lines shorter than this many pixels (at detection scale) are neither legible nor written for a buyer to read.
+_MIN_LINE_HEIGHT = 8
+# At most this many lines are recognised per photo, the tallest first: a seller's caption is large, and packaging or
+# a page of small print would otherwise cost a recognition pass per line.
+MAX_LINES = 12
+_MIN_CONFIDENCE = 0.5  # recognitions below this are mostly noise (PP-OCR's own default)
+
+
+def default_lexicon_path() -> Path:
+    return Path(str(resources.files("wildvision") / "lexicon.toml"))
+
+
+class LexiconError(WildvisionError, ValueError):
+    """A lexicon file that is not valid: unreadable TOML, unknown keys or languages, empty or non-text phrases."""
+
+
+@dataclass(frozen=True)
+class TextLine:
+    """One line of text read on a photo, with its box (left, top, right, bottom) in the photo's pixels."""
+
+    text: str
+    box: tuple[int, int, int, int]
+    confidence: float
+
+
+@dataclass(frozen=True)
+class TextMatch:
+    """A phrase of the lexicon found in a line read on the photo: the label it names, in which language."""
+
+    label: str
+    phrase: str
+    language: str
+    text: str  # the whole line it was found in, as read
+    box: tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class TextEvidence:
+    """What was read on a photo (every line) and what counted (the matches), and which lexicon judged it."""
+
+    lexicon: str  # `Lexicon.identity`: which phrase list decided
+    lines: tuple[TextLine, ...]
+    matches: tuple[TextMatch, ...]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The labels the text names, each once, in the order first found."""
+        return tuple(dict.fromkeys(match.label for match in self.matches))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, value: Mapping[str, Any]) -> TextEvidence:
+        return cls(value["lexicon"], tuple(TextLine(line["text"], tuple(line["box"]), line["confidence"])
+                                           for line in value["lines"]),
+                   tuple(TextMatch(**{**match, "box": tuple(match["box"])}) for match in value["matches"]))
+
+
+@dataclass(frozen=True)
+class _Phrase:
+    label: str
+    language: str
+    pattern: str  # regex of the normalised phrase, bounded by word edges where its script has spaces
+
+
+class Lexicon:
+    """Phrases per label and language that name a prohibited product, and phrases that contain one but do not.
+
+    A phrase matches a line of text after both are normalised (NFKC, case-folded, hyphens and white space as one
+    space, accents of Latin letters removed); in scripts written with spaces only at word edges ("IvoryAndArt" does not
+    name ivory), in Chinese, Japanese and Thai anywhere. A match is cancelled when an `ignore` phrase of the same label
+    covers it ("ivory white", "Côte d'Ivoire"). Immutable once loaded, so one lexicon serves every thread.
+    """
+
+    def __init__(self, document: Mapping[str, Any], *, name: str) -> None:
+        self.version, self.labels, phrases, ignored = _parse(document, name)
+        self.languages = tuple(language for language in LANGUAGES if any(p.language == language for p in phrases))
+        self.descriptions = {label: document["labels"][label]["description"] for label in self.labels}
+        canonical = repr(sorted((k, repr(v)) for k, v in document.items())).encode()
+        self.identity = f"{name} {self.version} sha256:{hashlib.sha256(canonical).hexdigest()[:12]}"
+        self._terms = _Alternation(phrases)
+        self._phrase_of: dict[str, _Phrase] = {}
+        for phrase in phrases:  # a phrase of two languages (象牙: Chinese and Japanese) is reported as the first
+            self._phrase_of.setdefault(phrase.pattern, phrase)
+        self._ignored = {label: _Alternation([p for p in ignored if p.label == label]) for label in self.labels}
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Lexicon:
+        """The lexicon in `path` (TOML; see the package's `lexicon.toml`), by default the package's own."""
+        file = Path(path) if path is not None else default_lexicon_path()
+        try:
+            document = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+            raise LexiconError(f"{file}: not a readable TOML lexicon ({error})") from None
+        return cls(document, name="wildvision" if path is None else file.name)
+
+    def __eq__(self, other: object) -> bool:  # one lexicon, however often loaded or shipped to a Spark executor
+        return isinstance(other, Lexicon) and other.identity == self.identity
+
+    def __hash__(self) -> int:
+        return hash(self.identity)
+
+    def find(self, lines: Sequence[TextLine]) -> tuple[TextMatch, ...]:
+        """Every phrase that names a product in `lines`, the longest at each place, minus ignored contexts."""
+        matches = []
+        for line in lines:
+            text = _normalise(line.text)
+            for found in self._terms.regex.finditer(text):
+                phrase = self._phrase_of[self._terms.pattern_of(found)]
+                if not self._is_ignored(phrase.label, text, found.span()):
+                    matches.append(TextMatch(phrase.label, found.group(), phrase.language, line.text, line.box))
+        return tuple(matches)
+
+    def _is_ignored(self, label: str, text: str, span: tuple[int, int]) -> bool:
+        ignored = self._ignored[label]
+        return bool(ignored.patterns) and any(
+            other.start() <= span[0] and span[1] <= other.end() for other in _overlapping(ignored, text))
+
+
+class TextReader:
+    """Reads the lines of text on a photo: PP-OCRv4 detection on a reduced copy, then recognition of the tallest
+    lines from the photo itself. Needs `pip install "wildvision[text]"`.
+
+    Safe to share across threads: each call borrows one of at most `engines` OCR engines (rapidocr's detector keeps
+    per-call state, so an engine serves one thread at a time), each running onnxruntime on `threads` threads.
+    """
+
+    def __init__(self, *, threads: int | None = None, engines: int = 2) -> None:
+        if engines < 1:
+            raise ValueError(f"engines must be at least 1, got {engines}")
+        self._new_engine = _engine_factory(threads)
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._idle.put(self._new_engine())  # the first engine now: a broken install fails at load, not mid-scan
+        self._created, self._limit, self._lock = 1, engines, threading.Lock()
+
+    def read(self, photo: Image.Image) -> tuple[TextLine, ...]:
+        """The lines of text on an RGB photo, top to bottom, each with its box in the photo's pixels."""
+        engine = self._borrow()
+        try:
+            return _read(engine, photo)
+        finally:
+            self._idle.put(engine)
+
+    def _borrow(self) -> Any:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            with self._lock:
+                create = self._created < self._limit
+                self._created += create
+            return self._new_engine() if create else self._idle.get()
+
+
+def _engine_factory(threads: int | None):
+    try:
+        from rapidocr_onnxruntime import RapidOCR
+    except ImportError:
+        raise ImportError('reading text needs the text extra: pip install "wildvision[text]"') from None
+    count = -1 if threads is None else threads  # rapidocr's "all cores"
+
+    def new_engine() -> Any:
+        # "max": never enlarge (rapidocr's default enlarges every photo to a 736-pixel short side, 6x the cost);
+        # `_read` hands it a copy already reduced to DETECT_SIDE.
+        return RapidOCR(intra_op_num_threads=count, inter_op_num_threads=1, det_limit_type="max",
+                        det_limit_side_len=DETECT_SIDE)
+
+    return new_engine
+
+
+def _read(engine: Any, photo: Image.Image) -> tuple[TextLine, ...]:
+    scale = min(1.0, DETECT_SIDE / max(photo.size))
+    small = photo if scale == 1.0 else photo.resize(
+        (max(1, round(photo.width * scale)), max(1, round(photo.height * scale))), Image.Resampling.BILINEAR)
+    quads, _ = engine.text_det(_bgr(small))
+    if quads is None or len(quads) == 0:
+        return ()
+    heights = np.linalg.norm(quads[:, 3] - quads[:, 0], axis=1)
+    tallest = [i for i in np.argsort(-heights)[:MAX_LINES] if heights[i] >= _MIN_LINE_HEIGHT]
+    chosen = engine.sorted_boxes(quads[sorted(tallest)] / scale) if tallest else []
+    if not chosen:
+        return ()
+    crops = engine.get_crop_img_list(_bgr(photo), [quad.astype(np.float32) for quad in chosen])
+    texts, _ = engine.text_rec(crops)
+    return tuple(TextLine(text.strip(), _bounds(quad, photo.size), round(float(confidence), 4))
+                 for quad, (text, confidence) in zip(chosen, texts)
+                 if confidence >= _MIN_CONFIDENCE and text.strip())
+
+
+def _bgr(photo: Image.Image) -> np.ndarray:
+    """The photo as OpenCV's BGR array, which PP-OCR's models were trained on."""
+    return np.ascontiguousarray(np.asarray(photo.convert("RGB"))[:, :, ::-1])
+
+
+def _bounds(quad: np.ndarray, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    left, top = np.floor(quad.min(axis=0)).astype(int)
+    right, bottom = np.ceil(quad.max(axis=0)).astype(int)
+    return (max(0, int(left)), max(0, int(top)), min(size[0], int(right)), min(size[1], int(bottom)))
+
+
+def _parse(document: Mapping[str, Any], name: str) -> tuple[str, tuple[str, ...], list[_Phrase], list[_Phrase]]:
+    """The lexicon's version, labels, phrases and ignored phrases, checked as strictly as operating points."""
+    _only_keys(document, {"version", "labels"}, name)
+    version, labels = document.get("version"), document.get("labels")
+    if not isinstance(version, str) or not version:
+        raise LexiconError(f"{name}: 'version' must be a non-empty string")
+    if not isinstance(labels, dict) or not labels:
+        raise LexiconError(f"{name}: '[labels.<label>]' tables are missing")
+    phrases, ignored = [], []
+    for label, table in labels.items():
+        where = f"{name}: labels.{label}"
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", label):
+            raise LexiconError(f"{where}: a label is lower-case letters, digits and '_'")
+        if not isinstance(table, dict):
+            raise LexiconError(f"{where}: must be a table with 'description', 'terms' and 'ignore'")
+        _only_keys(table, {"description", "terms", "ignore"}, where)
+        if not isinstance(table.get("description"), str):
+            raise LexiconError(f"{where}: 'description' must be a string")
+        phrases += _phrases(label, table.get("terms"), f"{where}.terms", required=True)
+        ignored += _phrases(label, table.get("ignore", {}), f"{where}.ignore", required=False)
+    return version, tuple(labels), phrases, ignored
+
+
+def _phrases(label: str, table: Any, where: str, *, required: bool) -> list[_Phrase]:
+    if not isinstance(table, dict) or (required and not table):
+        raise LexiconError(f"{where}: must be a table of language = [phrases]")
+    phrases = []
+    for language, values in table.items():
+        if language not in LANGUAGES:
+            raise LexiconError(f"{where}: unknown language {language!r}; use one of {', '.join(LANGUAGES)}")
+        if not isinstance(values, list) or not all(isinstance(v, str) and _normalise(v) for v in values):
+            raise LexiconError(f"{where}.{language}: must be a list of non-empty strings")
+        phrases += [_Phrase(label, language, _pattern(_normalise(value))) for value in values]
+    return phrases
+
+
+def _only_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise LexiconError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+
+
+_SPACES = re.compile(r"[\s\-‐‑‒–—_]+")
+
+
+def _normalise(text: str) -> str:
+    """Case-folded NFKC text, hyphens and white space as one space, Latin letters without accents (OCR drops them,
+    and `đ` is a separate letter that no decomposition removes)."""
+    folded = unicodedata.normalize("NFKC", text).casefold().replace("đ", "d")
+    decomposed = unicodedata.normalize("NFD", folded)
+    kept, base = [], ""
+    for char in decomposed:
+        if unicodedata.combining(char) and base and base < "ɏ":  # a mark on a Latin letter (up to Latin Extended-B)
+            continue
+        kept.append(char)
+        if not unicodedata.combining(char):
+            base = char
+    return _SPACES.sub(" ", unicodedata.normalize("NFC", "".join(kept))).strip()
+
+
+def _pattern(phrase: str) -> str:
+    """A phrase as a regex: bounded by word edges where its script separates words with spaces."""
+    spaced = all(char < "ɏ" or unicodedata.category(char).startswith("M") for char in phrase)
+    return rf"(?<!\w){re.escape(phrase)}(?!\w)" if spaced else re.escape(phrase)
+
+
+class _Alternation:
+    """One regex for many phrases, each its own group, longest first so that the most specific phrase wins."""
+
+    def __init__(self, phrases: Sequence[_Phrase]) -> None:
+        self.patterns = sorted({p.pattern for p in phrases}, key=len, reverse=True)
+        self.regex = re.compile("|".join(f"(?P<p{i}>{pattern})" for i, pattern in enumerate(self.patterns)))
+
+    def pattern_of(self, found: re.Match[str]) -> str:
+        """The phrase pattern whose group matched."""
+        return self.patterns[int((found.lastgroup or "p0")[1:])]
+
+
+def _overlapping(alternation: _Alternation, text: str) -> list[re.Match[str]]:
+    """Every match starting at every position (ignored contexts may overlap one another)."""
+    found, position = [], 0
+    while (match := alternation.regex.search(text, position)) is not None:
+        found.append(match)
+        position = match.start() + 1
+    return found
