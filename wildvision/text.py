@@ -37,9 +37,9 @@ __all__ = [
 # The languages of the trade a lexicon may name (BCP 47 tags). PP-OCRv4's bundled recogniser reads Chinese and
 # Latin letters; accents are often dropped, hence matching folds them (`_normalise`).
 LANGUAGES = ("en", "fr", "de", "es", "pt", "zh-Hans", "zh-Hant", "ja", "vi", "th", "id", "ms")
-# Text is found on a copy of the photo whose longer side is at most this many pixels: detection cost grows with pixels
-# (a 960-pixel side costs about 3x a 533-pixel one on one core), and captions worth reading stay legible at this size.
-# Recognition then reads each line from the full-resolution photo.
+# Text is found on a copy of the photo whose longer side is this many pixels: detection cost grows with pixels (a
+# 960-pixel side costs about 3x a 533-pixel one on one core), captions worth reading stay legible at this size, and a
+# small photo's text is enlarged to where PP-OCR finds it. Recognition then reads each line from the photo itself.
 DETECT_SIDE = 640
 # Photos whose text is read are decoded with at least this short side (JPEGs are otherwise reduced to the model's
 # 288 pixels): a 4:3 photo then reaches DETECT_SIDE, and recognition reads lines from every pixel decoded.
@@ -107,7 +107,24 @@ class TextEvidence:
 class _Phrase:
     label: str
     language: str
-    pattern: str  # regex of the normalised phrase, bounded by word edges where its script has spaces
+    text: str  # normalised (`_normalise`)
+    spelled: str = ""  # for a run-on form (`run_on`): the phrase as the lexicon spells it
+
+    @property
+    def spaced(self) -> bool:
+        """Written in a script that separates words with spaces (Latin letters, with or without accents)."""
+        return all(char < "ɏ" or unicodedata.category(char).startswith("M") for char in self.text)
+
+    @property
+    def pattern(self) -> str:
+        """The phrase as a regex, bounded by word edges where its script has spaces (but not in a run-on token)."""
+        bounded = self.spaced and not self.spelled
+        return rf"(?<!\w){re.escape(self.text)}(?!\w)" if bounded else re.escape(self.text)
+
+    @property
+    def run_on(self) -> _Phrase:
+        """The phrase as it stands in a run-on token, its spaces lost."""
+        return _Phrase(self.label, self.language, self.text.replace(" ", ""), self.text)
 
 
 class Lexicon:
@@ -125,11 +142,11 @@ class Lexicon:
         self.descriptions = {label: document["labels"][label]["description"] for label in self.labels}
         canonical = repr(sorted((k, repr(v)) for k, v in document.items())).encode()
         self.identity = f"{name} {self.version} sha256:{hashlib.sha256(canonical).hexdigest()[:12]}"
-        self._terms = _Alternation(phrases)
-        self._phrase_of: dict[str, _Phrase] = {}
-        for phrase in phrases:  # a phrase of two languages (象牙: Chinese and Japanese) is reported as the first
-            self._phrase_of.setdefault(phrase.pattern, phrase)
+        self._words = _Alternation(phrases)
         self._ignored = {label: _Alternation([p for p in ignored if p.label == label]) for label in self.labels}
+        self._run_ons = _Alternation([p.run_on for p in phrases if p.spaced])
+        self._ignored_run_ons = {label: _Alternation([p.run_on for p in ignored if p.label == label and p.spaced])
+                                 for label in self.labels}
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Lexicon:
@@ -153,17 +170,27 @@ class Lexicon:
         """Every phrase that names a product in `lines`, the longest at each place, minus ignored contexts."""
         matches = []
         for line in lines:
-            text = _normalise(line.text)
-            for found in self._terms.regex.finditer(text):
-                phrase = self._phrase_of[self._terms.pattern_of(found)]
-                if not self._is_ignored(phrase.label, text, found.span()):
-                    matches.append(TextMatch(phrase.label, found.group(), phrase.language, line.text, line.box))
+            found = self._found(_normalise(line.text))
+            matches += [TextMatch(phrase.label, phrase.spelled or phrase.text, phrase.language, line.text, line.box)
+                        for phrase in found]
         return tuple(matches)
 
-    def _is_ignored(self, label: str, text: str, span: tuple[int, int]) -> bool:
-        ignored = self._ignored[label]
-        return bool(ignored.patterns) and any(
-            other.start() <= span[0] and span[1] <= other.end() for other in _overlapping(ignored, text))
+    def _found(self, text: str) -> list[_Phrase]:
+        """The phrases named in one normalised line: as words, and inside run-on tokens whose spaces OCR lost."""
+        found, spans = [], []
+        for match in self._words.regex.finditer(text):
+            phrase = self._words.phrase_of(match)
+            spans.append(match.span())  # found or ignored, a place judged as words is not judged again as a run-on
+            if not self._ignored[phrase.label].covers(text, match.span()):
+                found.append(phrase)
+        for token in _RUN_ON.finditer(text):
+            for match in self._run_ons.regex.finditer(token.group()):
+                start, end = token.start() + match.start(), token.start() + match.end()
+                phrase = self._run_ons.phrase_of(match)
+                if (not any(start < other_end and other_start < end for other_start, other_end in spans)
+                        and not self._ignored_run_ons[phrase.label].covers(token.group(), match.span())):
+                    found.append(phrase)
+        return found
 
 
 class TextReader:
@@ -208,8 +235,8 @@ def _engine_factory(threads: int | None):
     count = -1 if threads is None else threads  # rapidocr's "all cores"
 
     def new_engine() -> Any:
-        # "max": never enlarge (rapidocr's default enlarges every photo to a 736-pixel short side, 6x the cost);
-        # `_read` hands it a copy already reduced to DETECT_SIDE.
+        # "max": no resizing of its own (rapidocr's default enlarges every photo to a 736-pixel short side, 6x the
+        # cost); `_read` hands it a copy already sized to DETECT_SIDE.
         return RapidOCR(intra_op_num_threads=count, inter_op_num_threads=1, det_limit_type="max",
                         det_limit_side_len=DETECT_SIDE)
 
@@ -217,7 +244,7 @@ def _engine_factory(threads: int | None):
 
 
 def _read(engine: Any, photo: Image.Image) -> tuple[TextLine, ...]:
-    scale = min(1.0, DETECT_SIDE / max(photo.size))
+    scale = DETECT_SIDE / max(photo.size)  # small photos are enlarged: PP-OCR misses text under about 10 pixels
     small = photo if scale == 1.0 else photo.resize(
         (max(1, round(photo.width * scale)), max(1, round(photo.height * scale))), Image.Resampling.BILINEAR)
     quads, _ = engine.text_det(_bgr(small))
@@ -278,7 +305,7 @@ def _phrases(label: str, table: Any, where: str, *, required: bool) -> list[_Phr
             raise LexiconError(f"{where}: unknown language {language!r}; use one of {', '.join(LANGUAGES)}")
         if not isinstance(values, list) or not all(isinstance(v, str) and _normalise(v) for v in values):
             raise LexiconError(f"{where}.{language}: must be a list of non-empty strings")
-        phrases += [_Phrase(label, language, _pattern(_normalise(value))) for value in values]
+        phrases += [_Phrase(label, language, _normalise(value)) for value in values]
     return phrases
 
 
@@ -288,12 +315,17 @@ def _only_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
         raise LexiconError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
 
 
-_SPACES = re.compile(r"[\s\-‐‑‒–—_]+")
+# Word separators, apostrophes among them: OCR reads "d'Ivoire" as "d’Ivoire", "d`Ivoire" or "d°Ivoire".
+_SPACES = re.compile(r"[\s\-‐‑‒–—_'’‘`´°]+")
+# PP-OCR often drops the spaces between Latin words ("Braceletivoiredemammouth"): in a token of at least this many
+# letters, which few real words reach, a phrase is looked for inside the token too. Shorter tokens keep word edges,
+# so a shop called "IvoryAndArt" (11 letters) names nothing.
+_RUN_ON = re.compile(r"[^\W\d_]{12,}")
 
 
 def _normalise(text: str) -> str:
-    """Case-folded NFKC text, hyphens and white space as one space, Latin letters without accents (OCR drops them,
-    and `đ` is a separate letter that no decomposition removes)."""
+    """Case-folded NFKC text, hyphens, apostrophes and white space as one space, Latin letters without accents (OCR
+    drops them, and `đ` is a separate letter that no decomposition removes)."""
     folded = unicodedata.normalize("NFKC", text).casefold().replace("đ", "d")
     decomposed = unicodedata.normalize("NFD", folded)
     kept, base = [], ""
@@ -306,28 +338,25 @@ def _normalise(text: str) -> str:
     return _SPACES.sub(" ", unicodedata.normalize("NFC", "".join(kept))).strip()
 
 
-def _pattern(phrase: str) -> str:
-    """A phrase as a regex: bounded by word edges where its script separates words with spaces."""
-    spaced = all(char < "ɏ" or unicodedata.category(char).startswith("M") for char in phrase)
-    return rf"(?<!\w){re.escape(phrase)}(?!\w)" if spaced else re.escape(phrase)
-
-
 class _Alternation:
     """One regex for many phrases, each its own group, longest first so that the most specific phrase wins."""
 
     def __init__(self, phrases: Sequence[_Phrase]) -> None:
-        self.patterns = sorted({p.pattern for p in phrases}, key=len, reverse=True)
-        self.regex = re.compile("|".join(f"(?P<p{i}>{pattern})" for i, pattern in enumerate(self.patterns)))
+        self.phrases: dict[str, _Phrase] = {}
+        for phrase in sorted(phrases, key=lambda p: len(p.text), reverse=True):
+            self.phrases.setdefault(phrase.pattern, phrase)  # a phrase of two languages (象牙) reports the first
+        self._order = list(self.phrases.values())
+        self.regex = re.compile("|".join(f"(?P<p{i}>{p.pattern})" for i, p in enumerate(self._order)) or "(?!)")
 
-    def pattern_of(self, found: re.Match[str]) -> str:
-        """The phrase pattern whose group matched."""
-        return self.patterns[int((found.lastgroup or "p0")[1:])]
+    def phrase_of(self, found: re.Match[str]) -> _Phrase:
+        """The phrase whose group matched."""
+        return self._order[int((found.lastgroup or "p0")[1:])]
 
-
-def _overlapping(alternation: _Alternation, text: str) -> list[re.Match[str]]:
-    """Every match starting at every position (ignored contexts may overlap one another)."""
-    found, position = [], 0
-    while (match := alternation.regex.search(text, position)) is not None:
-        found.append(match)
-        position = match.start() + 1
-    return found
+    def covers(self, text: str, span: tuple[int, int]) -> bool:
+        """Whether a match starting anywhere in `text` covers `span` (matches may overlap one another)."""
+        position = 0
+        while (found := self.regex.search(text, position)) is not None and found.start() <= span[0]:
+            if span[1] <= found.end():
+                return True
+            position = found.start() + 1
+        return False
