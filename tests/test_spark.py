@@ -21,6 +21,7 @@ from typing import Iterator, NamedTuple
 import pytest
 from PIL import Image
 
+from captions import caption
 from conftest import REPO, make_photo
 from wildvision import Classifier, OperatingPoint
 from wildvision.cli import main
@@ -285,6 +286,26 @@ def test_executors_decide_and_read_as_the_drivers_classifier(spark, archive, shi
             record.decision, record.thresholds, record.error_category)
     assert {row["decision"] for row in rows} == {"block", None}
     assert any(row["error_category"] == "too_large" for row in rows)
+
+
+def test_read_text_reaches_the_executors_with_scan_s_text_columns(spark, shipped_model, tmp_path, capsys):
+    """`spark --read-text` reads the words on photos as `scan --read-text` does, into the same columns."""
+    pytest.importorskip("rapidocr_onnxruntime", reason="reading text needs the text extra")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    make_photo("not_ivory", 1, size=(480, 360)).save(folder / "plain.jpg")
+    caption(make_photo("not_ivory", 2, size=(480, 360)), "Mammoth Ivory Netsuke", "en")[0].save(folder / "promo.jpg")
+    output, scanned_output = tmp_path / "spark.parquet", tmp_path / "scan.parquet"
+    model = ["--model", str(shipped_model), "--read-text"]
+    assert main([*model, "spark", str(folder), "-o", str(output)]) == 0
+    assert main([*model, "scan", str(folder), "-o", str(scanned_output)]) == 0
+    rows = {Path(row["path"]).name: row for row in pq.read_table(output).to_pylist()}
+    assert rows["promo.jpg"]["text_labels"] == "ivory" and rows["promo.jpg"]["decision"] in ("review", "block")
+    assert rows["plain.jpg"]["text_labels"] == ""
+    assert pq.read_table(output).schema.names == pq.read_schema(scanned_output).names
+    capsys.readouterr()
+    assert main(["--model", str(shipped_model), "spark", str(folder), "-o", str(output)]) == 2
+    assert "--read-text" in capsys.readouterr().err  # a run without reading text never continues one with it
 
 
 def test_each_executor_process_loads_the_model_once(spark, archive):

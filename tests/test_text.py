@@ -50,8 +50,14 @@ def test_a_line_whose_spaces_ocr_lost_still_names_its_product(lexicon, run_on):
     assert lexicon.find([line(run_on)]) != ()
 
 
-def test_a_shop_name_is_no_product(lexicon):
+def test_a_shop_name_of_one_short_word_is_no_product(lexicon):
     assert lexicon.find([line("IvoryAndArt Bronzes")]) == ()
+
+
+@pytest.mark.parametrize("run_on", ["Color:Ivory / Size:M", "Hawksbill turtleplushtoy30cm", "CacaodeCote d°Ivoire,1kg",
+                                    "Haifischflossen-AntennefursAuto", "Antena aletadetiburonpara coche"])
+def test_an_ignored_context_whose_spaces_ocr_lost_still_cancels(lexicon, run_on):
+    assert lexicon.find([line(run_on)]) == ()
 
 
 def test_the_lexicon_covers_every_product_of_the_mission_in_every_language_of_the_trade(lexicon):

@@ -143,10 +143,8 @@ class Lexicon:
         canonical = repr(sorted((k, repr(v)) for k, v in document.items())).encode()
         self.identity = f"{name} {self.version} sha256:{hashlib.sha256(canonical).hexdigest()[:12]}"
         self._words = _Alternation(phrases)
-        self._ignored = {label: _Alternation([p for p in ignored if p.label == label]) for label in self.labels}
         self._run_ons = _Alternation([p.run_on for p in phrases if p.spaced])
-        self._ignored_run_ons = {label: _Alternation([p.run_on for p in ignored if p.label == label and p.spaced])
-                                 for label in self.labels}
+        self._ignored = {label: _Alternation([p.run_on for p in ignored if p.label == label]) for label in self.labels}
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Lexicon:
@@ -178,19 +176,19 @@ class Lexicon:
     def _found(self, text: str) -> list[_Phrase]:
         """The phrases named in one normalised line: as words, and inside run-on tokens whose spaces OCR lost."""
         found, spans = [], []
+        squashed, spaces_before = _squashed(text)
         for match in self._words.regex.finditer(text):
-            phrase = self._words.phrase_of(match)
             spans.append(match.span())  # found or ignored, a place judged as words is not judged again as a run-on
-            if not self._ignored[phrase.label].covers(text, match.span()):
-                found.append(phrase)
+            found.append((self._words.phrase_of(match), match.start(), match.end()))
         for token in _RUN_ON.finditer(text):
             for match in self._run_ons.regex.finditer(token.group()):
                 start, end = token.start() + match.start(), token.start() + match.end()
-                phrase = self._run_ons.phrase_of(match)
-                if (not any(start < other_end and other_start < end for other_start, other_end in spans)
-                        and not self._ignored_run_ons[phrase.label].covers(token.group(), match.span())):
-                    found.append(phrase)
-        return found
+                if not any(start < other_end and other_start < end for other_start, other_end in spans):
+                    found.append((self._run_ons.phrase_of(match), start, end))
+        # An ignored context is looked for with the spaces gone, so that "Color:Ivory" or "turtleplushtoy" (spaces
+        # that OCR lost) still cancel what they contain.
+        return [phrase for phrase, start, end in found if not self._ignored[phrase.label].covers(
+            squashed, (start - spaces_before[start], end - spaces_before[end]))]
 
 
 class TextReader:
@@ -315,16 +313,15 @@ def _only_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
         raise LexiconError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
 
 
-# Word separators, apostrophes among them: OCR reads "d'Ivoire" as "d’Ivoire", "d`Ivoire" or "d°Ivoire".
-_SPACES = re.compile(r"[\s\-‐‑‒–—_'’‘`´°]+")
+_SPACES = re.compile(r" +")
 # PP-OCR often drops the spaces between Latin words ("Braceletivoiredemammouth"): in a token of at least this many
-# letters, which few real words reach, a phrase is looked for inside the token too. Shorter tokens keep word edges,
-# so a shop called "IvoryAndArt" (11 letters) names nothing.
+# letters, which few real words reach, a phrase is looked for inside the token too. Shorter tokens keep word edges, so
+# a shop called "IvoryAndArt" (11 letters) names nothing on its own; joined to the next word by OCR it does.
 _RUN_ON = re.compile(r"[^\W\d_]{12,}")
 
 
 def _normalise(text: str) -> str:
-    """Case-folded NFKC text, hyphens, apostrophes and white space as one space, Latin letters without accents (OCR
+    """Case-folded NFKC text, punctuation, symbols and white space as one space, Latin letters without accents (OCR
     drops them, and `đ` is a separate letter that no decomposition removes)."""
     folded = unicodedata.normalize("NFKC", text).casefold().replace("đ", "d")
     decomposed = unicodedata.normalize("NFD", folded)
@@ -335,7 +332,23 @@ def _normalise(text: str) -> str:
         kept.append(char)
         if not unicodedata.combining(char):
             base = char
-    return _SPACES.sub(" ", unicodedata.normalize("NFC", "".join(kept))).strip()
+    composed = unicodedata.normalize("NFC", "".join(kept))
+    return _SPACES.sub(" ", "".join(" " if _separates(char) else char for char in composed)).strip()
+
+
+def _separates(char: str) -> bool:
+    """White space, punctuation and symbols separate words (OCR reads "d'Ivoire" as "d’Ivoire" or "d°Ivoire", and
+    "Color: Ivory" as "Color:Ivory"); letters, digits and the marks of Thai or Devanagari vowels do not."""
+    return unicodedata.category(char)[0] in "ZPSC"
+
+
+def _squashed(text: str) -> tuple[str, list[int]]:
+    """`text` without its spaces, and for each position of `text` (and its end) how many spaces stand before it."""
+    before, count = [], 0
+    for char in text:
+        before.append(count)
+        count += char == " "
+    return text.replace(" ", ""), [*before, count]
 
 
 class _Alternation:
