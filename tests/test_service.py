@@ -14,6 +14,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Iterator
@@ -32,6 +34,11 @@ from wildvision.service import Limits, create_app  # noqa: E402
 
 LIMIT = 200_000  # bytes: small, so an oversized upload is cheap to make
 JPEG = {"content-type": "image/jpeg"}
+MiB = 1024 * 1024
+# Clients as platforms call the service: urllib sends `Connection: close` (the service then closes the connection once
+# it has answered: the case that reset, issue 25), http.client keeps the connection, httpx sends a chunked body when
+# given an iterator.
+CLIENTS = ("urllib", "http.client", "httpx", "httpx, chunked")
 
 
 def jpeg_bytes(label: str, seed: int, size: tuple[int, int] = (160, 128)) -> bytes:
@@ -224,6 +231,132 @@ def _wait_for(condition, seconds: float = 20) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.02)
+
+
+def padded_jpeg(size: int) -> bytes:
+    """A small real JPEG padded after its end marker to `size` bytes: a phone photo's weight on the wire, decoded in
+    milliseconds."""
+    photo = jpeg_bytes("ivory", 20)
+    return photo + b"\0" * (size - len(photo))
+
+
+def post_with(client: str, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str | None, str | None] | str:
+    """POST `body` to /predict with one of `CLIENTS`: (status, Retry-After, error category) as that client received
+    them, or the name of the error it raised instead (a reset: ConnectionResetError)."""
+    try:
+        if client == "urllib":
+            return _post_urllib(url, body, headers)
+        if client == "http.client":
+            connection = http.client.HTTPConnection(*url.removeprefix("http://").split(":"), timeout=60)
+            try:
+                connection.request("POST", "/predict", body=body, headers=headers)
+                response = connection.getresponse()
+                return _answer(response.status, response.getheader("Retry-After"), response.read())
+            finally:
+                connection.close()
+        content = _chunks(body) if client == "httpx, chunked" else body
+        response = httpx.post(f"{url}/predict", content=content, headers=headers, timeout=60)
+        return _answer(response.status_code, response.headers.get("Retry-After"), response.content)
+    except (OSError, http.client.HTTPException, httpx.TransportError) as error:
+        return type(getattr(error, "reason", error)).__name__  # urllib wraps the socket's error
+
+
+def _post_urllib(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str | None, str | None]:
+    request = urllib.request.Request(f"{url}/predict", data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return _answer(response.status, response.headers.get("Retry-After"), response.read())
+    except urllib.error.HTTPError as error:
+        return _answer(error.code, error.headers.get("Retry-After"), error.read())
+
+
+def _answer(status: int, retry_after: str | None, body: bytes) -> tuple[int, str | None, str | None]:
+    return status, retry_after, json.loads(body)["detail"]["category"] if status >= 400 else None
+
+
+@contextmanager
+def full_service(classifier: Classifier, **limits) -> Iterator[str]:
+    """A service whose one slot is scoring and whose one queue place is taken, so that every further request is
+    refused; the two held requests are answered 200 when the block ends. Yields the base URL."""
+    held = Held(classifier)
+    photo = jpeg_bytes("ivory", 4)
+    app = create_app(held, limits=Limits(max_concurrency=1, max_queue=1, **limits))
+    with running(app) as url, httpx.Client(base_url=url, timeout=60) as client, ThreadPoolExecutor(2) as pool:
+        try:
+            held_requests = [pool.submit(client.post, "/predict", content=photo, headers=JPEG)]
+            assert held.started.acquire(timeout=20)  # the one slot is scoring
+            held_requests.append(pool.submit(client.post, "/predict", content=photo, headers=JPEG))
+            _wait_for(lambda: metric_samples(client.get("/metrics").text)[("wildvision_queue_depth", frozenset())] == 1)
+            yield url
+        finally:
+            held.release.set()
+        assert [future.result().status_code for future in held_requests] == [200, 200]
+
+
+def refused_upload_counts(url: str) -> tuple[dict[str, float], float]:
+    """`wildvision_refused_uploads_total` by outcome, and `wildvision_discarded_bytes_total`."""
+    samples = metric_samples(httpx.get(f"{url}/metrics").text)
+    outcomes = {dict(labels)["outcome"]: value for (name, labels), value in samples.items()
+                if name == "wildvision_refused_uploads_total"}
+    return outcomes, samples[("wildvision_discarded_bytes_total", frozenset())]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("megabytes", [5, 16])
+def test_every_client_refused_in_a_burst_of_large_photos_reads_503_and_retry_after_never_a_reset(
+        classifier, megabytes):
+    photo = padded_jpeg(megabytes * MiB)
+    burst = 3 * len(CLIENTS)
+    with full_service(classifier) as url, ThreadPoolExecutor(burst) as pool:
+        answers = list(pool.map(lambda n: post_with(CLIENTS[n % len(CLIENTS)], url, photo, JPEG), range(burst)))
+        outcomes, discarded = refused_upload_counts(url)
+    assert answers == [(503, "1", "overloaded")] * burst
+    # Each refused upload was read to its end, or until its client, answered, hung up; the bytes are counted.
+    assert sum(outcomes.values()) == burst and set(outcomes) <= {"drained", "disconnected"}
+    assert 0 < discarded <= burst * len(photo)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_30_mib_upload_reads_its_413_and_a_large_one_with_a_wrong_key_its_401(classifier, client):
+    with running(create_app(classifier, api_keys=["the-key"])) as url:  # the default limit: 20 MiB
+        too_large = post_with(client, url, padded_jpeg(30 * MiB), {**JPEG, "Authorization": "Bearer the-key"})
+        wrong_key = post_with(client, url, padded_jpeg(16 * MiB), {**JPEG, "Authorization": "Bearer not-the-key"})
+    assert too_large == (413, None, "too_large")
+    assert wrong_key == (401, None, "unauthorized")
+
+
+@pytest.mark.slow
+def test_an_upload_beyond_max_discard_is_answered_and_closed_at_once(classifier):
+    limits = Limits(max_bytes=MiB, max_discard=4 * MiB, read_timeout=60)
+    with running(create_app(classifier, limits=limits)) as url:
+        sock = raw_post(url, "/predict", {**JPEG, "Content-Length": str(64 * MiB)})
+        sock.settimeout(5)  # far below the 60 s a discard could wait for the body
+        response = response_to(sock)
+        assert response.status == 413 and response.getheader("Connection") == "close"
+        response.read()
+        assert sock.recv(1) == b""  # closed without waiting for the 64 MiB it would not read anyway
+        assert refused_upload_counts(url) == ({"over_cap": 1}, 0)
+
+
+@pytest.mark.slow
+def test_a_client_expecting_100_continue_is_refused_before_it_sends_and_invited_once_admitted(classifier):
+    with full_service(classifier) as url:
+        sock = raw_post(url, "/predict", {**JPEG, "Content-Length": str(16 * MiB), "Expect": "100-continue"})
+        refused = response_to(sock)  # the head alone: the answer is final, never `100 Continue`
+        assert refused.status == 503 and refused.getheader("Retry-After") == "1"
+        assert refused.getheader("Connection") == "close" and json.loads(refused.read())["detail"]["category"] == "overloaded"
+        assert sock.recv(1) == b""  # closed by the service: the body it never invited is not waited for
+        assert refused_upload_counts(url) == ({"not_sent": 1}, 0)
+    photo = jpeg_bytes("horn", 21)
+    with running(create_app(classifier)) as url:
+        sock = raw_post(url, "/predict", {**JPEG, "Content-Length": str(len(photo)), "Expect": "100-continue"})
+        interim = b""
+        while not interim.endswith(b"\r\n\r\n"):
+            interim += sock.recv(1)
+        assert interim.startswith(b"HTTP/1.1 100 ")  # admitted: invited to send the photo
+        sock.sendall(photo)
+        assert response_to(sock).status == 200
 
 
 @pytest.mark.slow
