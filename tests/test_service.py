@@ -8,6 +8,8 @@ import http.client
 import io
 import json
 import logging
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -39,6 +41,10 @@ MiB = 1024 * 1024
 # it has answered: the case that reset, issue 25), http.client keeps the connection, httpx sends a chunked body when
 # given an iterator.
 CLIENTS = ("urllib", "http.client", "httpx", "httpx, chunked")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+# Chromium's own services (component updates, sign-in, autofill), which it calls whatever page it shows: not requests
+# of the page under test.
+BROWSER_HOUSEKEEPING = re.compile(r"(^|\.)(google\.com|googleapis\.com|gvt1\.com)$")
 
 
 def jpeg_bytes(label: str, seed: int, size: tuple[int, int] = (160, 128)) -> bytes:
@@ -199,6 +205,32 @@ def test_bad_uploads_get_a_clear_4xx(service, case, body, content_type, status, 
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium to render the page (Debian: apt-get install chromium; "
+                    ".ci/run installs it)")
+@pytest.mark.parametrize("page, marker, outside", [
+    ("/docs", 'data-path="{path}"', set()),
+    # ReDoc's sidebar shows Redocly's logo from cdn.redoc.ly; offline the image fails and hides itself.
+    ("/redoc", 'data-section-id="operation/{operation_id}"', {"cdn.redoc.ly"}),
+])
+def test_the_api_docs_list_the_operations_in_a_browser_with_the_network_cut(classifier, tmp_path, page, marker, outside):
+    with running(create_app(classifier, api_keys=["a-key"])) as url, network_cut() as (proxy, hosts):
+        operations = [(path, operation["operationId"]) for path, methods in httpx.get(f"{url}/openapi.json").json()[
+            "paths"].items() for operation in methods.values()]
+        browser = subprocess.run([
+            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+            "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-extensions",
+            "--disable-sync", f"--proxy-server=http://127.0.0.1:{proxy}",  # loopback goes direct; the rest, nowhere
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # and no name resolves
+            "--virtual-time-budget=20000", "--dump-dom", f"{url}{page}",  # the page once its scripts have run
+        ], capture_output=True, text=True, timeout=120)
+    assert browser.returncode == 0, browser.stderr[-2000:]
+    assert {"/predict", "/predict/batch", "/health", "/metrics"} <= {path for path, _ in operations}
+    for path, operation_id in operations:
+        assert marker.format(path=path, operation_id=operation_id) in browser.stdout, (page, path)
+    assert {host for host in hosts if not BROWSER_HOUSEKEEPING.search(host)} <= outside
+
+
+@pytest.mark.slow
 def test_a_photo_over_the_pixel_limit_is_refused(classifier, tiny_run):
     small_limit = Classifier(tiny_run["model"], max_pixels=100 * 100)
     with client_of(create_app(small_limit)) as client:
@@ -224,6 +256,34 @@ def test_a_burst_beyond_the_slots_and_the_queue_is_refused_at_once_before_its_bo
         held.release.set()
         assert first.result().status_code == 200 and second.result().status_code == 200
         assert client.post("/predict", content=photo, headers=JPEG).status_code == 200  # capacity is back
+
+
+@contextmanager
+def network_cut() -> Iterator[tuple[int, list[str]]]:
+    """A proxy on loopback that records the host of every request sent to it and answers none: a browser told to go
+    through it has no way out, and the test sees what it tried. Yields its port and the hosts, as they come."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    hosts: list[str] = []
+
+    def record() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # the listener was closed: the test is over
+                return
+            with connection:
+                line = connection.recv(4096).split(b"\r\n")[0].decode("latin-1")  # CONNECT host:443 or GET http://host/
+                if line:
+                    target = line.split()[1]
+                    hosts.append(target.split("://")[-1].split("/")[0].rsplit(":", 1)[0])
+
+    thread = threading.Thread(target=record, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], hosts
+    finally:
+        listener.close()
+        thread.join(timeout=5)
 
 
 def _wait_for(condition, seconds: float = 20) -> None:

@@ -19,7 +19,8 @@ What keeps the service standing under load, in the order a request meets it:
 
 Every request gets a request id (`X-Request-ID` in and out), one JSON access-log line (logger `wildvision.access`)
 and Prometheus metrics (`GET /metrics`); every error, an unexpected one included, is JSON in one shape.
-This module imports FastAPI at the top: `wildvision` itself imports it only when `serve` runs.
+The API documentation pages (`/docs`, `/redoc`) load their scripts from the service itself (fastapi-offline), so
+they work offline. This module imports FastAPI at the top: `wildvision` itself imports it only when `serve` runs.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -165,8 +167,12 @@ def create_app(
         yield
         executor.shutdown(wait=False, cancel_futures=True)  # uvicorn has already drained the requests
 
-    app = FastAPI(title="wildvision", version=classifier.info.version, lifespan=lifespan,
-                  description="Spot illegal wildlife products in listing photos.")
+    # /docs and /redoc with Swagger UI's and ReDoc's scripts served from the fastapi-offline package, not a CDN: the
+    # pages work where the service runs, behind a firewall too. No validator: Swagger UI would send the schema to
+    # validator.swagger.io and show an error badge where that cannot be reached.
+    app = FastAPIOffline(title="wildvision", version=classifier.info.version, lifespan=lifespan,
+                         description="Spot illegal wildlife products in listing photos.",
+                         swagger_ui_parameters={"validatorUrl": None})
     app.add_middleware(_Drained, metrics=metrics, limits=limits)
     app.add_middleware(_Observed, metrics=metrics)  # added last, so outermost: it counts and logs the discarded bytes
     app.add_exception_handler(HTTPException, _counted_http_error(metrics))
