@@ -8,6 +8,7 @@ import http.client
 import io
 import json
 import logging
+import random
 import re
 import shutil
 import signal
@@ -20,13 +21,16 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator
 
 import pytest
 from conftest import REPO, make_photo
+from PIL import Image
 
-from wildvision import Classifier
+from wildvision import Classifier, Client, ImageLoadError, Prediction, ServiceError
 from wildvision.cli import main
+from wildvision.client import _from_json, _retry_delay
 from wildvision.known_items import KnownItemIndex
 
 httpx = pytest.importorskip("httpx", reason="service tests need the [test] extra")
@@ -335,9 +339,10 @@ def _answer(status: int, retry_after: str | None, body: bytes) -> tuple[int, str
 
 
 @contextmanager
-def full_service(classifier: Classifier, **limits) -> Iterator[str]:
+def full_service(classifier: Classifier, **limits) -> Iterator[tuple[str, threading.Event]]:
     """A service whose one slot is scoring and whose one queue place is taken, so that every further request is
-    refused; the two held requests are answered 200 when the block ends. Yields the base URL."""
+    refused until the event it yields is set (or the block ends); the two held requests are then answered 200.
+    Yields the base URL and that event."""
     held = Held(classifier)
     photo = jpeg_bytes("ivory", 4)
     app = create_app(held, limits=Limits(max_concurrency=1, max_queue=1, **limits))
@@ -347,7 +352,7 @@ def full_service(classifier: Classifier, **limits) -> Iterator[str]:
             assert held.started.acquire(timeout=20)  # the one slot is scoring
             held_requests.append(pool.submit(client.post, "/predict", content=photo, headers=JPEG))
             _wait_for(lambda: metric_samples(client.get("/metrics").text)[("wildvision_queue_depth", frozenset())] == 1)
-            yield url
+            yield url, held.release
         finally:
             held.release.set()
         assert [future.result().status_code for future in held_requests] == [200, 200]
@@ -367,7 +372,7 @@ def test_every_client_refused_in_a_burst_of_large_photos_reads_503_and_retry_aft
         classifier, megabytes):
     photo = padded_jpeg(megabytes * MiB)
     burst = 3 * len(CLIENTS)
-    with full_service(classifier) as url, ThreadPoolExecutor(burst) as pool:
+    with full_service(classifier) as (url, _), ThreadPoolExecutor(burst) as pool:
         answers = list(pool.map(lambda n: post_with(CLIENTS[n % len(CLIENTS)], url, photo, JPEG), range(burst)))
         outcomes, discarded = refused_upload_counts(url)
     assert answers == [(503, "1", "overloaded")] * burst
@@ -401,7 +406,7 @@ def test_an_upload_beyond_max_discard_is_answered_and_closed_at_once(classifier)
 
 @pytest.mark.slow
 def test_a_client_expecting_100_continue_is_refused_before_it_sends_and_invited_once_admitted(classifier):
-    with full_service(classifier) as url:
+    with full_service(classifier) as (url, _):
         sock = raw_post(url, "/predict", {**JPEG, "Content-Length": str(16 * MiB), "Expect": "100-continue"})
         refused = response_to(sock)  # the head alone: the answer is final, never `100 Continue`
         assert refused.status == 503 and refused.getheader("Retry-After") == "1"
@@ -626,3 +631,108 @@ def test_importing_wildvision_does_not_import_the_web_stack():
               "print(sorted({'fastapi', 'uvicorn', 'starlette', 'prometheus_client'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+# The client: `wildvision.Client` is `Classifier`'s surface over HTTP.
+
+
+@pytest.mark.slow
+def test_the_client_answers_as_the_classifier_does(classifier, tmp_path):
+    photos = [jpeg_bytes(("ivory", "horn", "not_ivory")[n % 3], 30 + n) for n in range(5)]
+    (tmp_path / "listing.jpg").write_bytes(photos[0])
+    with running(create_app(classifier)) as url, Client(url) as client:
+        for source in (photos[0], tmp_path / "listing.jpg", str(tmp_path / "listing.jpg"), io.BytesIO(photos[0])):
+            assert_same(client.predict(source), classifier.predict(photos[0]))
+        as_pixels = Image.open(io.BytesIO(photos[1]))
+        assert_same(client.predict(as_pixels), classifier.predict(as_pixels))  # sent as PNG: the same pixels
+        for remote, local in zip(client.predict_batch(photos, batch_size=2), classifier.predict_batch(photos),
+                                 strict=True):
+            assert_same(remote, local)
+        with pytest.raises(ImageLoadError) as unreadable:
+            client.predict(b"%PDF-1.4 an invoice")
+        assert unreadable.value.category == "not_an_image"
+        with pytest.raises(ImageLoadError) as in_batch:
+            client.predict_batch([photos[0], photos[1], b"%PDF-1.4 an invoice"], batch_size=2)
+        assert in_batch.value.category == "not_an_image" and in_batch.value.source.startswith("photo 2 (")
+
+
+def assert_same(remote: Prediction, local: Prediction) -> None:
+    assert type(remote) is Prediction
+    assert remote.scores == pytest.approx(local.scores, abs=1e-6)
+    assert {**remote.to_dict(), "scores": None} == {**local.to_dict(), "scores": None}
+
+
+@pytest.mark.slow
+def test_the_client_retries_a_503_under_one_request_id_until_the_service_has_room(classifier, caplog):
+    with caplog.at_level(logging.INFO, logger="wildvision.access"), full_service(classifier) as (url, release), \
+            ThreadPoolExecutor(1) as pool:
+        client = Client(url, attempts=10, backoff=0.1)
+        answer = pool.submit(client.predict, jpeg_bytes("horn", 40), request_id="listing-40")
+        _wait_for(lambda: statuses_of("listing-40", caplog))  # refused at least once
+        release.set()
+        assert isinstance(answer.result(timeout=60), Prediction)
+    statuses = statuses_of("listing-40", caplog)
+    assert statuses[-1] == 200 and set(statuses[:-1]) == {503} and len(statuses) >= 2
+
+
+def statuses_of(request_id: str, caplog) -> list[int]:
+    lines = [json.loads(record.getMessage()) for record in caplog.records if record.name == "wildvision.access"]
+    return [line["status"] for line in lines if line["request_id"] == request_id]
+
+
+@pytest.mark.slow
+def test_the_client_gives_up_after_its_attempts_with_the_last_answer_and_the_request_id(classifier):
+    photo = padded_jpeg(5 * MiB)
+    with full_service(classifier) as (url, _):
+        with pytest.raises(ServiceError) as exhausted:
+            Client(url, attempts=2, backoff=0).predict(photo, request_id="listing-41")
+        with pytest.raises(ServiceError) as too_long_a_wait:  # the service asks for 1 s, more than this client waits
+            Client(url, max_wait=0.5).predict(photo)
+    assert (exhausted.value.status, exhausted.value.category, exhausted.value.attempts) == (503, "overloaded", 2)
+    assert exhausted.value.request_id == "listing-41"
+    assert "gave up after 2 attempt(s)" in str(exhausted.value) and "listing-41" in str(exhausted.value)
+    assert too_long_a_wait.value.attempts == 1 and "over max_wait" in str(too_long_a_wait.value)
+
+
+@pytest.mark.slow
+def test_the_client_does_not_retry_what_retrying_cannot_mend_and_names_what_it_could_not_reach(classifier):
+    with running(create_app(classifier, api_keys=["the-key"])) as url:
+        with pytest.raises(ServiceError) as refused:
+            Client(url, api_key="not-the-key", backoff=0).predict(jpeg_bytes("horn", 42))
+        assert Client(url, api_key="the-key").predict(jpeg_bytes("horn", 42)).label
+    assert (refused.value.status, refused.value.category, refused.value.attempts) == (401, "unauthorized", 1)
+    with pytest.raises(ServiceError) as unreachable:
+        Client(f"http://127.0.0.1:{free_port()}", attempts=2, backoff=0.01).predict(jpeg_bytes("horn", 42))
+    assert (unreachable.value.status, unreachable.value.category, unreachable.value.attempts) == (None, "connection", 2)
+
+
+def test_retry_waits_honour_retry_after_and_spread_clients_apart():
+    rng = random.Random(0)
+    first = [_retry_delay(1, 1.0, 0.5, rng) for _ in range(200)]
+    third = [_retry_delay(3, None, 0.5, rng) for _ in range(200)]
+    assert 1.0 <= min(first) and max(first) <= 1.5 and len(set(first)) == 200  # never sooner; never in step
+    assert 0 <= min(third) and 1.5 < max(third) <= 2.0  # the range doubles each retry: 0.5 s, 1 s, 2 s
+
+
+@dataclass(frozen=True)
+class _Line:
+    text: str
+    box: tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    lines: tuple[_Line, ...]
+
+
+@dataclass(frozen=True)
+class _Result:
+    label: str
+    evidence: _Evidence | None = None
+
+
+def test_answers_become_dataclasses_nested_ones_included_from_their_fields():
+    sent = {"label": "ivory", "evidence": {"lines": [{"text": "IVORY", "box": [1, 2, 3, 4]}]}, "match": None}
+    assert _from_json(_Result, sent) == _Result("ivory", _Evidence((_Line("IVORY", (1, 2, 3, 4)),)))
+    assert _from_json(_Result, {"label": "horn", "evidence": None}) == _Result("horn")
+    assert _from_json(_Result, {"label": "horn"}) == _Result("horn")  # a service without the field: its default
