@@ -358,12 +358,18 @@ def full_service(classifier: Classifier, **limits) -> Iterator[tuple[str, thread
         assert [future.result().status_code for future in held_requests] == [200, 200]
 
 
-def refused_upload_counts(url: str) -> tuple[dict[str, float], float]:
-    """`wildvision_refused_uploads_total` by outcome, and `wildvision_discarded_bytes_total`."""
-    samples = metric_samples(httpx.get(f"{url}/metrics").text)
-    outcomes = {dict(labels)["outcome"]: value for (name, labels), value in samples.items()
-                if name == "wildvision_refused_uploads_total"}
-    return outcomes, samples[("wildvision_discarded_bytes_total", frozenset())]
+def refused_upload_counts(url: str, expected: int) -> tuple[dict[str, float], float]:
+    """`wildvision_refused_uploads_total` by outcome, and `wildvision_discarded_bytes_total`, once `expected` refused
+    uploads are counted: a client can read its answer before the service has read the last of its body."""
+
+    def counts() -> tuple[dict[str, float], float]:
+        samples = metric_samples(httpx.get(f"{url}/metrics").text)
+        outcomes = {dict(labels)["outcome"]: value for (name, labels), value in samples.items()
+                    if name == "wildvision_refused_uploads_total"}
+        return outcomes, samples[("wildvision_discarded_bytes_total", frozenset())]
+
+    _wait_for(lambda: sum(counts()[0].values()) >= expected)
+    return counts()
 
 
 @pytest.mark.slow
@@ -374,8 +380,8 @@ def test_every_client_refused_in_a_burst_of_large_photos_reads_503_and_retry_aft
     burst = 3 * len(CLIENTS)
     with full_service(classifier) as (url, _), ThreadPoolExecutor(burst) as pool:
         answers = list(pool.map(lambda n: post_with(CLIENTS[n % len(CLIENTS)], url, photo, JPEG), range(burst)))
-        outcomes, discarded = refused_upload_counts(url)
-    assert answers == [(503, "1", "overloaded")] * burst
+        assert answers == [(503, "1", "overloaded")] * burst
+        outcomes, discarded = refused_upload_counts(url, burst)
     # Each refused upload was read to its end, or until its client, answered, hung up; the bytes are counted.
     assert sum(outcomes.values()) == burst and set(outcomes) <= {"drained", "disconnected"}
     assert 0 < discarded <= burst * len(photo)
@@ -401,7 +407,7 @@ def test_an_upload_beyond_max_discard_is_answered_and_closed_at_once(classifier)
         assert response.status == 413 and response.getheader("Connection") == "close"
         response.read()
         assert sock.recv(1) == b""  # closed without waiting for the 64 MiB it would not read anyway
-        assert refused_upload_counts(url) == ({"over_cap": 1}, 0)
+        assert refused_upload_counts(url, 1) == ({"over_cap": 1}, 0)
 
 
 @pytest.mark.slow
@@ -412,7 +418,7 @@ def test_a_client_expecting_100_continue_is_refused_before_it_sends_and_invited_
         assert refused.status == 503 and refused.getheader("Retry-After") == "1"
         assert refused.getheader("Connection") == "close" and json.loads(refused.read())["detail"]["category"] == "overloaded"
         assert sock.recv(1) == b""  # closed by the service: the body it never invited is not waited for
-        assert refused_upload_counts(url) == ({"not_sent": 1}, 0)
+        assert refused_upload_counts(url, 1) == ({"not_sent": 1}, 0)
     photo = jpeg_bytes("horn", 21)
     with running(create_app(classifier)) as url:
         sock = raw_post(url, "/predict", {**JPEG, "Content-Length": str(len(photo)), "Expect": "100-continue"})
