@@ -582,6 +582,7 @@ def test_items_added_while_the_service_runs_are_counted_and_matched(classifier, 
     ("--read-timeout", "nan", "positive number of seconds"),
     ("--grace-period", "soon", "not a number of seconds"),
     ("--max-pixels", "0", "must be at least 1"),
+    ("--max-discard", "-5", "must be at least 1"),
 ])
 def test_serve_refuses_nonsense_limits(option, value, message, capsys):
     with pytest.raises(SystemExit) as exit_:

@@ -31,6 +31,7 @@ import time
 import types
 import typing
 import uuid
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Union
@@ -93,7 +94,8 @@ class Client:
         self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.timeout, self.attempts, self.backoff, self.max_wait = timeout, attempts, backoff, max_wait
         self._local = threading.local()
-        self._connections: list[http.client.HTTPConnection] = []
+        # Weak: a connection goes (and its socket closes) with its thread; close() reaches the living ones.
+        self._connections: weakref.WeakSet[http.client.HTTPConnection] = weakref.WeakSet()
         self._lock = threading.Lock()
 
     def predict(self, image: ImageSource, *, request_id: str | None = None) -> Prediction:
@@ -129,9 +131,9 @@ class Client:
         return predictions
 
     def close(self) -> None:
-        """Close every thread's connection (a later call opens a new one)."""
+        """Close every thread's connection, once no call is in flight (a later call opens a new one)."""
         with self._lock:
-            for connection in self._connections:
+            for connection in list(self._connections):
                 connection.close()
 
     def __enter__(self) -> Client:
@@ -203,7 +205,7 @@ class Client:
             connection = kind(self._host, self._parts.port, timeout=self.timeout)
             self._local.connection = connection
             with self._lock:
-                self._connections.append(connection)
+                self._connections.add(connection)
         return connection
 
 
