@@ -8,21 +8,29 @@ import http.client
 import io
 import json
 import logging
+import random
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator
 
 import pytest
 from conftest import REPO, make_photo
+from PIL import Image
 
-from wildvision import Classifier
+from wildvision import Classifier, Client, ImageLoadError, Prediction, ServiceError
 from wildvision.cli import main
+from wildvision.client import _from_json, _retry_delay
 from wildvision.known_items import KnownItemIndex
 
 httpx = pytest.importorskip("httpx", reason="service tests need the [test] extra")
@@ -32,6 +40,15 @@ from wildvision.service import Limits, create_app  # noqa: E402
 
 LIMIT = 200_000  # bytes: small, so an oversized upload is cheap to make
 JPEG = {"content-type": "image/jpeg"}
+MiB = 1024 * 1024
+# Clients as platforms call the service: urllib sends `Connection: close` (the service then closes the connection once
+# it has answered: the case that reset, issue 25), http.client keeps the connection, httpx sends a chunked body when
+# given an iterator.
+CLIENTS = ("urllib", "http.client", "httpx", "httpx, chunked")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+# Chromium's own services (component updates, sign-in, autofill), which it calls whatever page it shows: not requests
+# of the page under test.
+BROWSER_HOUSEKEEPING = re.compile(r"(^|\.)(google\.com|googleapis\.com|gvt1\.com)$")
 
 
 def jpeg_bytes(label: str, seed: int, size: tuple[int, int] = (160, 128)) -> bytes:
@@ -192,6 +209,32 @@ def test_bad_uploads_get_a_clear_4xx(service, case, body, content_type, status, 
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium to render the page (Debian: apt-get install chromium; "
+                    ".ci/run installs it)")
+@pytest.mark.parametrize("page, marker, outside", [
+    ("/docs", 'data-path="{path}"', set()),
+    # ReDoc's sidebar shows Redocly's logo from cdn.redoc.ly; offline the image fails and hides itself.
+    ("/redoc", 'data-section-id="operation/{operation_id}"', {"cdn.redoc.ly"}),
+])
+def test_the_api_docs_list_the_operations_in_a_browser_with_the_network_cut(classifier, tmp_path, page, marker, outside):
+    with running(create_app(classifier, api_keys=["a-key"])) as url, network_cut() as (proxy, hosts):
+        operations = [(path, operation["operationId"]) for path, methods in httpx.get(f"{url}/openapi.json").json()[
+            "paths"].items() for operation in methods.values()]
+        browser = subprocess.run([
+            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+            "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-extensions",
+            "--disable-sync", f"--proxy-server=http://127.0.0.1:{proxy}",  # loopback goes direct; the rest, nowhere
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # and no name resolves
+            "--virtual-time-budget=20000", "--dump-dom", f"{url}{page}",  # the page once its scripts have run
+        ], capture_output=True, text=True, timeout=120)
+    assert browser.returncode == 0, browser.stderr[-2000:]
+    assert {"/predict", "/predict/batch", "/health", "/metrics"} <= {path for path, _ in operations}
+    for path, operation_id in operations:
+        assert marker.format(path=path, operation_id=operation_id) in browser.stdout, (page, path)
+    assert {host for host in hosts if not BROWSER_HOUSEKEEPING.search(host)} <= outside
+
+
+@pytest.mark.slow
 def test_a_photo_over_the_pixel_limit_is_refused(classifier, tiny_run):
     small_limit = Classifier(tiny_run["model"], max_pixels=100 * 100)
     with client_of(create_app(small_limit)) as client:
@@ -219,11 +262,172 @@ def test_a_burst_beyond_the_slots_and_the_queue_is_refused_at_once_before_its_bo
         assert client.post("/predict", content=photo, headers=JPEG).status_code == 200  # capacity is back
 
 
+@contextmanager
+def network_cut() -> Iterator[tuple[int, list[str]]]:
+    """A proxy on loopback that records the host of every request sent to it and answers none: a browser told to go
+    through it has no way out, and the test sees what it tried. Yields its port and the hosts, as they come."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    hosts: list[str] = []
+
+    def record() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # the listener was closed: the test is over
+                return
+            with connection:
+                line = connection.recv(4096).split(b"\r\n")[0].decode("latin-1")  # CONNECT host:443 or GET http://host/
+                if line:
+                    target = line.split()[1]
+                    hosts.append(target.split("://")[-1].split("/")[0].rsplit(":", 1)[0])
+
+    thread = threading.Thread(target=record, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], hosts
+    finally:
+        listener.close()
+        thread.join(timeout=5)
+
+
 def _wait_for(condition, seconds: float = 20) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.02)
+
+
+def padded_jpeg(size: int) -> bytes:
+    """A small real JPEG padded after its end marker to `size` bytes: a phone photo's weight on the wire, decoded in
+    milliseconds."""
+    photo = jpeg_bytes("ivory", 20)
+    return photo + b"\0" * (size - len(photo))
+
+
+def post_with(client: str, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str | None, str | None] | str:
+    """POST `body` to /predict with one of `CLIENTS`: (status, Retry-After, error category) as that client received
+    them, or the name of the error it raised instead (a reset: ConnectionResetError)."""
+    try:
+        if client == "urllib":
+            return _post_urllib(url, body, headers)
+        if client == "http.client":
+            connection = http.client.HTTPConnection(*url.removeprefix("http://").split(":"), timeout=60)
+            try:
+                connection.request("POST", "/predict", body=body, headers=headers)
+                response = connection.getresponse()
+                return _answer(response.status, response.getheader("Retry-After"), response.read())
+            finally:
+                connection.close()
+        content = _chunks(body) if client == "httpx, chunked" else body
+        response = httpx.post(f"{url}/predict", content=content, headers=headers, timeout=60)
+        return _answer(response.status_code, response.headers.get("Retry-After"), response.content)
+    except (OSError, http.client.HTTPException, httpx.TransportError) as error:
+        return type(getattr(error, "reason", error)).__name__  # urllib wraps the socket's error
+
+
+def _post_urllib(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str | None, str | None]:
+    request = urllib.request.Request(f"{url}/predict", data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return _answer(response.status, response.headers.get("Retry-After"), response.read())
+    except urllib.error.HTTPError as error:
+        return _answer(error.code, error.headers.get("Retry-After"), error.read())
+
+
+def _answer(status: int, retry_after: str | None, body: bytes) -> tuple[int, str | None, str | None]:
+    return status, retry_after, json.loads(body)["detail"]["category"] if status >= 400 else None
+
+
+@contextmanager
+def full_service(classifier: Classifier, **limits) -> Iterator[tuple[str, threading.Event]]:
+    """A service whose one slot is scoring and whose one queue place is taken, so that every further request is
+    refused until the event it yields is set (or the block ends); the two held requests are then answered 200.
+    Yields the base URL and that event."""
+    held = Held(classifier)
+    photo = jpeg_bytes("ivory", 4)
+    app = create_app(held, limits=Limits(max_concurrency=1, max_queue=1, **limits))
+    with running(app) as url, httpx.Client(base_url=url, timeout=60) as client, ThreadPoolExecutor(2) as pool:
+        try:
+            held_requests = [pool.submit(client.post, "/predict", content=photo, headers=JPEG)]
+            assert held.started.acquire(timeout=20)  # the one slot is scoring
+            held_requests.append(pool.submit(client.post, "/predict", content=photo, headers=JPEG))
+            _wait_for(lambda: metric_samples(client.get("/metrics").text)[("wildvision_queue_depth", frozenset())] == 1)
+            yield url, held.release
+        finally:
+            held.release.set()
+        assert [future.result().status_code for future in held_requests] == [200, 200]
+
+
+def refused_upload_counts(url: str, expected: int) -> tuple[dict[str, float], float]:
+    """`wildvision_refused_uploads_total` by outcome, and `wildvision_discarded_bytes_total`, once `expected` refused
+    uploads are counted: a client can read its answer before the service has read the last of its body."""
+
+    def counts() -> tuple[dict[str, float], float]:
+        samples = metric_samples(httpx.get(f"{url}/metrics").text)
+        outcomes = {dict(labels)["outcome"]: value for (name, labels), value in samples.items()
+                    if name == "wildvision_refused_uploads_total"}
+        return outcomes, samples[("wildvision_discarded_bytes_total", frozenset())]
+
+    _wait_for(lambda: sum(counts()[0].values()) >= expected)
+    return counts()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("megabytes", [5, 16])
+def test_every_client_refused_in_a_burst_of_large_photos_reads_503_and_retry_after_never_a_reset(
+        classifier, megabytes):
+    photo = padded_jpeg(megabytes * MiB)
+    burst = 3 * len(CLIENTS)
+    with full_service(classifier) as (url, _), ThreadPoolExecutor(burst) as pool:
+        answers = list(pool.map(lambda n: post_with(CLIENTS[n % len(CLIENTS)], url, photo, JPEG), range(burst)))
+        assert answers == [(503, "1", "overloaded")] * burst
+        outcomes, discarded = refused_upload_counts(url, burst)
+    # Each refused upload was read to its end, or until its client, answered, hung up; the bytes are counted.
+    assert sum(outcomes.values()) == burst and set(outcomes) <= {"drained", "disconnected"}
+    assert 0 < discarded <= burst * len(photo)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_30_mib_upload_reads_its_413_and_a_large_one_with_a_wrong_key_its_401(classifier, client):
+    with running(create_app(classifier, api_keys=["the-key"])) as url:  # the default limit: 20 MiB
+        too_large = post_with(client, url, padded_jpeg(30 * MiB), {**JPEG, "Authorization": "Bearer the-key"})
+        wrong_key = post_with(client, url, padded_jpeg(16 * MiB), {**JPEG, "Authorization": "Bearer not-the-key"})
+    assert too_large == (413, None, "too_large")
+    assert wrong_key == (401, None, "unauthorized")
+
+
+@pytest.mark.slow
+def test_an_upload_beyond_max_discard_is_answered_and_closed_at_once(classifier):
+    limits = Limits(max_bytes=MiB, max_discard=4 * MiB, read_timeout=60)
+    with running(create_app(classifier, limits=limits)) as url:
+        sock = raw_post(url, "/predict", {**JPEG, "Content-Length": str(64 * MiB)})
+        sock.settimeout(5)  # far below the 60 s a discard could wait for the body
+        response = response_to(sock)
+        assert response.status == 413 and response.getheader("Connection") == "close"
+        response.read()
+        assert sock.recv(1) == b""  # closed without waiting for the 64 MiB it would not read anyway
+        assert refused_upload_counts(url, 1) == ({"over_cap": 1}, 0)
+
+
+@pytest.mark.slow
+def test_a_client_expecting_100_continue_is_refused_before_it_sends_and_invited_once_admitted(classifier):
+    with full_service(classifier) as (url, _):
+        sock = raw_post(url, "/predict", {**JPEG, "Content-Length": str(16 * MiB), "Expect": "100-continue"})
+        refused = response_to(sock)  # the head alone: the answer is final, never `100 Continue`
+        assert refused.status == 503 and refused.getheader("Retry-After") == "1"
+        assert refused.getheader("Connection") == "close" and json.loads(refused.read())["detail"]["category"] == "overloaded"
+        assert sock.recv(1) == b""  # closed by the service: the body it never invited is not waited for
+        assert refused_upload_counts(url, 1) == ({"not_sent": 1}, 0)
+    photo = jpeg_bytes("horn", 21)
+    with running(create_app(classifier)) as url:
+        sock = raw_post(url, "/predict", {**JPEG, "Content-Length": str(len(photo)), "Expect": "100-continue"})
+        interim = b""
+        while not interim.endswith(b"\r\n\r\n"):
+            interim += sock.recv(1)
+        assert interim.startswith(b"HTTP/1.1 100 ")  # admitted: invited to send the photo
+        sock.sendall(photo)
+        assert response_to(sock).status == 200
 
 
 @pytest.mark.slow
@@ -378,6 +582,7 @@ def test_items_added_while_the_service_runs_are_counted_and_matched(classifier, 
     ("--read-timeout", "nan", "positive number of seconds"),
     ("--grace-period", "soon", "not a number of seconds"),
     ("--max-pixels", "0", "must be at least 1"),
+    ("--max-discard", "-5", "must be at least 1"),
 ])
 def test_serve_refuses_nonsense_limits(option, value, message, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -433,3 +638,108 @@ def test_importing_wildvision_does_not_import_the_web_stack():
               "print(sorted({'fastapi', 'uvicorn', 'starlette', 'prometheus_client'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+# The client: `wildvision.Client` is `Classifier`'s surface over HTTP.
+
+
+@pytest.mark.slow
+def test_the_client_answers_as_the_classifier_does(classifier, tmp_path):
+    photos = [jpeg_bytes(("ivory", "horn", "not_ivory")[n % 3], 30 + n) for n in range(5)]
+    (tmp_path / "listing.jpg").write_bytes(photos[0])
+    with running(create_app(classifier)) as url, Client(url) as client:
+        for source in (photos[0], tmp_path / "listing.jpg", str(tmp_path / "listing.jpg"), io.BytesIO(photos[0])):
+            assert_same(client.predict(source), classifier.predict(photos[0]))
+        as_pixels = Image.open(io.BytesIO(photos[1]))
+        assert_same(client.predict(as_pixels), classifier.predict(as_pixels))  # sent as PNG: the same pixels
+        for remote, local in zip(client.predict_batch(photos, batch_size=2), classifier.predict_batch(photos),
+                                 strict=True):
+            assert_same(remote, local)
+        with pytest.raises(ImageLoadError) as unreadable:
+            client.predict(b"%PDF-1.4 an invoice")
+        assert unreadable.value.category == "not_an_image"
+        with pytest.raises(ImageLoadError) as in_batch:
+            client.predict_batch([photos[0], photos[1], b"%PDF-1.4 an invoice"], batch_size=2)
+        assert in_batch.value.category == "not_an_image" and in_batch.value.source.startswith("photo 2 (")
+
+
+def assert_same(remote: Prediction, local: Prediction) -> None:
+    assert type(remote) is Prediction
+    assert remote.scores == pytest.approx(local.scores, abs=1e-6)
+    assert {**remote.to_dict(), "scores": None} == {**local.to_dict(), "scores": None}
+
+
+@pytest.mark.slow
+def test_the_client_retries_a_503_under_one_request_id_until_the_service_has_room(classifier, caplog):
+    with caplog.at_level(logging.INFO, logger="wildvision.access"), full_service(classifier) as (url, release), \
+            ThreadPoolExecutor(1) as pool:
+        client = Client(url, attempts=10, backoff=0.1)
+        answer = pool.submit(client.predict, jpeg_bytes("horn", 40), request_id="listing-40")
+        _wait_for(lambda: statuses_of("listing-40", caplog))  # refused at least once
+        release.set()
+        assert isinstance(answer.result(timeout=60), Prediction)
+    statuses = statuses_of("listing-40", caplog)
+    assert statuses[-1] == 200 and set(statuses[:-1]) == {503} and len(statuses) >= 2
+
+
+def statuses_of(request_id: str, caplog) -> list[int]:
+    lines = [json.loads(record.getMessage()) for record in caplog.records if record.name == "wildvision.access"]
+    return [line["status"] for line in lines if line["request_id"] == request_id]
+
+
+@pytest.mark.slow
+def test_the_client_gives_up_after_its_attempts_with_the_last_answer_and_the_request_id(classifier):
+    photo = padded_jpeg(5 * MiB)
+    with full_service(classifier) as (url, _):
+        with pytest.raises(ServiceError) as exhausted:
+            Client(url, attempts=2, backoff=0).predict(photo, request_id="listing-41")
+        with pytest.raises(ServiceError) as too_long_a_wait:  # the service asks for 1 s, more than this client waits
+            Client(url, max_wait=0.5).predict(photo)
+    assert (exhausted.value.status, exhausted.value.category, exhausted.value.attempts) == (503, "overloaded", 2)
+    assert exhausted.value.request_id == "listing-41"
+    assert "gave up after 2 attempt(s)" in str(exhausted.value) and "listing-41" in str(exhausted.value)
+    assert too_long_a_wait.value.attempts == 1 and "over max_wait" in str(too_long_a_wait.value)
+
+
+@pytest.mark.slow
+def test_the_client_does_not_retry_what_retrying_cannot_mend_and_names_what_it_could_not_reach(classifier):
+    with running(create_app(classifier, api_keys=["the-key"])) as url:
+        with pytest.raises(ServiceError) as refused:
+            Client(url, api_key="not-the-key", backoff=0).predict(jpeg_bytes("horn", 42))
+        assert Client(url, api_key="the-key").predict(jpeg_bytes("horn", 42)).label
+    assert (refused.value.status, refused.value.category, refused.value.attempts) == (401, "unauthorized", 1)
+    with pytest.raises(ServiceError) as unreachable:
+        Client(f"http://127.0.0.1:{free_port()}", attempts=2, backoff=0.01).predict(jpeg_bytes("horn", 42))
+    assert (unreachable.value.status, unreachable.value.category, unreachable.value.attempts) == (None, "connection", 2)
+
+
+def test_retry_waits_honour_retry_after_and_spread_clients_apart():
+    rng = random.Random(0)
+    first = [_retry_delay(1, 1.0, 0.5, rng) for _ in range(200)]
+    third = [_retry_delay(3, None, 0.5, rng) for _ in range(200)]
+    assert 1.0 <= min(first) and max(first) <= 1.5 and len(set(first)) == 200  # never sooner; never in step
+    assert 0 <= min(third) and 1.5 < max(third) <= 2.0  # the range doubles each retry: 0.5 s, 1 s, 2 s
+
+
+@dataclass(frozen=True)
+class _Line:
+    text: str
+    box: tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    lines: tuple[_Line, ...]
+
+
+@dataclass(frozen=True)
+class _Result:
+    label: str
+    evidence: _Evidence | None = None
+
+
+def test_answers_become_dataclasses_nested_ones_included_from_their_fields():
+    sent = {"label": "ivory", "evidence": {"lines": [{"text": "IVORY", "box": [1, 2, 3, 4]}]}, "match": None}
+    assert _from_json(_Result, sent) == _Result("ivory", _Evidence((_Line("IVORY", (1, 2, 3, 4)),)))
+    assert _from_json(_Result, {"label": "horn", "evidence": None}) == _Result("horn")
+    assert _from_json(_Result, {"label": "horn"}) == _Result("horn")  # a service without the field: its default

@@ -5,6 +5,7 @@
     result = classifier.predict("listing.jpg")
     result.scores, result.label, result.decision, result.model_version
     KnownItemIndex("known.sqlite", classifier).match("listing.jpg")  # a re-post of a photo confirmed as illegal?
+    Client("http://scorer:8000", api_key=key).predict("listing.jpg")  # the same, from a `wildvision serve` service
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -17,6 +18,7 @@ from wildvision.classifier import (
     PreparedPhoto,
     default_model_path,
 )
+from wildvision.client import Client, ServiceError
 from wildvision.errors import WildvisionError
 from wildvision.explain import Explanation
 from wildvision.images import ImageLoadError, load_frames, load_image
@@ -45,9 +47,10 @@ except PackageNotFoundError:  # imported from a checkout that was never installe
     __version__ = "0+unknown"
 
 __all__ = [
-    "Classifier", "Decision", "Explanation", "ImageLoadError", "IndexFormatError", "KnownItemIndex", "Match", "MatchRule",
-    "ModelFormatError", "ModelIdentity", "ModelInfo", "OperatingPoint", "OperatingPointError", "Prediction",
-    "PreparedPhoto", "Preprocessing", "ResumeError", "ScanInput", "ScanRecord", "WildvisionError", "__version__",
+    "Classifier", "Client", "Decision", "Explanation", "ImageLoadError", "IndexFormatError", "KnownItemIndex", "Match",
+    "MatchRule", "ModelFormatError", "ModelIdentity", "ModelInfo", "OperatingPoint", "OperatingPointError", "Prediction",
+    "PreparedPhoto", "Preprocessing", "ResumeError", "ScanInput", "ScanRecord", "ServiceError", "WildvisionError",
+    "__version__",
     "default_model_path", "files_from_list", "find_images", "load_frames", "load_image", "read_operating_points",
     "scan", "scan_to_file",
 ]

@@ -361,7 +361,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--timeout", type=_seconds, **limit,
                        help="seconds from a request's arrival to its answer, else 504 (default: 30)")
     serve.add_argument("--read-timeout", type=_seconds, **limit,
-                       help="seconds for the request body to arrive once a slot is free, else 408 (default: 10)")
+                       help="seconds for the request body to arrive once a slot is free, else 408; also the longest "
+                       "a refused upload is read and thrown away (default: 10)")
+    serve.add_argument("--max-discard", type=_positive_int, **limit,
+                       help="most bytes of a refused upload read and thrown away so that its client reads the "
+                       "answer instead of a reset; beyond it the connection closes at once (default: 64 MiB)")
     serve.add_argument("--grace-period", type=_seconds, default=20.0, help="on SIGTERM, seconds to finish the "
                        "requests in flight before exiting (default: 20, inside Kubernetes' 30)")
     serve.add_argument("--api-key-file", type=Path, metavar="FILE", help="require `Authorization: Bearer <key>` "

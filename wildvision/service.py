@@ -10,12 +10,17 @@ What keeps the service standing under load, in the order a request meets it:
   `max_concurrency x max_bytes` plus the model however large a burst;
 - the body must arrive within `read_timeout` (408) and stay under `max_bytes` (413), and the answer must be ready by
   the request's deadline, `timeout` seconds after it arrived (504);
+- a request refused before its whole body arrived (503, 401, 413, 408, 504) is answered first, then the rest of its
+  body is read and thrown away (`_Drained`: at most `max_discard` bytes, within `read_timeout`) and the connection is
+  closed: a client still sending a photo reads its answer instead of a reset. A client that sent
+  `Expect: 100-continue` was never invited to send the body, so it has none to throw away;
 - scoring runs in a pool of `max_concurrency` threads, so the event loop keeps accepting requests while onnxruntime
   works; the classifier and the known-item index are safe to share across those threads.
 
 Every request gets a request id (`X-Request-ID` in and out), one JSON access-log line (logger `wildvision.access`)
 and Prometheus metrics (`GET /metrics`); every error, an unexpected one included, is JSON in one shape.
-This module imports FastAPI at the top: `wildvision` itself imports it only when `serve` runs.
+The API documentation pages (`/docs`, `/redoc`) load their scripts from the service itself (fastapi-offline), so
+they work offline. This module imports FastAPI at the top: `wildvision` itself imports it only when `serve` runs.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -60,10 +66,14 @@ from wildvision.classifier import Classifier, Prediction, PreparedPhoto
 from wildvision.images import ImageLoadError
 from wildvision.known_items import KnownItemIndex, Match
 
-__all__ = ["DEFAULT_MAX_BYTES", "Limits", "create_app"]
+__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_DISCARD", "Limits", "create_app"]
 
 T = TypeVar("T")
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024  # 20 MiB: above any phone JPEG (12 MP at high quality is about 8 MiB)
+DEFAULT_MAX_DISCARD = 64 * 1024 * 1024  # 64 MiB: three times the default max_bytes
+# Refused uploads discarded at once; each holds at most uvicorn's 64 KiB buffer plus one 256 KiB socket read, so these
+# stay under 100 MiB however many clients a burst brings. Beyond them a refused upload is answered and closed at once.
+_MAX_DISCARDING = 256
 _IMAGE_TYPES = ("image/", "application/octet-stream")
 _BATCH_TYPES = ("multipart/form-data", "application/json")
 # Why a photo could not be scored -> HTTP status: the client's request was at fault in every case (4xx).
@@ -94,7 +104,10 @@ class Limits:
     max_concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)  # requests reading/decoding/scoring
     max_queue: int = 64  # requests waiting for a slot; beyond them, 503 at once
     timeout: float = 30.0  # seconds from arrival to the answer (504)
-    read_timeout: float = 10.0  # seconds to receive the body once a slot is free (408)
+    read_timeout: float = 10.0  # seconds to receive the body once a slot is free (408), or to discard a refused one
+    # Bytes of a refused request's body read and thrown away so that its client reads the answer (see `_Drained`):
+    # above `max_bytes`, so that a photo somewhat over the limit still learns it is too large (413) from an answer.
+    max_discard: int = DEFAULT_MAX_DISCARD
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -154,9 +167,14 @@ def create_app(
         yield
         executor.shutdown(wait=False, cancel_futures=True)  # uvicorn has already drained the requests
 
-    app = FastAPI(title="wildvision", version=classifier.info.version, lifespan=lifespan,
-                  description="Spot illegal wildlife products in listing photos.")
-    app.add_middleware(_Observed, metrics=metrics)
+    # /docs and /redoc with Swagger UI's and ReDoc's scripts served from the fastapi-offline package, not a CDN: the
+    # pages work where the service runs, behind a firewall too. No validator: Swagger UI would send the schema to
+    # validator.swagger.io and show an error badge where that cannot be reached.
+    app = FastAPIOffline(title="wildvision", version=classifier.info.version, lifespan=lifespan,
+                         description="Spot illegal wildlife products in listing photos.",
+                         swagger_ui_parameters={"validatorUrl": None})
+    app.add_middleware(_Drained, metrics=metrics, limits=limits)
+    app.add_middleware(_Observed, metrics=metrics)  # added last, so outermost: it counts and logs the discarded bytes
     app.add_exception_handler(HTTPException, _counted_http_error(metrics))
     app.add_exception_handler(Exception, _internal_error(metrics))
     guarded = [Depends(_token_check(api_keys))] if api_keys else []
@@ -255,6 +273,10 @@ class _Metrics:
         self.queued = Gauge("wildvision_queue_depth", "Requests waiting for a slot", registry=registry)
         self.active = Gauge("wildvision_requests_active", "Requests holding a slot: reading, decoding or scoring",
                             registry=registry)
+        self.discarded = Counter("wildvision_discarded_bytes", "Request body bytes read and thrown away after a "
+                                 "refusal, so that the client reads its answer", registry=registry)
+        self.refused_uploads = Counter("wildvision_refused_uploads", "Requests answered before their body was in, by "
+                                       "what became of the rest (see _Drained)", ["outcome"], registry=registry)
 
 
 @dataclass(frozen=True)
@@ -439,6 +461,109 @@ def _internal_error(metrics: _Metrics) -> Callable[[Request, Exception], Awaitab
     return handle
 
 
+@dataclass
+class _Upload:
+    """What has arrived of one request's body, as the application asked for it."""
+
+    declared: int | None  # Content-Length; None for a chunked body, or none at all
+    expects_continue: bool  # `Expect: 100-continue`: the client sends the body only when invited
+    complete: bool  # the whole body is in (or there is none), or the client went away
+    received: int = 0
+    asked: bool = False  # the application has asked for the body, which makes uvicorn send `100 Continue`
+
+    @classmethod
+    def of(cls, scope: Scope) -> _Upload:
+        headers = Headers(scope=scope)
+        length = headers.get("content-length", "")
+        declared = int(length) if length.isdigit() else None
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        return cls(declared=declared, expects_continue=headers.get("expect", "").lower() == "100-continue",
+                   complete=not chunked and not declared)
+
+    def saw(self, message: Message) -> None:
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            self.complete = self.complete or not message.get("more_body", False)
+        elif message["type"] == "http.disconnect":
+            self.complete = True
+
+
+class _Drained:
+    """ASGI middleware: a client refused before its whole body arrived reads its answer instead of a reset.
+
+    A server that answers early and closes a connection with unread bytes in it makes the kernel send a reset, which
+    throws away the answer still waiting in the client's buffer: a client sending a photo larger than the socket
+    buffers sees "connection reset by peer", never the 503 and its `Retry-After` (issue 25). So an answer that starts
+    before the body is in goes out at once, with `Connection: close`; then the rest of the body is read and thrown
+    away (64 KiB at a time, nothing kept), at most `max_discard` bytes within `read_timeout`, and only then does the
+    answer end and the server close the connection, cleanly. What became of each such upload is counted in
+    `wildvision_refused_uploads_total{outcome}`, the bytes in `wildvision_discarded_bytes_total`.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: _Metrics, limits: Limits) -> None:
+        self.app, self.metrics, self.limits = app, metrics, limits
+        self._discarding = 0  # uploads being discarded now; one event loop, so a plain counter is exact
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        upload = _Upload.of(scope)
+        early = False  # the answer started before the body was in
+
+        async def tracked_receive() -> Message:
+            upload.asked = True
+            message = await receive()
+            upload.saw(message)
+            return message
+
+        async def answering(message: Message) -> None:
+            nonlocal early
+            if message["type"] == "http.response.start" and not upload.complete:
+                early = True
+                # The rest of the body is not a next request: this connection ends with the answer.
+                MutableHeaders(scope=message)["Connection"] = "close"
+            elif message["type"] == "http.response.body" and early and not message.get("more_body", False):
+                await send({**message, "more_body": True})  # the whole answer, on its way to the client
+                scope.setdefault("state", {})["bytes_discarded"] = await self._discard(upload, receive)
+                message = {"type": "http.response.body", "body": b"", "more_body": False}  # ends it; uvicorn closes
+            await send(message)
+
+        await self.app(scope, tracked_receive, answering)
+
+    async def _discard(self, upload: _Upload, receive: Receive) -> int:
+        """Read and drop the rest of `upload`'s body; returns the bytes dropped."""
+        outcome, dropped = self._hopeless(upload), 0
+        if outcome is None:
+            self._discarding += 1
+            try:
+                async with asyncio.timeout(self.limits.read_timeout):
+                    while not upload.complete and dropped <= self.limits.max_discard:
+                        message = await receive()
+                        upload.saw(message)
+                        dropped += len(message.get("body", b""))
+                        if message["type"] == "http.disconnect":
+                            outcome = "disconnected"
+                outcome = outcome or ("drained" if upload.complete else "over_cap")
+            except TimeoutError:  # a client that stalls is not waited for longer than one that was admitted
+                outcome = "stalled"
+            finally:
+                self._discarding -= 1
+        self.metrics.refused_uploads.labels(outcome).inc()
+        self.metrics.discarded.inc(dropped)
+        return dropped
+
+    def _hopeless(self, upload: _Upload) -> str | None:
+        """Why the rest of `upload` is not worth reading, if it is not: the connection then closes at once."""
+        if upload.expects_continue and not upload.asked:
+            return "not_sent"  # never invited with `100 Continue`, the client sends no body
+        if upload.declared is not None and upload.declared - upload.received > self.limits.max_discard:
+            return "over_cap"
+        if self._discarding >= _MAX_DISCARDING:
+            return "busy"
+        return None
+
+
 class _Observed:
     """ASGI middleware: a request id per request (`X-Request-ID` in, else made; returned in the answer), one JSON
     access-log line, and the request counter and latency histogram. Headers are never logged: they carry the tokens."""
@@ -479,6 +604,7 @@ class _Observed:
             self.metrics.latency.labels(route).observe(seconds)
             access_log.info(json.dumps({
                 "request_id": request_id, "method": scope["method"], "path": scope["path"], **seen,
+                "bytes_discarded": state.get("bytes_discarded", 0),
                 "latency_ms": round(seconds * 1000, 1), "client": (scope.get("client") or ("",))[0],
                 "decision": state.get("decision"),
             }))
