@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import pytest
+from captions import caption
 from conftest import REPO, make_photo
 from PIL import Image
 
@@ -743,3 +744,25 @@ def test_answers_become_dataclasses_nested_ones_included_from_their_fields():
     assert _from_json(_Result, sent) == _Result("ivory", _Evidence((_Line("IVORY", (1, 2, 3, 4)),)))
     assert _from_json(_Result, {"label": "horn", "evidence": None}) == _Result("horn")
     assert _from_json(_Result, {"label": "horn"}) == _Result("horn")  # a service without the field: its default
+
+
+@pytest.mark.slow
+def test_a_service_that_reads_text_answers_with_the_words_and_decides_listings_by_their_worst_photo(tiny_run):
+    """`serve --read-text`: every answer carries what was read; /predict/listing and `Client.predict_listing` decide
+    a listing by the photo whose words name the product, as `Classifier.predict_listing` does."""
+    pytest.importorskip("rapidocr_onnxruntime", reason="reading text needs the text extra")
+    reader = Classifier(tiny_run["model"], read_text=True, threads=1)
+    plain = make_photo("not_ivory", 3, size=(480, 360))
+    promo = caption(make_photo("not_ivory", 4, size=(480, 360)), "Genuine rhino horn cup", "en")[0]
+    with running(create_app(reader)) as url, Client(url) as client:
+        answer = client.predict(promo)
+        assert [match.label for match in answer.text.matches] == ["rhino_horn"] and answer.decision == "review"
+        listing = client.predict_listing([plain, promo, plain])
+        local = reader.predict_listing([plain, promo, plain])
+        assert (listing.decision, listing.deciding_photo, listing.labels) == ("review", 1, ("rhino_horn",))
+        assert (listing.decision, listing.deciding_photo, listing.labels) == (
+            local.decision, local.deciding_photo, local.labels)
+        assert listing.photos[1].text == local.photos[1].text
+        with pytest.raises(ImageLoadError) as unreadable:
+            client.predict_listing([plain, b"%PDF-1.4 an invoice"])
+        assert unreadable.value.category == "not_an_image" and "photo 1" in unreadable.value.reason

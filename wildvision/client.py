@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 import numpy as np
 from PIL import Image
 
-from wildvision.classifier import Prediction
+from wildvision.classifier import ListingPrediction, Prediction
 from wildvision.errors import WildvisionError
 from wildvision.images import ERROR_CATEGORIES, ImageLoadError, ImageSource, describe_source, load_image
 
@@ -129,6 +129,23 @@ class Client:
                     raise ImageLoadError(f"photo {position} ({sources[position]})", result["error"], result["category"])
                 predictions.append(_from_json(Prediction, result))
         return predictions
+
+    def predict_listing(self, images: Iterable[ImageSource], *, request_id: str | None = None) -> ListingPrediction:
+        """Score a listing's photos together (one request, at most the service's `--max-batch` photos): decided by its
+        most prohibited photo, as `Classifier.predict_listing` decides. A photo the service cannot read raises an
+        `ImageLoadError` naming its position."""
+        images = list(images)
+        sources = [describe_source(image) for image in images]
+        photos = [_photo_bytes(image, f"photo {position} ({source})") for position, (image, source)
+                  in enumerate(zip(images, sources))]
+        form, content_type = _multipart(photos)
+        try:
+            answer = json.loads(self._call("/predict/listing", form, content_type, request_id).body)
+        except ServiceError as error:
+            if error.category in ERROR_CATEGORIES:
+                raise ImageLoadError(error.reason.split(":")[0], error.reason, error.category) from error  # type: ignore[arg-type]
+            raise
+        return _from_json(ListingPrediction, answer)
 
     def close(self) -> None:
         """Close every thread's connection, once no call is in flight (a later call opens a new one)."""

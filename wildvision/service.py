@@ -62,7 +62,7 @@ from starlette.datastructures import Headers, MutableHeaders, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from wildvision.classifier import Classifier, Prediction, PreparedPhoto
+from wildvision.classifier import Classifier, Decision, Prediction, PreparedPhoto, decide_listing
 from wildvision.images import ImageLoadError
 from wildvision.known_items import KnownItemIndex, Match
 
@@ -141,6 +141,16 @@ class _ErrorBody(BaseModel):
 
 class BatchOut(BaseModel):
     results: list[PredictionOut | ErrorOut]  # one per photo, in the order sent
+
+
+class ListingOut(BaseModel):
+    """A listing's decision: that of its most prohibited photo (`deciding_photo`, its position), the prohibited labels
+    any photo was flagged for, and every photo's own answer in the order sent (`ListingPrediction`)."""
+
+    decision: Decision
+    deciding_photo: int
+    labels: list[str]
+    photos: list[PredictionOut]
 
 
 class HealthOut(BaseModel):
@@ -249,6 +259,27 @@ def create_app(
                 metrics.errors.labels(result.category).inc()
         request.state.decision = [getattr(result, "decision", None) for result in results]
         return BatchOut(results=results)
+
+    @app.post("/predict/listing", response_model=ListingOut, response_model_exclude_unset=True, responses=errors,
+              dependencies=guarded, openapi_extra={"requestBody": {"required": True, "content": _BATCH_BODIES}})
+    async def predict_listing(request: Request) -> ListingOut:
+        """Score a listing's photos together (sent as for /predict/batch): the listing is decided by its most
+        prohibited photo, by image or by the words on it (`--read-text`). A photo that cannot be read fails the
+        listing, naming the photo: a listing decided without one of its photos could be wrongly allowed."""
+        _require_content_type(request, _BATCH_TYPES, "send a multipart form of the listing's photo files, or a JSON "
+                                                     "list of base64-encoded photos")
+        async with gate.slot() as slot:
+            photos = await slot.read(request, _batch_reader(request, limits.max_batch))
+            outcomes = await slot.run(score_each, photos)
+        for position, outcome in enumerate(outcomes):
+            if isinstance(outcome, ErrorOut):
+                raise _error(_STATUS_BY_CATEGORY.get(outcome.category, 422), outcome.category,
+                             f"photo {position}: {outcome.error}")
+        scored = [outcome for outcome in outcomes if not isinstance(outcome, ErrorOut)]
+        listing = decide_listing([prediction for prediction, _ in scored], classifier.info.operating_points)
+        request.state.decision = listing.decision
+        return ListingOut(decision=listing.decision, deciding_photo=listing.deciding_photo, labels=list(listing.labels),
+                          photos=[answer(*outcome) for outcome in scored])
 
     return app
 
