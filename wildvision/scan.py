@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Iterator
 from wildvision.classifier import Classifier, PreparedPhoto, describe_thresholds
 from wildvision.errors import WildvisionError
 from wildvision.images import IMAGE_SUFFIXES, ImageLoadError
-from wildvision.known_items import KnownItemIndex
+from wildvision.known_items import KnownItemIndex, Match
 from wildvision.records import (
     RecordLayout,
     ScanRecord,
@@ -205,8 +205,9 @@ def _score(
     """The batch's records, in order, once its photos are decoded (runs in a scoring thread)."""
     prepared = [future.result() for future in futures]
     good = [item for item in prepared if isinstance(item, PreparedPhoto)]
+    matches: list[Match | None] = [None] * len(good)
     if index is None:
-        predictions, matches = classifier.score(good) if good else [], [None] * len(good)
+        predictions = classifier.score(good) if good else []
     else:
         predictions, embeddings = classifier.score_and_embed(good) if good else ([], [])
         matches = index.match_photos(good, embeddings)

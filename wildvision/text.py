@@ -14,6 +14,7 @@ calls harmless often names the product outright. This module has the two halves 
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import re
 import threading
@@ -131,16 +132,16 @@ class _Phrase:
 class Lexicon:
     """Phrases per label and language that name a prohibited product, and phrases that contain one but do not.
 
-    A phrase matches a line of text after both are normalised (NFKC, case-folded, hyphens and white space as one
-    space, accents of Latin letters removed); in scripts written with spaces only at word edges ("IvoryAndArt" does not
-    name ivory), in Chinese, Japanese and Thai anywhere. A match is cancelled when an `ignore` phrase of the same label
-    covers it ("ivory white", "Côte d'Ivoire"). Immutable once loaded, so one lexicon serves every thread.
+    A phrase matches a line of text after both are normalised (`_normalise`: NFKC, case-folded, punctuation and white
+    space as one space, accents of Latin letters removed): in scripts written with spaces at word edges only
+    ("IvoryAndArt" does not name ivory) and also inside run-on words whose spaces OCR lost (`_RUN_ON`); in Chinese,
+    Japanese and Thai anywhere. A match is cancelled when an `ignore` phrase of the same label covers it ("ivory
+    white", "Côte d'Ivoire"), spaces or none. Immutable once loaded, so one lexicon serves every thread.
     """
 
     def __init__(self, document: Mapping[str, Any], *, name: str) -> None:
         self.version, self.labels, phrases, ignored = _parse(document, name)
         self.languages = tuple(language for language in LANGUAGES if any(p.language == language for p in phrases))
-        self.descriptions = {label: document["labels"][label]["description"] for label in self.labels}
         canonical = repr(sorted((k, repr(v)) for k, v in document.items())).encode()
         self.identity = f"{name} {self.version} sha256:{hashlib.sha256(canonical).hexdigest()[:12]}"
         self._words = _Alternation(phrases)
@@ -148,13 +149,13 @@ class Lexicon:
         self._ignored = {label: _Alternation([p.run_on for p in ignored if p.label == label]) for label in self.labels}
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> Lexicon:
+    def load(cls, path: str | os.PathLike[str] | None = None) -> Lexicon:
         """The lexicon in `path` (TOML; see the package's `lexicon.toml`), by default the package's own."""
         file = Path(path) if path is not None else default_lexicon_path()
         try:
             document = tomllib.loads(file.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise
+            raise  # the command line's own one-line message for a missing file
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
             raise LexiconError(f"{file}: not a readable TOML lexicon ({error})") from None
         return cls(document, name="wildvision" if path is None else file.name)
