@@ -176,21 +176,21 @@ class Lexicon:
         return tuple(matches)
 
     def _found(self, text: str) -> list[_Phrase]:
-        """The phrases named in one normalised line: as words, and inside run-on tokens whose spaces OCR lost."""
-        found, spans = [], []
-        squashed, spaces_before = _squashed(text)
-        for match in self._words.regex.finditer(text):
-            spans.append(match.span())  # found or ignored, a place judged as words is not judged again as a run-on
-            found.append((self._words.phrase_of(match), match.start(), match.end()))
-        for token in _RUN_ON.finditer(text):
-            for match in self._run_ons.regex.finditer(token.group()):
-                start, end = token.start() + match.start(), token.start() + match.end()
-                if not any(start < other_end and other_start < end for other_start, other_end in spans):
-                    found.append((self._run_ons.phrase_of(match), start, end))
+        """The phrases named in one normalised line: as words, and where OCR lost the spaces between words, with the
+    spaces gone, touching a run-on word (`_RUN_ON`). A place judged as words is not judged again."""
+        squashed = text.replace(" ", "")
+        kept = [position for position, char in enumerate(text) if char != " "]  # squashed position -> text position
+        found = [(self._words.phrase_of(match), match.start(), match.end())
+                 for match in self._words.regex.finditer(text)]
+        run_ons = [token.span() for token in _RUN_ON.finditer(text)]
+        for match in self._run_ons.regex.finditer(squashed):
+            start, end = kept[match.start()], kept[match.end() - 1] + 1
+            if _overlaps((start, end), run_ons) and not _overlaps((start, end), [(a, b) for _, a, b in found]):
+                found.append((self._run_ons.phrase_of(match), start, end))
         # An ignored context is looked for with the spaces gone, so that "Color:Ivory" or "turtleplushtoy" (spaces
         # that OCR lost) still cancel what they contain.
-        return [phrase for phrase, start, end in found if not self._ignored[phrase.label].covers(
-            squashed, (start - spaces_before[start], end - spaces_before[end]))]
+        return [phrase for phrase, start, end in found
+                if not self._ignored[phrase.label].covers(squashed, (kept.index(start), kept.index(end - 1) + 1))]
 
 
 class TextReader:
@@ -344,13 +344,8 @@ def _separates(char: str) -> bool:
     return unicodedata.category(char)[0] in "ZPSC"
 
 
-def _squashed(text: str) -> tuple[str, list[int]]:
-    """`text` without its spaces, and for each position of `text` (and its end) how many spaces stand before it."""
-    before, count = [], 0
-    for char in text:
-        before.append(count)
-        count += char == " "
-    return text.replace(" ", ""), [*before, count]
+def _overlaps(span: tuple[int, int], others: Sequence[tuple[int, int]]) -> bool:
+    return any(span[0] < other_end and other_start < span[1] for other_start, other_end in others)
 
 
 class _Alternation:
