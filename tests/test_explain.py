@@ -72,6 +72,24 @@ def test_explain_and_embed_on_a_real_model(tiny_run):
     assert min(similarity[1], similarity[2]) > similarity[3]  # a re-posted copy is closer than another photo
 
 
+def test_explain_maps_the_frame_that_decided_an_animation(tiny_run, tmp_path):
+    """`predict` scores an animation by its most prohibited frame; `explain` shows a reviewer that same frame, not a
+    harmless cover."""
+    classifier = Classifier(tiny_run["model"])
+    prohibited = next(iter(classifier.info.operating_points))
+    frames = [make_photo(label, seed, size=(200, 150)) for label, seed in (("not_ivory", 1), (prohibited, 3))]
+    scores = [classifier.predict(frame).scores[prohibited] for frame in frames]
+    assert scores[1] > scores[0], "the second frame is the more prohibited one"
+    animation = tmp_path / "cover-first.gif"
+    frames[0].save(animation, save_all=True, append_images=frames[1:], duration=100)
+    explanation = classifier.explain(animation)
+    decided = classifier.predict(animation)
+    assert explanation.score == pytest.approx(decided.scores[prohibited], abs=1e-6)
+    shown = np.asarray(explanation.photo, dtype=float)
+    distances = [np.abs(shown - np.asarray(frame.convert("P").convert("RGB"), dtype=float)).mean() for frame in frames]
+    assert distances[1] < distances[0]  # the deciding frame is the one shown
+
+
 @pytest.mark.slow
 def test_operating_points_override_for_one_call(tiny_run):
     classifier = Classifier(tiny_run["model"])
