@@ -179,7 +179,7 @@ def _pool(args: argparse.Namespace) -> list[Path]:
         raise DataError(f"no records file at {args.records}")
     root = args.root or args.records.parent
     # Records of photos that could not be scored have no features either: they are left to the scan's error report.
-    return [root / record["path"] for record in read_records(args.records, ()) if not record.get("error")]
+    return [root / record["path"] for record in read_records(args.records) if not record.get("error")]
 
 
 def _row(path: Path, probabilities: np.ndarray, reason: str, classifier: Classifier, out: Path) -> dict[str, str]:
