@@ -32,10 +32,12 @@ def adapted(tmp_path_factory, shipped_model) -> dict[str, Path]:
     out = root / "adapted.onnx"
     # Generated looks are unlike anything the shipped model knew: the anchor would hold ivory where it was (by design),
     # so the pull is loosened as --stay-close lets a platform do. A new label has no base share of flags to match: by
-    # default it may flag no reference everyday photo at all, so review is set by a share of them instead.
+    # default it may flag no reference everyday photo at all, so review is set by a share of them instead. `horn`,
+    # learnt from 12 drawings, claims a few real Caltech val photos: the forgetting check refuses that (tested below),
+    # so this model is written knowingly.
     assert adapt.main(["--model", str(shipped_model), "--data", str(data), "--new-label", "horn", "--out", str(out),
                        "--work", str(root / "work"), "--parity-photos", "6", "--stay-close", "0.001",
-                       "--review-fpr", "0.005"]) == 0
+                       "--review-fpr", "0.005", "--allow-forgetting"]) == 0
     return {"data": data, "model": out, "work": root / "work", "root": root}
 
 
@@ -75,18 +77,19 @@ def test_a_rerun_reuses_the_cached_embeddings_and_writes_the_same_model(adapted,
     again = adapted["root"] / "again.onnx"
     assert adapt.main(["--model", str(shipped_model), "--data", str(adapted["data"]), "--new-label", "horn",
                        "--out", str(again), "--work", str(adapted["work"]), "--stay-close", "0.001",
-                       "--review-fpr", "0.005"]) == 0
+                       "--review-fpr", "0.005", "--allow-forgetting"]) == 0
     assert not forward_passes
     first, second = Classifier(adapted["model"]), Classifier(again)
     np.testing.assert_allclose(first.info.temperature, second.info.temperature)
     assert first.info.operating_points == second.info.operating_points
 
 
-def test_with_nothing_but_labels_adapt_replays_the_shipped_reference_and_keeps_the_open_world(adapted, shipped_model,
-                                                                                               tmp_path, capsys):
+def test_with_nothing_but_labels_adapt_replays_the_shipped_reference_and_keeps_the_open_world(shipped_model, tmp_path,
+                                                                                               capsys):
+    data = make_dataset(tmp_path / "labelled", ("ivory", "not_ivory"), per_label=12)
     out = tmp_path / "platform.onnx"
-    assert adapt.main(["--model", str(shipped_model), "--data", str(adapted["data"]), "--new-label", "horn",
-                       "--review-fpr", "0.005", "--out", str(out), "--work", str(adapted["work"]),
+    # no --base-data, no threshold option: what a platform runs after `pip install ".[train]"`
+    assert adapt.main(["--model", str(shipped_model), "--data", str(data), "--out", str(out),
                        "--parity-photos", "2"]) == 0
     assert "open world cannot be checked" not in capsys.readouterr().err
     info = Classifier(out).info
@@ -94,15 +97,24 @@ def test_with_nothing_but_labels_adapt_replays_the_shipped_reference_and_keeps_t
     replayed = info.training["data"]["replayed"]
     assert replayed["reference"] == "wildvision-ivory@1.1.0" and replayed["photos"] == reference.counts()["replay"]
     assert info.metrics["pull"] in adapt.PULLS and info.metrics["anchor_change"] >= -adapt.DEFAULT_MAX_FORGETTING
-    assert info.metrics["base_val"]["photos"] == reference.counts()["val"]
-    assert abs(info.metrics["base_val"]["by_source"]["met"]["change"]) <= adapt.MAX_VAL_FORGETTING
-
-    default = tmp_path / "default.onnx"  # no threshold option: review and block follow the base on the reference
-    assert adapt.main(["--model", str(shipped_model), "--data", str(adapted["data"]), "--new-label", "horn",
-                       "--out", str(default), "--work", str(adapted["work"]), "--parity-photos", "2"]) == 0
-    rates = Classifier(default).info.metrics["open_world"]
+    val = info.metrics["base_val"]
+    assert val["photos"] == reference.counts()["val"]
+    met = val["by_source"]["met"]
+    assert met["change"] >= -adapt.MAX_VAL_FORGETTING and met["decision_change"] >= -adapt.MAX_VAL_FORGETTING
+    rates = info.metrics["open_world"]
     assert rates["photos"] > 500 and rates["flagged"] <= rates["base_flagged"]
-    assert rates["blocked"] <= rates["base_blocked"]
+    assert rates["blocked"] <= rates["base_blocked"] and info.metrics["thresholds"] == "base"
+
+
+def test_a_model_that_forgets_the_base_val_is_refused(adapted, shipped_model, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(adapt, "MAX_VAL_FORGETTING", 0.0)  # any loss at all: the drawn `horn` claims real photos
+    out = tmp_path / "forgetful.onnx"
+    assert adapt.main(["--model", str(shipped_model), "--data", str(adapted["data"]), "--new-label", "horn",
+                       "--out", str(out), "--work", str(adapted["work"]), "--stay-close", "0.001",
+                       "--review-fpr", "0.005"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("refused: the adapted model loses ") and "accuracy on the base's val vectors (" in error
+    assert "--allow-forgetting" in error and not out.exists()
 
 
 def test_reference_data_of_another_network_is_refused(adapted, shipped_model, tmp_path, capsys):
@@ -132,13 +144,13 @@ def test_thresholds_that_would_flag_too_much_of_the_everyday_reference_are_refus
                                                                                  capsys):
     out = tmp_path / "flooding.onnx"
     argv = ["--model", str(shipped_model), "--data", str(adapted["data"]), "--new-label", "horn", "--out", str(out),
-            "--review-fpr", "0.3",
-            "--work", str(adapted["work"]), "--parity-photos", "2"]
+            "--review-fpr", "0.3", "--stay-close", "0.001", "--allow-forgetting", "--work", str(adapted["work"]),
+            "--parity-photos", "2"]
     assert adapt.main(argv) == 1
-    error = capsys.readouterr().err.strip()
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the warning that the drawn horn costs accuracy
     assert error.startswith("refused: the thresholds would flag ") and "reference everyday photos" in error
     assert "more than --max-everyday-flagged 0.01" in error and "--allow-flagging-everyday" in error
-    assert "\n" not in error and not out.exists()
+    assert not out.exists()
     assert adapt.main(argv + ["--allow-flagging-everyday"]) == 0
     assert Classifier(out).info.metrics["open_world"]["flagged"] > 0.01
 

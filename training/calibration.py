@@ -16,7 +16,7 @@ import numpy as np
 from training.errors import ConfigError, DataError
 from wildvision.model_info import OperatingPoint
 
-__all__ = ["BaseScores", "ThresholdRule", "calibrate", "choose_operating_point", "expected_calibration_error", "flag_rates",
+__all__ = ["BaseScores", "ThresholdRule", "calibrate", "choose_operating_point", "expected_calibration_error", "flag_rates", "flags",
            "fit_temperature", "softmax"]
 
 
@@ -195,14 +195,22 @@ def _threshold_allowing(negatives_per_group: Sequence[np.ndarray], allowed: Sequ
     return min(max(thresholds), 1.0)
 
 
+def flags(
+    probabilities: np.ndarray, labels: Sequence[str], operating_points: Mapping[str, OperatingPoint]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per photo: flagged (review or block for any prohibited label) and blocked, as `decide` decides."""
+    columns = [labels.index(label) for label in operating_points]
+    scores = probabilities[:, columns]
+    reviews = np.array([point.review for point in operating_points.values()])
+    blocks = np.array([point.block for point in operating_points.values()])
+    return (scores >= reviews).any(axis=1), (scores >= blocks).any(axis=1)
+
+
 def flag_rates(
     probabilities: np.ndarray, labels: Sequence[str], operating_points: Mapping[str, OperatingPoint]
 ) -> tuple[float, float]:
     """Shares of photos flagged (review or block for any prohibited label) and blocked, as `decide` decides."""
     if not len(probabilities):
         return 0.0, 0.0
-    columns = [labels.index(label) for label in operating_points]
-    scores = probabilities[:, columns]
-    reviews = np.array([point.review for point in operating_points.values()])
-    blocks = np.array([point.block for point in operating_points.values()])
-    return float((scores >= reviews).any(axis=1).mean()), float((scores >= blocks).any(axis=1).mean())
+    flagged, blocked = flags(probabilities, labels, operating_points)
+    return float(flagged.mean()), float(blocked.mean())

@@ -8,9 +8,10 @@ model's data, and without the photos they cannot be recomputed. A reference file
 the model was trained with, their embeddings (float16) with label, kind, source, group and role:
 
 - `replay`: `train` photos replayed beside the platform's photos, so the head keeps what the base learnt;
-- `anchor`: other `train` photos, held out of fitting, on which the pull towards the base head is chosen;
 - `calib`: every photo of the split the base's own temperature and thresholds were fitted on (held out of training):
-  its harmless photos, the everyday ones included, are what adapted thresholds are bounded by (the open world);
+  the anchor on which the pull towards the base head is chosen (held out, so their accuracy measures what the base
+  generalises, not what it memorised), and, its harmless photos with the everyday ones included, what adapted
+  thresholds are bounded by (the open world);
 - `val`: a sample of the held-out `val` photos, on which forgetting is measured; nothing is fitted on them.
 
 The file is tied to the network, not to the file: `network_digest` (see `training.onnx_head`) covers preprocessing
@@ -44,7 +45,7 @@ __all__ = ["FORMAT", "ROLES", "ReferenceCounts", "ReferenceData", "ReferenceMism
            "choose_reference", "find_reference", "main", "read_reference", "reference_path", "write_reference"]
 
 FORMAT = "wildvision-reference/1"
-ROLES = ("replay", "anchor", "calib", "val")
+ROLES = ("replay", "calib", "val")
 SUFFIX = ".reference.npz"
 _COLUMNS = ("labels", "kinds", "sources", "groups", "roles")
 
@@ -61,10 +62,9 @@ class ReferenceCounts:
     adapted ones are bounded on the same photos.
     """
 
-    replay: int = 800
-    anchor: int = 400
+    replay: int = 1000  # as many as `adapt` replays by default (--base-photos)
     calib: int = 1500
-    val: int = 700
+    val: int = 700  # enough for the largest sources (Met: 202 in 1.1.0's) to be bounded on their own
 
 
 @dataclass(frozen=True)
@@ -149,12 +149,9 @@ def write_reference(reference: ReferenceData, path: Path) -> int:
 
 
 def choose_reference(samples: Sequence[Sample], counts: ReferenceCounts = ReferenceCounts()) -> list[tuple[Sample, str]]:
-    """Each chosen photo with its role: a fixed pseudo-random sample per split (the same on every run), replay and
-    anchor both from `train` but never the same photo."""
+    """Each chosen photo with its role: a fixed pseudo-random sample per split (the same on every run)."""
     by_split = {split: _ranked([s for s in samples if s.split == split]) for split in ("train", "calib", "val")}
-    train = by_split["train"]
-    chosen = [(s, "replay") for s in train[: counts.replay]]
-    chosen += [(s, "anchor") for s in train[counts.replay : counts.replay + counts.anchor]]
+    chosen = [(s, "replay") for s in by_split["train"][: counts.replay]]
     chosen += [(s, "calib") for s in by_split["calib"][: counts.calib]]
     chosen += [(s, "val") for s in by_split["val"][: counts.val]]
     return chosen
