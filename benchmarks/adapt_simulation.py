@@ -49,7 +49,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # training/ is not installed: run from the checkout
 
 from training.adapt import (  # noqa: E402
-    DEFAULT_STAY_CLOSE_ALONE, PULLS, Adapted, BaseCalibration, BaseVectors, FitSet, OpenWorld, anchor_from,
+    DEFAULT_MAX_FORGETTING, DEFAULT_MAX_LOSS_INCREASE, DEFAULT_STAY_CLOSE_ALONE, PULLS, Adapted, Anchor, BaseCalibration, BaseVectors, FitSet, OpenWorld, anchor_from,
     fit_adapted, reference_vectors, start_head,
 )
 from training.backbone import IMAGENET_MEAN, IMAGENET_STD, build_model  # noqa: E402
@@ -250,13 +250,11 @@ WAYS = ("base data", "nothing", "reference", "reference + recall 0.95")
 
 def _adapt(world: World, chosen: list[int], way: str, *, labels: Sequence[str] = LABELS, label_of=lambda s: s.label,
            rule: ThresholdRule | None = None, pulls: Sequence[float] = PULLS, max_forgetting: float | None = None,
-           weights: np.ndarray | None = None, balanced: bool = False) -> Adapted:
+           weights: np.ndarray | None = None) -> Adapted:
     """A head adapted on the labelled rows `chosen` (weighted by `weights`, else equally) as training.adapt adapts
     one, the given way (one of WAYS)."""
     samples, embeddings = world.samples, world.embeddings
     labels = list(labels)
-    if balanced:
-        weights = label_balanced_weights(_targets(samples, chosen, label_of, labels))
     weights = weights / weights.sum() if weights is not None else np.full(len(chosen), 1 / len(chosen))
     platform = FitSet.of(embeddings[chosen], _targets(samples, chosen, label_of, labels), weights,
                          [samples[i].group for i in chosen])
@@ -287,12 +285,6 @@ def _adapt(world: World, chosen: list[int], way: str, *, labels: Sequence[str] =
                            frozenset(reference.open_world_sources))
     return fit_adapted(_with_replay(platform, replay, labels), start, labels, _prohibited(labels), pulls=pulls,
                        anchor=anchor, open_world=open_world, base_calibration=world.calibration(), **options)
-
-
-def label_balanced_weights(targets: np.ndarray) -> np.ndarray:
-    """Each label's photos weigh the same in total, whatever the platform's label mix."""
-    counts = np.bincount(targets)
-    return 1.0 / (counts[targets] * (counts > 0).sum())
 
 
 def _prohibited(labels: Sequence[str]) -> list[str]:
@@ -438,34 +430,46 @@ def design(world: World) -> None:
                   f"[{min(aucs):.3f}-{max(aucs):.3f}]")
 
 
-# The pull rules --design-pull compares, all with the reference replayed and anchored on its calib vectors: the search
-# at two bounds on the anchor's worst accuracy change (overall or per source of 100+ photos), with the labelled photos
-# weighted equally or label-balanced (each label the same total, against the platform's label mix moving the bias).
-DESIGN_PULLS = {f"search on calib, max forgetting {bound:g}{', label-balanced' if balanced else ''}":
-                (bound, balanced) for balanced in (False, True) for bound in (0.005, 0.01)}
+DESIGN_PULLS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 0.3, 1.0)  # fixed pulls compared by --design-pull
 
 
 def design_pull(world: World) -> None:
-    """Pull rules on the design split, with the strict base's reference replayed as adapt replays it with nothing but
-    labels: design-test AUC and the worst anchor accuracy change (base *training* vectors), never a reported figure."""
+    """Fixed pulls on the design split, with the strict base's reference replayed as adapt replays it with nothing
+    but labels, and the pull adapt's rule would take. The calib vectors are halved by group: half A plays the anchor
+    (worst per-source change of accuracy and of mean log-loss), half B measures Met's accuracy and log-loss apart
+    from it. Design-test AUC and these only: never Towneley val or base val."""
     samples, embeddings, base = world.samples, world.embeddings, world.base
+    calib = reference_vectors(world.reference, "calib", LABELS, {}, len(world.reference))
+    half = np.array([_bucket("half", group) < 0.5 for group in calib.groups])
+    anchors = [anchor_from(calib.embeddings[part], calib.targets(LABELS)[part], base.head, len(LABELS),
+                           calib.sources[part]) for part in (half, ~half)]
+    met_b = replace(anchors[1], sources=np.where(anchors[1].sources == "met", "met", "other"))
     for salt, pool, test in _design_splits(world):
         probabilities = softmax(base.head.logits(embeddings[pool]), base.temperature)
         print(f"\n{salt}: pool {len(pool)}, test {len(test)} ({sum(samples[i].label == 'ivory' for i in test)} "
               f"ivory); base AUC {_auc(base, embeddings, samples, test):.3f}")
         for budget in (round(DESIGN_SHARE * b) for b in BUDGETS):
             picked = [pool[c.index] for c in choose(embeddings[pool], probabilities, [0], budget)]
-            for name, (bound, balanced) in DESIGN_PULLS.items():
-                model = _adapt(world, picked, "reference", max_forgetting=bound, balanced=balanced)
-                change = _anchor_change(world, model)
-                print(f"  {budget:>3} {name:<52} AUC {_auc(model, embeddings, samples, test):.3f}  worst anchor "
-                      f"change {change:+.4f}  pull {model.pull:g}")
+            kept = []
+            for pull in DESIGN_PULLS:
+                model = _adapt(world, picked, "reference", pulls=(pull,))
+                met = _met_changes(met_b, model.head)
+                if anchors[0].keeps(model.head, DEFAULT_MAX_FORGETTING, DEFAULT_MAX_LOSS_INCREASE):
+                    kept.append(pull)
+                print(f"  {budget:>3} pull {pull:<6g} AUC {_auc(model, embeddings, samples, test):.3f}  A: worst "
+                      f"accuracy change {anchors[0].change(model.head):+.4f}, log-loss "
+                      f"{anchors[0].loss_increase(model.head):+.4f}  B Met: accuracy {met[0]:+.4f}, log-loss "
+                      f"{met[1]:+.4f}")
+            print(f"  {budget:>3} adapt's rule on A (accuracy within {DEFAULT_MAX_FORGETTING}, log-loss within "
+                  f"{DEFAULT_MAX_LOSS_INCREASE}): pull {min(kept) if kept else 'none of these'}")
 
 
-def _anchor_change(world: World, model: Adapted) -> float:
-    vectors = reference_vectors(world.reference, "calib", LABELS, {}, len(world.reference))
-    return anchor_from(vectors.embeddings, vectors.targets(LABELS), world.base.head, len(LABELS),
-                       vectors.sources).change(model.head)
+def _met_changes(anchor: Anchor, head: Head) -> tuple[float, float]:
+    """Accuracy change and mean log-loss increase on the anchor's `met` rows."""
+    met = anchor.sources == "met"
+    sub = Anchor(anchor.embeddings[met], anchor.targets[met], anchor.base_correct[met], anchor.base_loss[met],
+                 anchor.sources[met])
+    return sub.change(head), sub.loss_increase(head)
 
 
 def _design_splits(world: World):
