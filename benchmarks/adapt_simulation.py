@@ -436,8 +436,8 @@ DESIGN_PULLS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 0.3, 1.0)  # fixed pulls compared 
 def design_pull(world: World) -> None:
     """Fixed pulls on the design split, with the strict base's reference replayed as adapt replays it with nothing
     but labels, and the pull adapt's rule would take. The calib vectors are halved by group: half A plays the anchor
-    (worst per-source change of accuracy and of mean log-loss), half B measures Met's accuracy and log-loss apart
-    from it. Design-test AUC and these only: never Towneley val or base val."""
+    (accuracy change overall, worst per-source change of mean log-loss), half B measures Met's accuracy and log-loss
+    apart from it. Design-test AUC and these only: never Towneley val or base val."""
     samples, embeddings, base = world.samples, world.embeddings, world.base
     calib = reference_vectors(world.reference, "calib", LABELS, {}, len(world.reference))
     half = np.array([_bucket("half", group) < 0.5 for group in calib.groups])
@@ -456,7 +456,7 @@ def design_pull(world: World) -> None:
                 met = _met_changes(met_b, model.head)
                 if anchors[0].keeps(model.head, DEFAULT_MAX_FORGETTING, DEFAULT_MAX_LOSS_INCREASE):
                     kept.append(pull)
-                print(f"  {budget:>3} pull {pull:<6g} AUC {_auc(model, embeddings, samples, test):.3f}  A: worst "
+                print(f"  {budget:>3} pull {pull:<6g} AUC {_auc(model, embeddings, samples, test):.3f}  A: "
                       f"accuracy change {anchors[0].change(model.head):+.4f}, log-loss "
                       f"{anchors[0].loss_increase(model.head):+.4f}  B Met: accuracy {met[0]:+.4f}, log-loss "
                       f"{met[1]:+.4f}")
