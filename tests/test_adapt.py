@@ -483,3 +483,20 @@ def test_an_int8_twin_is_written_beside_the_adapted_model_and_checked(adapted, s
     twin = Classifier(tmp_path / "platform.int8.onnx")
     assert twin.info.precision == "int8" and twin.info.labels == ("ivory", "not_ivory", "horn")
     assert twin.info.version == Classifier(out).info.version
+
+
+@pytest.mark.slow
+def test_export_writes_the_reference_data_that_adapt_then_needs_nothing_else_for(tiny_run, tmp_path, capsys):
+    reference = reference_mod.find_reference(tiny_run["model"])  # written beside the model by training.export
+    assert reference is not None and reference.model == "tiny@0.0.1"
+    split = json.loads((tiny_run["run"] / "split.json").read_text())["samples"]
+    calib = sum(s["split"] == "calib" for s in split)
+    assert reference.counts() == {"replay": sum(s["split"] == "train" for s in split), "calib": calib,
+                                  "val": sum(s["split"] == "val" for s in split)}
+    assert reference.embeddings.shape[1] == adapt.read_head(tiny_run["model"]).weight.shape[1]
+    labelled = make_dataset(tmp_path / "platform", ("ivory", "horn", "not_ivory"), per_label=6)
+    out = tmp_path / "platform.onnx"
+    assert adapt.main(["--model", str(tiny_run["model"]), "--data", str(labelled), "--out", str(out),
+                       "--parity-photos", "2", "--allow-forgetting"]) == 0
+    info = Classifier(out).info
+    assert info.training["data"]["replayed"]["reference"] == "tiny@0.0.1" and "open_world" in info.metrics
