@@ -13,7 +13,8 @@ vectors from its fitting photos, its whole calib part, 700 of its `val` photos):
 ships what a platform gets. "The platform's" unlabelled pool is Towneley's `train` photos; every figure is measured
 on Towneley's `val` photos (which neither the network nor any head saw) and on everyday `val` photos (harmless, for
 false alarms), which no reference role holds except `val`, where they only measure forgetting. Forgetting is accuracy
-on the base's own `val` photos (non-Towneley), overall and on Met's.
+on the base's own `val` photos (non-Towneley), overall and on Met's, at the top label and at the model's own decision
+(flagged or not, against prohibited or not).
 
 For each budget (100, 300 photos) the labelled photos are chosen by `training.select.choose` (on the base model's
 scores and embeddings) or at random (five seeds), then adapted with `training.adapt.fit_adapted` four ways:
@@ -53,7 +54,7 @@ from training.adapt import (  # noqa: E402
     fit_adapted, reference_vectors, start_head,
 )
 from training.backbone import IMAGENET_MEAN, IMAGENET_STD, build_model  # noqa: E402
-from training.calibration import ThresholdRule, calibrate, flag_rates, softmax  # noqa: E402
+from training.calibration import ThresholdRule, calibrate, flag_rates, flags, softmax  # noqa: E402
 from training.compare import Comparison, Scored, auc, compare_scores  # noqa: E402
 from training.data import Sample, load_samples  # noqa: E402
 from training.export import write_onnx  # noqa: E402
@@ -314,8 +315,13 @@ def _measure(name: str, model: Adapted, world: World, labels: Sequence[str] = LA
     accuracy = {}
     for part in ("base_val", "met_val"):
         rows = parts[part]
-        accuracy[part] = float((model.head.logits(embeddings[rows]).argmax(1)
-                                == _targets(samples, rows, label_of, list(labels))).mean())
+        targets = _targets(samples, rows, label_of, list(labels))
+        probabilities = softmax(model.head.logits(embeddings[rows]), model.temperature)
+        prohibited = np.isin(targets, [list(labels).index(label) for label in model.operating_points])
+        accuracy[part] = float((probabilities.argmax(1) == targets).mean())
+        # at the model's own decision: a photo is called prohibited where its thresholds flag it
+        accuracy[f"{part}_decision"] = float((flags(probabilities, list(labels), model.operating_points)[0]
+                                              == prohibited).mean())
     return {"name": name, "per_label": towneley.per_label, "pull": model.pull,
             "towneley_flagged": towneley.harmless["all"]["flagged"][0],
             "everyday_flagged": everyday.harmless["all"]["flagged"][0], "reference_flagged": reference_flagged,
@@ -342,7 +348,8 @@ def _random_rows(budget: int, world: World) -> dict:
     summary["per_label"] = {"ivory": {**runs[0]["per_label"]["ivory"], "auc": (float(np.mean(aucs)), None),
                                       "recall_flagged": _mean_pair(runs, "recall_flagged"),
                                       "recall_blocked": _mean_pair(runs, "recall_blocked")}}
-    for key in ("towneley_flagged", "everyday_flagged", "reference_flagged", "base_val", "met_val"):
+    for key in ("towneley_flagged", "everyday_flagged", "reference_flagged", "base_val", "met_val", "base_val_decision",
+                "met_val_decision"):
         summary[key] = float(np.mean([r[key] for r in runs]))
     summary["auc_range"] = (min(aucs), max(aucs))
     pulls = [run["pull"] for run in runs]
@@ -358,16 +365,23 @@ def _print_table(rows: list[dict]) -> None:
     base = rows[0]
     print(f"\nTowneley val ({base['per_label']['ivory']['photos']} ivory photos): ivory AUC; at the model's own "
           "thresholds: ivory flagged / blocked, Towneley harmless flagged, everyday val flagged, reference calib "
-          "everyday flagged (the set the matched thresholds are fitted on); base val and Met val accuracy (change)")
+          "everyday flagged (the set the matched thresholds are fitted on); base val and Met val accuracy (change) at "
+          "the top label | at the model's decision")
     print(f"{'model':<52} {'AUC':>6}  {'ivory fl / bl':>13}  {'Towneley':>8}  {'everyday':>8}  {'ref cal':>7}  "
-          f"{'base val':>16}  {'Met val':>16}  pull")
+          f"{'base val':>34}  {'Met val':>34}  pull")
     for row in rows:
         ivory = row["per_label"]["ivory"]
         spread = f" [{row['auc_range'][0]:.3f}-{row['auc_range'][1]:.3f}]" if "auc_range" in row else ""
         print(f"{row['name']:<52} {ivory['auc'][0]:.3f}  {ivory['recall_flagged'][0]:.3f} / "
               f"{ivory['recall_blocked'][0]:.3f}  {row['towneley_flagged']:>8.1%}  {row['everyday_flagged']:>8.1%}  "
-              f"{row['reference_flagged']:>7.1%}  {row['base_val']:.4f} ({row['base_val'] - base['base_val']:+.4f})  "
-              f"{row['met_val']:.4f} ({row['met_val'] - base['met_val']:+.4f})  {row['pull']}{spread}")
+              f"{row['reference_flagged']:>7.1%}  {_accuracies(row, base, 'base_val')}  "
+              f"{_accuracies(row, base, 'met_val')}  {row['pull']}{spread}")
+
+
+def _accuracies(row: dict, base: dict, part: str) -> str:
+    decision = f"{part}_decision"
+    return (f"{row[part]:.4f} ({row[part] - base[part]:+.4f}) | {row[decision]:.4f} "
+            f"({row[decision] - base[decision]:+.4f})")
 
 
 def _new_label(world: World) -> None:
@@ -387,7 +401,8 @@ def _new_label(world: World) -> None:
           f"{NEW_LABEL_RULE.review_fpr}; on Towneley val ({new['photos']} {label} photos): AUC {new['auc'][0]}, "
           f"flagged {new['recall_flagged'][0]}, blocked {new['recall_blocked'][0]} at review {point.review:.3f} / "
           f"block {point.block:.3f}; ivory AUC {ivory['auc'][0]}; everyday val flagged {row['everyday_flagged']:.1%}; "
-          f"base val accuracy {row['base_val']:.4f}, Met val {row['met_val']:.4f}")
+          f"base val accuracy {row['base_val']:.4f} (at the decision {row['base_val_decision']:.4f}), Met val "
+          f"{row['met_val']:.4f} ({row['met_val_decision']:.4f})")
 
 
 DESIGN_SHARE = 0.7  # of Towneley's train groups form the design pool; the rest is the design test

@@ -99,8 +99,7 @@ def test_with_nothing_but_labels_adapt_replays_the_shipped_reference_and_keeps_t
     assert info.metrics["pull"] in adapt.PULLS and info.metrics["anchor_change"] >= -adapt.DEFAULT_MAX_FORGETTING
     val = info.metrics["base_val"]
     assert val["photos"] == reference.counts()["val"]
-    met = val["by_source"]["met"]
-    assert met["change"] >= -adapt.MAX_VAL_FORGETTING and met["decision_change"] >= -adapt.MAX_VAL_FORGETTING
+    assert val["by_source"]["met"]["decision_change"] >= -adapt.MAX_VAL_FORGETTING
     rates = info.metrics["open_world"]
     assert rates["photos"] > 500 and rates["flagged"] <= rates["base_flagged"]
     assert rates["blocked"] <= rates["base_blocked"] and info.metrics["thresholds"] == "base"
@@ -113,7 +112,8 @@ def test_a_model_that_forgets_the_base_val_is_refused(adapted, shipped_model, tm
                        "--out", str(out), "--work", str(adapted["work"]), "--stay-close", "0.001",
                        "--review-fpr", "0.005"]) == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("refused: the adapted model loses ") and "accuracy on the base's val vectors (" in error
+    assert error.startswith("refused: the adapted model loses ")
+    assert "accuracy at its decisions on the base's val vectors (" in error
     assert "--allow-forgetting" in error and not out.exists()
 
 

@@ -73,7 +73,7 @@ DEFAULT_MAX_FORGETTING = 0.005  # half the 0.01 a release may lose on the base's
 # --design-pull) the weakest pulls raised the Met log-loss of one half of the calib vectors by 0.06-0.14 nats and lost
 # 1.7-2.6 % of the other half's Met photos; +0.02 nats stopped at pulls 0.03-0.1, keeping most of the AUC gain.
 DEFAULT_MAX_LOSS_INCREASE = 0.02
-MAX_VAL_FORGETTING = 0.01  # what a release may lose on the base's val, overall and in any source: more is refused
+MAX_VAL_FORGETTING = 0.01  # what a release may lose on the base's val at its decisions, overall and in any source
 # A source needs this many anchor or val photos to be bounded on its own: below, one photo is more than 1 %, and in
 # the design set-up single photos of 60-photo sources made the pull search jump between pulls 1000 times apart.
 MIN_SOURCE_PHOTOS = 100
@@ -602,23 +602,21 @@ def _forgetting(
 
 
 def _refuse_forgetting(forgetting: Mapping[str, object], args: argparse.Namespace) -> None:
-    """A release may lose at most MAX_VAL_FORGETTING on the base's val, at the top label or at the decision, overall
-    and in any source with enough photos to say so."""
+    """A release may lose at most MAX_VAL_FORGETTING of accuracy at its own decision on the base's val, overall and in
+    any source with enough photos to say so. The top label is reported, not bounded: it is the decision at a score of
+    0.5, which re-fitted thresholds replace (on the simulated platform, 1,000 Towneley photos moved Met's top label by
+    -0.028 while its decisions gained +0.032)."""
     rows = {"all": forgetting, **forgetting["by_source"]}
-    changes = [(row[kind], name, kind) for name, row in rows.items() if row["photos"] >= MIN_SOURCE_PHOTOS
-               for kind in ("change", "decision_change")]
+    changes = [(row["decision_change"], name) for name, row in rows.items() if row["photos"] >= MIN_SOURCE_PHOTOS]
     if not changes or args.allow_forgetting:
         return
-    change, name, kind = min(changes)
+    change, name = min(changes)
     if change < -MAX_VAL_FORGETTING:
         row = rows[name]
-        before, after = ((row["base_accuracy"], row["adapted_accuracy"]) if kind == "change"
-                         else (row["base_decision_accuracy"], row["decision_accuracy"]))
-        what = "top-label" if kind == "change" else "decision"
         raise ForgettingRefused(
-            f"the adapted model loses {-change:.4f} {what} accuracy on the base's val vectors ({name}, {row['photos']} "
-            f"photos: {before} -> {after}), more than {MAX_VAL_FORGETTING}; raise the pull (--stay-close), or pass "
-            "--allow-forgetting to write it anyway")
+            f"the adapted model loses {-change:.4f} accuracy at its decisions on the base's val vectors ({name}, "
+            f"{row['photos']} photos: {row['base_decision_accuracy']} -> {row['decision_accuracy']}), more than "
+            f"{MAX_VAL_FORGETTING}; raise the pull (--stay-close), or pass --allow-forgetting to write it anyway")
 
 
 def _adapted_info(
