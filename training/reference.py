@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -140,11 +139,12 @@ def write_reference(reference: ReferenceData, path: Path) -> int:
     meta = {"format": FORMAT, "network": reference.network, "model": reference.model,
             "open_world_sources": list(reference.open_world_sources), "counts": reference.counts()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as partial:
-        np.savez_compressed(partial, meta=np.array(json.dumps(meta, sort_keys=True)),
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("wb") as file:  # an ordinary file's permissions: it ships beside the model
+        np.savez_compressed(file, meta=np.array(json.dumps(meta, sort_keys=True)),
                             embeddings=reference.embeddings.astype(np.float16),
                             **{name: getattr(reference, name).astype(str) for name in _COLUMNS})
-    Path(partial.name).replace(path)  # a killed write never leaves half a reference where adapt would read it
+    partial.replace(path)  # a killed write never leaves half a reference where adapt would read it
     return path.stat().st_size
 
 
