@@ -225,6 +225,10 @@ def test_compare_shows_what_adapting_changed(adapted, shipped_model, tmp_path, c
     assert rows["horn"][2] == "n/a" and float(rows["horn"][3]) >= 0.95  # the base has no horn label: no AUC
     assert float(rows["ivory"][3]) > float(rows["ivory"][2])  # generated "ivory" is new to the base model
     assert "now caught" in out
+    # the open-world cost before shipping: both models on the base's reference everyday photos
+    assert "reference everyday photos (caltech101, clothing, grocery, trashnet) flagged / blocked:" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("  calib ", "  val "))}
+    assert set(rows) == {"calib", "val"} and int(rows["calib"][1]) > 500
     page = html.read_text(encoding="utf-8")
     assert "<h2>Per label</h2>" in page and "<h2>now caught (" in page and "data:image/jpeg;base64," in page
 
