@@ -261,9 +261,10 @@ def adapt(args: argparse.Namespace) -> int:
                          open_world=data.open_world, base_calibration=base_calibration)
     head, temperature, points = fitted.head, fitted.temperature, fitted.operating_points
     if data.open_world is None:
+        bounded_by = "your photos and the replayed base photos" if base_samples else "your own harmless photos only"
         print(f"note: the open world cannot be checked: {args.model.name} has no reference data "
-              f"({reference_path(args.model).name}) and no --base-data was given; thresholds are matched to the base on "
-              "your own harmless photos only", file=sys.stderr)
+              f"({reference_path(args.model).name}); the thresholds follow the base's flags on {bounded_by}",
+              file=sys.stderr)
         if rule.review_by == "recall":
             _warn_if_thresholds_are_thin(fit_set.targets[: fit_set.labelled], labels, prohibited)
     probabilities = softmax(fitted.held_out_logits[: fit_set.labelled], temperature)
