@@ -50,7 +50,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # training/ is not installed: run from the checkout
 
 from training.adapt import (  # noqa: E402
-    DEFAULT_MAX_FORGETTING, DEFAULT_MAX_LOSS_INCREASE, DEFAULT_STAY_CLOSE_ALONE, PULLS, Adapted, Anchor, BaseCalibration, BaseVectors, FitSet, OpenWorld, anchor_from,
+    DEFAULT_MAX_FORGETTING, DEFAULT_MAX_LOSS_INCREASE, DEFAULT_STAY_CLOSE_ALONE, PULLS, Adapted, Anchor,
+    BaseCalibration, BaseVectors, FitSet, OpenWorld, anchor_from,
     fit_adapted, reference_vectors, start_head,
 )
 from training.backbone import IMAGENET_MEAN, IMAGENET_STD, build_model  # noqa: E402

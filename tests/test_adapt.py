@@ -194,7 +194,8 @@ def test_train_and_adapt_fit_the_same_operating_points_on_the_same_scores():
     logits = np.stack([rng.normal(2.0 * (targets == 0), 1.2), np.zeros(500)], axis=1).astype(np.float32)
     calib = [Sample(Path(f"{i}.jpg"), labels[t], str(i), "calib", source=s) for i, (t, s) in
              enumerate(zip(targets, sources))]
-    for options in (["--review-fpr", "0.01", "--block-fpr", "0.005"], ["--review-recall", "0.9", "--block-fpr", "0.02"]):
+    for options in (["--review-fpr", "0.01", "--block-fpr", "0.005"],
+                    ["--review-recall", "0.9", "--block-fpr", "0.02"]):
         train_args = train.parse_args(["--data", "d", "--out", "o", *options])
         trained = train.fit_calibration(logits, calib, labels, ["ivory"], train_args)
         adapt_args = adapt.parse_args(["--model", "m", "--data", "d", "--out", "o", *options])

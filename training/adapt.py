@@ -10,8 +10,8 @@ needs nothing but its labels: a sample of the base's training photos is replayed
 in total); its `calib` vectors, held out of the base's training, are the anchor that chooses the pull (the weakest
 that keeps the base's accuracy on them, overall and in every large source) and, the everyday ones included, bound the
 thresholds; its `val` vectors measure the forgetting (a model that loses more than 0.01 there is refused).
-`--base-data` (the photos themselves) replaces the reference's replay and val vectors. New labels (`--new-label`) get their own rows
-and, unless named `not_*`, operating points.
+`--base-data` (the photos themselves) replaces the reference's replay and val vectors. New labels (`--new-label`) get
+their own rows and, unless named `not_*`, operating points.
 
 Thresholds keep the open world by default: `review` and `block` flag no more of each reference everyday source's
 photos (and block no more of any source's) than the base model does. `--review-recall` or `--review-fpr` choose

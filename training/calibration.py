@@ -16,8 +16,8 @@ import numpy as np
 from training.errors import ConfigError, DataError
 from wildvision.model_info import OperatingPoint
 
-__all__ = ["BaseScores", "ThresholdRule", "calibrate", "choose_operating_point", "expected_calibration_error", "flag_rates", "flags",
-           "fit_temperature", "softmax"]
+__all__ = ["BaseScores", "ThresholdRule", "calibrate", "choose_operating_point", "expected_calibration_error",
+           "fit_temperature", "flag_rates", "flags", "softmax"]
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,9 @@ class ThresholdRule:
         # A recall of 1 is a choice (review under the weakest positive). A share of 0 harmless photos is refused, not
         # silently read: 0 used to be taken for "not given" by adapt. A tiny share (0.0005, as ivory.toml's block) asks
         # for "none in a group of hundreds" explicitly; leaving the option out matches the base.
-        for option, value, top in (("--review-recall", self.review_recall, 1.0), ("--review-fpr", self.review_fpr, None),
-                                   ("--block-fpr", self.block_fpr, None)):
+        shares = (("--review-recall", self.review_recall, 1.0), ("--review-fpr", self.review_fpr, None),
+                  ("--block-fpr", self.block_fpr, None))
+        for option, value, top in shares:
             if value is not None and not (0.0 < value < 1.0 or value == top):
                 allowed = "0 < value <= 1" if top else "0 < value < 1"
                 raise ConfigError(f"{option} must be a share with {allowed}, got {value:g}")

@@ -148,7 +148,9 @@ def write_reference(reference: ReferenceData, path: Path) -> int:
     return path.stat().st_size
 
 
-def choose_reference(samples: Sequence[Sample], counts: ReferenceCounts = ReferenceCounts()) -> list[tuple[Sample, str]]:
+def choose_reference(
+    samples: Sequence[Sample], counts: ReferenceCounts = ReferenceCounts()
+) -> list[tuple[Sample, str]]:
     """Each chosen photo with its role: a fixed pseudo-random sample per split (the same on every run)."""
     by_split = {split: _ranked([s for s in samples if s.split == split]) for split in ("train", "calib", "val")}
     chosen = [(s, "replay") for s in by_split["train"][: counts.replay]]
