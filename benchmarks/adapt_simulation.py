@@ -1,26 +1,38 @@
 """The select → label → adapt → measure loop, simulated on the shared data with Towneley as "the platform".
 
     python benchmarks/adapt_simulation.py [--data ../shared/data] [--cache runs/adapt-sim/features]
-    python benchmarks/adapt_simulation.py --design    # how select's rule was chosen
+    python benchmarks/adapt_simulation.py --design         # how select's rule was chosen
+    python benchmarks/adapt_simulation.py --design-pull    # how adapt's pull rule was checked (reference replay)
 
-Set-up. The base is the shipped network with a head fitted on every non-Towneley `train` photo (Met, clothing,
-everyday) and calibrated by cross-fitting, as `training.adapt` does: a model whose head never saw Towneley. (Its
-frozen network did: the shipped model's later blocks trained on Towneley's `train` photos, so the base here knows
-Towneley better than a truly new platform's base would, and the gains below understate what adapting brings.)
-"The platform's" unlabelled pool is Towneley's `train` photos; every figure is measured on Towneley's `val` photos
-(which neither the network nor any head saw) and on everyday `val` photos (harmless, for false alarms). Forgetting is
-measured on the base's own `val` photos (non-Towneley).
+Set-up. The strict base is EfficientNet-Lite0 with ImageNet weights (nothing of the shared data seen) and a head made
+as a release is made: fitted on the non-Towneley `train` photos less a calib part (10 % of museum and clothing groups,
+25 % of everyday ones, as `training/configs/ivory.toml`), temperature and thresholds fitted on that calib part by the
+release rule (review: at most 0.25 % of each everyday source's harmless photos flagged; block: 0.05 % of every
+source's). Its reference data is made as `training.export` makes a release's (`training.reference`: 1,000 replay
+vectors from its fitting photos, its whole calib part, 700 of its `val` photos): a model that never saw Towneley and
+ships what a platform gets. "The platform's" unlabelled pool is Towneley's `train` photos; every figure is measured
+on Towneley's `val` photos (which neither the network nor any head saw) and on everyday `val` photos (harmless, for
+false alarms), which no reference role holds except `val`, where they only measure forgetting. Forgetting is accuracy
+on the base's own `val` photos (non-Towneley), overall and on Met's, at the top label and at the model's own decision
+(flagged or not, against prohibited or not).
 
 For each budget (100, 300 photos) the labelled photos are chosen by `training.select.choose` (on the base model's
-scores and embeddings) or at random (five seeds), then adapted with `training.adapt.fit_adapted`, replaying 1,000
-base training photos (as `--base-data` does) or not. A new label (`sculpture`, a stand-in product) is added from a
-fully labelled pool. The embeddings are computed once through the shipped ONNX model and cached (about ten minutes on
-two cores the first time; seconds after).
+scores and embeddings) or at random (five seeds), then adapted with `training.adapt.fit_adapted` four ways:
+- **base data** (the run issue 24 compared with): 1,000 base training *photos* replayed and 1,000 anchoring, as
+  `--base-data` did, thresholds by recall (0.95) on the cross-validated photos, as adapt's defaults were;
+- **nothing** (adapt before issue 24 without `--base-data`): no replay, the fixed firm pull, thresholds by recall;
+- **reference** (adapt's default now: `--data` alone): replay from the reference vectors, the pull chosen on its calib
+  vectors, thresholds matched to the base's flags on its calib everyday photos;
+- **reference + recall 0.95**: the same with `--review-recall 0.95`, the explicit choice, to show what it costs.
+A new label (`sculpture`, a stand-in product) is added from a fully labelled pool. The same loop then runs on the
+shipped network with the shipped model as the base and its shipped reference file, Towneley's vectors removed from it
+(the shipped network's later blocks trained on Towneley's `train` photos, so it is no stranger there). Embeddings are
+computed once through each network and cached (about five minutes per network on two cores the first time).
 
-`--design` is where select's rule was chosen, apart from every reported figure: Towneley's `train` photos alone are
-split by group (70 / 30, two different splits) into a design pool and a design test, budgets scale with the pool (70
-and 210 photos), and candidate rules, each with and without weights that give the labelled photos the pool's
-estimated label mix, are compared with random choice (five seeds) on the ImageNet network.
+`--design` is where select's rule was chosen, `--design-pull` where the pull rule was checked, both apart from every
+reported figure: Towneley's `train` photos alone are split by group (70 / 30, two different splits) into a design pool
+and a design test, budgets scale with the pool (70 and 210 photos), and only design-test AUC and anchor accuracy (base
+training or calib photos) are looked at, never Towneley `val` or base `val`.
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ import argparse
 import hashlib
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -38,16 +50,19 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # training/ is not installed: run from the checkout
 
 from training.adapt import (  # noqa: E402
-    DEFAULT_STAY_CLOSE_ALONE, PULLS, Anchor, anchor_from, fit_adapted, start_head,
+    DEFAULT_MAX_FORGETTING, DEFAULT_MAX_LOSS_INCREASE, DEFAULT_STAY_CLOSE_ALONE, PULLS, Adapted, Anchor,
+    BaseCalibration, BaseVectors, FitSet, OpenWorld, anchor_from,
+    fit_adapted, reference_vectors, start_head,
 )
 from training.backbone import IMAGENET_MEAN, IMAGENET_STD, build_model  # noqa: E402
-from training.calibration import softmax  # noqa: E402
+from training.calibration import ThresholdRule, calibrate, flag_rates, flags, softmax  # noqa: E402
 from training.compare import Comparison, Scored, auc, compare_scores  # noqa: E402
 from training.data import Sample, load_samples  # noqa: E402
 from training.export import write_onnx  # noqa: E402
 from training.features import compute_features  # noqa: E402
-from training.head import DEFAULT_STAY_CLOSE, Head  # noqa: E402
-from training.onnx_head import write_with_head  # noqa: E402
+from training.head import DEFAULT_STAY_CLOSE, Head, fit_head  # noqa: E402
+from training.onnx_head import network_digest, read_head, write_with_head  # noqa: E402
+from training.reference import ReferenceData, choose_reference, find_reference, write_reference  # noqa: E402
 from training.select import choose, confident_positives, spread_choice, typicality  # noqa: E402
 from wildvision.classifier import Classifier, default_model_path  # noqa: E402
 from wildvision.model_info import ModelInfo, OperatingPoint, Preprocessing  # noqa: E402
@@ -57,52 +72,112 @@ BUDGETS = (100, 300)
 RANDOM_SEEDS = range(5)
 REPLAY = ANCHOR = 1000  # training.adapt's --base-photos and --anchor-photos
 NEW_LABEL = ("sculpture", "sculpture")  # (kind, label): a kind of the data standing in for a new product
-REVIEW_RECALL, BLOCK_FPR = 0.95, 0.005  # training.adapt's defaults
-# A new label's review threshold at 95 % recall of 48 photos sits wherever its 3rd-weakest photo scored; the open-world
-# setting (--review-fpr) bounds the harmless photos it flags instead.
-NEW_LABEL_REVIEW_FPR = 0.01
+EVERYDAY_SOURCES = frozenset({"caltech101", "clothing", "grocery", "trashnet"})  # ivory.toml's review sources
+CALIB_SHARE = {"wildlife-products-v1": 0.1, "everyday-v1": 0.25}  # ivory.toml's calib fractions
+RELEASE_RULE = ThresholdRule(review_fpr=0.0025, block_fpr=0.0005, review_groups=EVERYDAY_SOURCES)  # ivory.toml's
+RECALL_RULE = ThresholdRule(review_recall=0.95, block_fpr=0.005)  # adapt's defaults before issue 24
+MATCHED = ThresholdRule()  # adapt's default now: review and block follow the base's flags on the reference
+# A new label has no base flags to follow: its review is set by a share of the everyday reference it may flag.
+NEW_LABEL_RULE = ThresholdRule(review_fpr=0.01)
+
+
+@dataclass(frozen=True)
+class World:
+    """One network's embeddings of the shared data, their parts, the base model and its reference data."""
+
+    samples: list[Sample]
+    embeddings: np.ndarray
+    parts: dict[str, list[int]]
+    base: Adapted
+    reference: ReferenceData
+
+    def calibration(self) -> BaseCalibration:
+        return BaseCalibration(self.base.temperature, self.base.operating_points, len(LABELS))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(argv)
-    shipped = Classifier(default_model_path())
     imagenet = _imagenet_network(args.cache.parent / "imagenet-lite0.onnx")
-    if args.design:
-        design(imagenet, args)
+    if args.design or args.design_pull:
+        world = _strict_world(imagenet, args)
+        (design if args.design else design_pull)(world)
         return
     print("== the ImageNet network: nothing of the shared data seen (the strict simulation)")
-    base = simulate(imagenet, args, dict(shipped.info.operating_points))
-    _write_base(imagenet, base, args.cache.parent / "base-without-towneley.onnx")
-    print("\n== the shipped network (its later blocks trained on Towneley train photos)")
-    simulate(shipped, args, dict(shipped.info.operating_points))
+    world = _strict_world(imagenet, args)
+    _write_base(imagenet, world, args.cache.parent / "base-without-towneley.onnx")
+    simulate(world)
+    print("\n== the shipped model and its shipped reference, Towneley's vectors removed (its network trained on "
+          "Towneley train photos)")
+    simulate(_shipped_world(args))
 
 
-def simulate(network: Classifier, args: argparse.Namespace, shipped_points: dict[str, OperatingPoint]):
-    """The tables for one network's embeddings; returns the Towneley-blind base head."""
+def simulate(world: World) -> None:
+    """The table for one world: each budget, each way of adapting; then a new label."""
     started = time.monotonic()
-    samples, embeddings = _embedded(network, args.data, args.cache)
-    parts = _parts(samples)
-    print("photos: " + ", ".join(f"{name} {len(idx)}" for name, idx in parts.items()))
-    base = _fit(embeddings, samples, parts["base_train"], LABELS, None)
-    base_row = _measure("base (head without Towneley)", base, embeddings, samples, parts, LABELS, shipped_points)
-    rows = [base_row]
-    base_probabilities = softmax(base.head.logits(embeddings[parts["pool"]]), base.temperature)
-    replay, anchor = _replay(samples, parts["base_train"])
-    anchor = anchor_from(embeddings[anchor], np.array([LABELS.index(samples[i].label) for i in anchor]), base.head,
-                         len(LABELS))
+    samples, embeddings, parts = world.samples, world.embeddings, world.parts
+    print("photos: " + ", ".join(f"{name} {len(idx)}" for name, idx in parts.items())
+          + f"; reference {world.reference.counts()}")
+    rows = [_measure("base (head without Towneley)", world.base, world)]
+    base_probabilities = softmax(world.base.head.logits(embeddings[parts["pool"]]), world.base.temperature)
     for budget in BUDGETS:
         chosen = [parts["pool"][c.index] for c in choose(embeddings[parts["pool"]], base_probabilities, [0], budget)]
-        adapted = _fit(embeddings, samples, chosen + replay, LABELS, base.head, anchor=anchor)
         ivory = sum(samples[i].label == "ivory" for i in chosen)
-        rows.append(_measure(f"select {budget} ({ivory} ivory) + replay", adapted, embeddings, samples, parts, LABELS, shipped_points))
-        alone = _fit(embeddings, samples, chosen, LABELS, base.head, pulls=(DEFAULT_STAY_CLOSE_ALONE,))
-        rows.append(_measure(f"select {budget}, no base data", alone, embeddings, samples, parts, LABELS,
-                             shipped_points))
-        rows.append(_random_rows(budget, embeddings, samples, parts, replay, anchor, base.head, shipped_points))
+        for way in WAYS:
+            rows.append(_measure(f"select {budget} ({ivory} ivory), {way}", _adapt(world, chosen, way), world))
+        rows.append(_random_rows(budget, world))
     _print_table(rows)
-    _new_label(embeddings, samples, parts, replay, anchor, base.head)
+    _new_label(world)
     print(f"simulation took {time.monotonic() - started:.0f} s (embeddings cached)")
-    return base
+
+
+def _strict_world(network: Classifier, args: argparse.Namespace) -> World:
+    """The ImageNet network, a base head made as a release is, and its reference made as export makes one."""
+    samples, embeddings = _embedded(network, args.data, args.cache)
+    parts = _parts(samples)
+    fit_rows, calib_rows = _release_split(samples, parts["base_train"])
+    start = Head(np.zeros((len(LABELS), embeddings.shape[1]), np.float32), np.zeros(len(LABELS), np.float32))
+    targets = _targets(samples, fit_rows)
+    head = fit_head(embeddings[fit_rows], targets, np.ones(len(fit_rows)), start, stay_close=DEFAULT_STAY_CLOSE)
+    temperature, points = calibrate(head.logits(embeddings[calib_rows]), _targets(samples, calib_rows),
+                                    [samples[i].source for i in calib_rows], LABELS, ["ivory"], RELEASE_RULE)
+    base = Adapted(head, temperature, points, np.zeros((0, len(LABELS))), DEFAULT_STAY_CLOSE, None)
+    split = {**{i: "train" for i in fit_rows}, **{i: "calib" for i in calib_rows},
+             **{i: "val" for i in parts["base_val"]}}
+    return World(samples, embeddings, parts, base, _reference(network, samples, embeddings, split))
+
+
+def _shipped_world(args: argparse.Namespace) -> World:
+    """The shipped model as the base, with its shipped reference less Towneley's vectors."""
+    path = default_model_path()
+    shipped = Classifier(path)
+    samples, embeddings = _embedded(shipped, args.data, args.cache)
+    base = Adapted(read_head(path), shipped.info.temperature, dict(shipped.info.operating_points),
+                   np.zeros((0, len(LABELS))), 0.0, None)
+    reference = find_reference(path)
+    if reference is None:
+        raise SystemExit(f"no reference data beside {path}: write it with python -m training.reference")
+    return World(samples, embeddings, _parts(samples), base, reference.without_sources(["towneley"]))
+
+
+def _release_split(samples: list[Sample], rows: list[int]) -> tuple[list[int], list[int]]:
+    """The base's training rows split into fitting and calib rows by group, with ivory.toml's calib shares."""
+    calib = [i for i in rows if _bucket("calib", samples[i].group) < CALIB_SHARE[samples[i].dataset]]
+    chosen = set(calib)
+    return [i for i in rows if i not in chosen], calib
+
+
+def _reference(network: Classifier, samples: list[Sample], embeddings: np.ndarray, split: dict[int, str]
+               ) -> ReferenceData:
+    """The reference `training.reference` would write for the base, from the cached embeddings."""
+    row_of = {samples[i].path: i for i in split}
+    chosen = choose_reference([replace(samples[i], split=part) for i, part in split.items()])
+    rows = [row_of[sample.path] for sample, _ in chosen]
+    column = {"labels": [samples[i].label for i in rows], "kinds": [samples[i].kind for i in rows],
+              "sources": [samples[i].source for i in rows], "groups": [samples[i].group for i in rows],
+              "roles": [role for _, role in chosen]}
+    return ReferenceData(embeddings[rows], **{k: np.array(v, dtype=str) for k, v in column.items()},
+                         network=network_digest(network.model_path), model="simulation-base@0.1.0",
+                         open_world_sources=tuple(sorted(EVERYDAY_SOURCES)))
 
 
 def _imagenet_network(path: Path) -> Classifier:
@@ -117,13 +192,16 @@ def _imagenet_network(path: Path) -> Classifier:
     return Classifier(path)
 
 
-def _write_base(network: Classifier, base, path: Path) -> None:
-    """The Towneley-blind base as a model file, for running training.adapt and training.compare on it."""
-    info = replace(network.info, version="0.1.0", temperature=base.temperature,
+def _write_base(network: Classifier, world: World, path: Path) -> None:
+    """The Towneley-blind base as a model file with its reference beside it, for running training.adapt and
+    training.compare on it as a platform would."""
+    base = world.base
+    info = replace(network.info, name="simulation-base", version="0.1.0", temperature=base.temperature,
                    operating_points=base.operating_points,
                    notes="simulation base: ImageNet network, head fitted on the shared data without Towneley")
     write_with_head(network.model_path, base.head, info, path)
-    print(f"wrote {path}")
+    write_reference(world.reference, path.with_name(path.stem + ".reference.npz"))
+    print(f"wrote {path} and its reference")
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -132,6 +210,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache", type=Path, default=Path("runs/adapt-sim/features"))
     parser.add_argument("--design", action="store_true",
                         help="compare selection rules on the design split of Towneley's train photos only")
+    parser.add_argument("--design-pull", action="store_true",
+                        help="compare pull rules (reference replay) on the design split of Towneley's train photos")
     return parser.parse_args(argv)
 
 
@@ -144,82 +224,134 @@ def _embedded(model: Classifier, data: Path, cache: Path) -> tuple[list[Sample],
 
 
 def _parts(samples: list[Sample]) -> dict[str, list[int]]:
-    """Index lists: the base's training and val photos, the platform's pool and test photos, everyday val photos."""
+    """Index lists: the base's training and val photos (and Met's val), the platform's pool and test photos, everyday
+    val photos."""
     towneley = [s.source == "towneley" for s in samples]
     return {
         "base_train": [i for i, s in enumerate(samples) if not towneley[i] and s.split == "train"],
         "base_val": [i for i, s in enumerate(samples) if not towneley[i] and s.split == "val"],
+        "met_val": [i for i, s in enumerate(samples) if s.source == "met" and s.split == "val"],
         "pool": [i for i, s in enumerate(samples) if towneley[i] and s.split == "train"],
         "test": [i for i, s in enumerate(samples) if towneley[i] and s.split == "val"],
         "everyday_val": [i for i, s in enumerate(samples) if s.dataset == "everyday-v1" and s.split == "val"],
     }
 
 
+def _targets(samples: list[Sample], rows: Sequence[int], label_of=lambda s: s.label, labels=LABELS) -> np.ndarray:
+    return np.array([labels.index(label_of(samples[i])) for i in rows], dtype=np.int64)
+
+
 def _replay(samples: list[Sample], candidates: list[int]) -> tuple[list[int], list[int]]:
-    """The replay and anchor photos `training.adapt` draws from base data: ranked by a hash of the path."""
+    """The replay and anchor photos `training.adapt` draws from --base-data photos: ranked by a hash of the path."""
     ranked = sorted(candidates, key=lambda i: hashlib.sha256(str(samples[i].path).encode()).hexdigest())
     return ranked[:REPLAY], ranked[REPLAY : REPLAY + ANCHOR]
 
 
-def _fit(embeddings: np.ndarray, samples: list[Sample], chosen: list[int], labels: list[str], start: Head | None,
-         label_of=lambda s: s.label, pulls: Sequence[float] = PULLS, anchor: Anchor | None = None,
-         review_fpr: float | None = None, pool_mix: np.ndarray | None = None):
-    """A head fitted as training.adapt fits one: labelled and replayed photos weigh the same in total."""
-    targets = np.array([labels.index(label_of(samples[i])) for i in chosen])
-    is_platform = np.array([samples[i].source == "towneley" for i in chosen])
-    weights = np.where(is_platform, 1.0 / max(is_platform.sum(), 1), 1.0 / max((~is_platform).sum(), 1))
-    if pool_mix is not None:
-        weights[is_platform] = _mix_weights(targets[is_platform], pool_mix)
-    if start is None:  # the Towneley-blind base: a head from nothing, lightly held to it
-        start = Head(np.zeros((len(labels), embeddings.shape[1]), np.float32), np.zeros(len(labels), np.float32))
-        pulls = (DEFAULT_STAY_CLOSE,)
-    elif len(start.bias) < len(labels):
-        start = start_head(start, LABELS, labels)
-    prohibited = [label for label in labels if label != "not_ivory"]
-    return fit_adapted(embeddings[chosen], targets, weights, [str(samples[i].group) for i in chosen], start, labels,
-                       prohibited, review_recall=None if review_fpr else REVIEW_RECALL, review_fpr=review_fpr,
-                       block_fpr=BLOCK_FPR, pulls=pulls, anchor=anchor, new_labels=len(labels) - len(LABELS))
+WAYS = ("base data", "nothing", "reference", "reference + recall 0.95")
 
 
-def _measure(name: str, model, embeddings: np.ndarray, samples: list[Sample], parts: dict[str, list[int]],
-             labels: list[str], shipped_points: dict[str, OperatingPoint], label_of=lambda s: s.label) -> dict:
-    """Per-label figures on Towneley val, flag rates on its harmless photos and on everyday val (each at the model's
-    own thresholds and the shipped ones), and base val accuracy."""
-    towneley = _compared(name, model, embeddings, samples, parts["test"], labels, shipped_points, label_of)
-    everyday = _compared(name, model, embeddings, samples, parts["everyday_val"], labels, shipped_points, label_of)
-    val = parts["base_val"]
-    val_targets = np.array([labels.index(label_of(samples[i])) for i in val])
-    val_accuracy = float((model.head.logits(embeddings[val]).argmax(1) == val_targets).mean())
+def _adapt(world: World, chosen: list[int], way: str, *, labels: Sequence[str] = LABELS, label_of=lambda s: s.label,
+           rule: ThresholdRule | None = None, pulls: Sequence[float] = PULLS, max_forgetting: float | None = None,
+           weights: np.ndarray | None = None) -> Adapted:
+    """A head adapted on the labelled rows `chosen` (weighted by `weights`, else equally) as training.adapt adapts
+    one, the given way (one of WAYS)."""
+    samples, embeddings = world.samples, world.embeddings
+    labels = list(labels)
+    weights = weights / weights.sum() if weights is not None else np.full(len(chosen), 1 / len(chosen))
+    platform = FitSet.of(embeddings[chosen], _targets(samples, chosen, label_of, labels), weights,
+                         [samples[i].group for i in chosen])
+    start = start_head(world.base.head, LABELS, labels)
+    relabel = {NEW_LABEL[0]: NEW_LABEL[1]} if len(labels) > len(LABELS) else {}
+    options = {"rule": rule or (RECALL_RULE if way in ("base data", "nothing") else
+                                ThresholdRule(review_recall=0.95) if way.endswith("recall 0.95") else MATCHED),
+               "new_labels": len(labels) - len(LABELS)}
+    if max_forgetting is not None:
+        options["max_forgetting"] = max_forgetting
+    if way == "nothing":
+        return fit_adapted(platform, start, labels, _prohibited(labels), pulls=(DEFAULT_STAY_CLOSE_ALONE,), **options)
+    if way == "base data":
+        replay_rows, anchor_rows = _replay(samples, world.parts["base_train"])
+        replay = BaseVectors(embeddings[replay_rows], np.array([label_of(samples[i]) for i in replay_rows]),
+                             np.array([samples[i].source for i in replay_rows]),
+                             np.array([samples[i].group for i in replay_rows]))
+        anchor = anchor_from(embeddings[anchor_rows], _targets(samples, anchor_rows, label_of, labels), start,
+                             len(LABELS), np.array([samples[i].source for i in anchor_rows]))
+        return fit_adapted(_with_replay(platform, replay, labels), start, labels, _prohibited(labels), pulls=pulls,
+                           anchor=anchor, **options)
+    reference = world.reference
+    replay = reference_vectors(reference, "replay", labels, relabel, REPLAY)
+    anchor_vectors = reference_vectors(reference, "calib", labels, relabel, len(reference))  # as adapt's anchor
+    anchor = anchor_from(anchor_vectors.embeddings, anchor_vectors.targets(labels), start, len(LABELS),
+                         anchor_vectors.sources)
+    open_world = OpenWorld(reference_vectors(reference, "calib", labels, relabel, len(reference)),
+                           frozenset(reference.open_world_sources))
+    return fit_adapted(_with_replay(platform, replay, labels), start, labels, _prohibited(labels), pulls=pulls,
+                       anchor=anchor, open_world=open_world, base_calibration=world.calibration(), **options)
+
+
+def _prohibited(labels: Sequence[str]) -> list[str]:
+    return [label for label in labels if label != "not_ivory"]
+
+
+def _with_replay(platform: FitSet, replay: BaseVectors, labels: Sequence[str]) -> FitSet:
+    """The platform's rows and the replayed ones, each half weighing the same in total (as training.adapt's)."""
+    return FitSet.of(np.concatenate([platform.embeddings, replay.embeddings]),
+                     np.concatenate([platform.targets, replay.targets(list(labels))]),
+                     np.concatenate([platform.weights / 2, np.full(len(replay), 0.5 / len(replay))]),
+                     platform.groups + [f"base:{group}" for group in replay.groups],
+                     platform.bounds + [f"base:{source}" for source in replay.sources])
+
+
+def _measure(name: str, model: Adapted, world: World, labels: Sequence[str] = LABELS, label_of=lambda s: s.label
+             ) -> dict:
+    """Per-label figures on Towneley val and flag rates on its harmless photos and on everyday val (at the model's
+    own thresholds), the reference's calib everyday photos flagged, and base val and Met val accuracy."""
+    samples, embeddings, parts = world.samples, world.embeddings, world.parts
+    towneley = _compared(name, model, world, parts["test"], labels, label_of)
+    everyday = _compared(name, model, world, parts["everyday_val"], labels, label_of)
+    reference = world.reference.role("calib")
+    harmless = np.isin(reference.sources, list(reference.open_world_sources)) & (reference.labels == "not_ivory")
+    reference_flagged = flag_rates(softmax(model.head.logits(reference.embeddings[harmless]), model.temperature),
+                                   list(labels), model.operating_points)[0]
+    accuracy = {}
+    for part in ("base_val", "met_val"):
+        rows = parts[part]
+        targets = _targets(samples, rows, label_of, list(labels))
+        probabilities = softmax(model.head.logits(embeddings[rows]), model.temperature)
+        prohibited = np.isin(targets, [list(labels).index(label) for label in model.operating_points])
+        accuracy[part] = float((probabilities.argmax(1) == targets).mean())
+        # at the model's own decision: a photo is called prohibited where its thresholds flag it
+        accuracy[f"{part}_decision"] = float((flags(probabilities, list(labels), model.operating_points)[0]
+                                              == prohibited).mean())
     return {"name": name, "per_label": towneley.per_label, "pull": model.pull,
-            "towneley_flagged": towneley.harmless["all"]["flagged"],
-            "everyday_flagged": everyday.harmless["all"]["flagged"], "base_val_accuracy": val_accuracy}
+            "towneley_flagged": towneley.harmless["all"]["flagged"][0],
+            "everyday_flagged": everyday.harmless["all"]["flagged"][0], "reference_flagged": reference_flagged,
+            **accuracy}
 
 
-def _compared(name: str, model, embeddings: np.ndarray, samples: list[Sample], chosen: list[int], labels: list[str],
-              shipped_points: dict[str, OperatingPoint], label_of) -> Comparison:
-    """The model's scores of `chosen` compared with themselves: at its own thresholds (A) and the shipped ones (B)."""
-    probabilities = softmax(model.head.logits(embeddings[chosen]), model.temperature)
+def _compared(name: str, model: Adapted, world: World, chosen: list[int], labels: Sequence[str], label_of
+              ) -> Comparison:
+    """The model's scores of `chosen` at its own thresholds (compared with themselves)."""
+    probabilities = softmax(model.head.logits(world.embeddings[chosen]), model.temperature)
     own = Scored(name, tuple(labels), probabilities, model.operating_points)
-    at_shipped = Scored(name, tuple(labels), probabilities, {**model.operating_points, **shipped_points})
-    return compare_scores([replace(samples[i], label=label_of(samples[i])) for i in chosen], own, at_shipped)
+    return compare_scores([replace(world.samples[i], label=label_of(world.samples[i])) for i in chosen], own, own)
 
 
-def _random_rows(budget, embeddings, samples, parts, replay, anchor, start, shipped_points) -> dict:
-    """Random choice at the same budget, averaged over seeds (min and max kept for the spread)."""
+def _random_rows(budget: int, world: World) -> dict:
+    """Random choice at the same budget, adapted the default way (reference), averaged over seeds."""
     runs, ivory = [], []
     for seed in RANDOM_SEEDS:
-        chosen = list(np.random.default_rng(seed).choice(parts["pool"], budget, replace=False))
-        ivory.append(sum(samples[i].label == "ivory" for i in chosen))
-        runs.append(_measure("", _fit(embeddings, samples, chosen + replay, LABELS, start, anchor=anchor), embeddings, samples,
-                             parts, LABELS, shipped_points))
+        chosen = list(np.random.default_rng(seed).choice(world.parts["pool"], budget, replace=False))
+        ivory.append(sum(world.samples[i].label == "ivory" for i in chosen))
+        runs.append(_measure("", _adapt(world, chosen, "reference"), world))
     aucs = [run["per_label"]["ivory"]["auc"][0] for run in runs]
-    summary = dict(runs[0], name=f"random {budget} ({np.mean(ivory):.0f} ivory) + replay, mean of {len(runs)}")
+    summary = dict(runs[0], name=f"random {budget} ({np.mean(ivory):.0f} ivory), reference, mean of {len(runs)}")
     summary["per_label"] = {"ivory": {**runs[0]["per_label"]["ivory"], "auc": (float(np.mean(aucs)), None),
                                       "recall_flagged": _mean_pair(runs, "recall_flagged"),
                                       "recall_blocked": _mean_pair(runs, "recall_blocked")}}
-    for key in ("towneley_flagged", "everyday_flagged"):
-        summary[key] = tuple(float(np.mean([r[key][k] for r in runs])) for k in (0, 1))
-    summary["base_val_accuracy"] = float(np.mean([r["base_val_accuracy"] for r in runs]))
+    for key in ("towneley_flagged", "everyday_flagged", "reference_flagged", "base_val", "met_val", "base_val_decision",
+                "met_val_decision"):
+        summary[key] = float(np.mean([r[key] for r in runs]))
     summary["auc_range"] = (min(aucs), max(aucs))
     pulls = [run["pull"] for run in runs]
     summary["pull"] = f"{min(pulls):g}-{max(pulls):g}"
@@ -231,22 +363,29 @@ def _mean_pair(runs: list[dict], key: str) -> tuple[float, float]:
 
 
 def _print_table(rows: list[dict]) -> None:
-    base_accuracy = rows[0]["base_val_accuracy"]
-    print(f"\nTowneley val ({rows[0]['per_label']['ivory']['photos']} ivory photos): ivory AUC; ivory flagged and "
-          "blocked, Towneley's and everyday val's harmless photos flagged, at the model's own thresholds | at the "
-          "shipped thresholds (0.81/0.99)")
-    print(f"{'model':<44} {'AUC':>6}  {'flagged':>13}  {'blocked':>13}  {'harmless flagged':>17}  "
-          f"{'everyday flagged':>17}  {'base val acc (change)':>22}  pull")
+    base = rows[0]
+    print(f"\nTowneley val ({base['per_label']['ivory']['photos']} ivory photos): ivory AUC; at the model's own "
+          "thresholds: ivory flagged / blocked, Towneley harmless flagged, everyday val flagged, reference calib "
+          "everyday flagged (the set the matched thresholds are fitted on); base val and Met val accuracy (change) at "
+          "the top label | at the model's decision")
+    print(f"{'model':<52} {'AUC':>6}  {'ivory fl / bl':>13}  {'Towneley':>8}  {'everyday':>8}  {'ref cal':>7}  "
+          f"{'base val':>34}  {'Met val':>34}  pull")
     for row in rows:
         ivory = row["per_label"]["ivory"]
         spread = f" [{row['auc_range'][0]:.3f}-{row['auc_range'][1]:.3f}]" if "auc_range" in row else ""
-        rates = [ivory["recall_flagged"], ivory["recall_blocked"], row["towneley_flagged"], row["everyday_flagged"]]
-        change = row["base_val_accuracy"] - base_accuracy
-        print(f"{row['name']:<44} {ivory['auc'][0]:.3f}  " + "  ".join(f"{a:.3f} | {b:.3f}" for a, b in rates)
-              + f"  {row['base_val_accuracy']:.4f} ({change:+.4f})  {row['pull']}{spread}")
+        print(f"{row['name']:<52} {ivory['auc'][0]:.3f}  {ivory['recall_flagged'][0]:.3f} / "
+              f"{ivory['recall_blocked'][0]:.3f}  {row['towneley_flagged']:>8.1%}  {row['everyday_flagged']:>8.1%}  "
+              f"{row['reference_flagged']:>7.1%}  {_accuracies(row, base, 'base_val')}  "
+              f"{_accuracies(row, base, 'met_val')}  {row['pull']}{spread}")
 
 
-def _new_label(embeddings, samples, parts, replay, anchor, start) -> None:
+def _accuracies(row: dict, base: dict, part: str) -> str:
+    decision = f"{part}_decision"
+    return (f"{row[part]:.4f} ({row[part] - base[part]:+.4f}) | {row[decision]:.4f} "
+            f"({row[decision] - base[decision]:+.4f})")
+
+
+def _new_label(world: World) -> None:
     """A new prohibited label from a fully labelled pool: the platform labels every pool photo of the kind."""
     kind, label = NEW_LABEL
     labels = LABELS + [label]
@@ -254,35 +393,38 @@ def _new_label(embeddings, samples, parts, replay, anchor, start) -> None:
     def label_of(sample: Sample) -> str:
         return label if sample.kind == kind else sample.label
 
-    model = _fit(embeddings, samples, parts["pool"] + replay, labels, start, label_of=label_of, anchor=anchor,
-                 review_fpr=NEW_LABEL_REVIEW_FPR)
-    row = _measure(f"new label {label}", model, embeddings, samples, parts, labels, {}, label_of=label_of)
+    model = _adapt(world, world.parts["pool"], "reference", labels=labels, label_of=label_of, rule=NEW_LABEL_RULE)
+    row = _measure(f"new label {label}", model, world, labels, label_of)
     new, ivory = row["per_label"][label], row["per_label"]["ivory"]
     point = model.operating_points[label]
-    print(f"\nnew label '{label}' (kind {kind}): {sum(label_of(samples[i]) == label for i in parts['pool'])} labelled "
-          f"pool photos; on Towneley val ({new['photos']} {label} photos): AUC {new['auc'][0]}, flagged "
-          f"{new['recall_flagged'][0]}, blocked {new['recall_blocked'][0]} at review {point.review:.3f} / block "
-          f"{point.block:.3f}; ivory AUC {ivory['auc'][0]}; everyday val flagged {row['everyday_flagged'][0]}; base val "
-          f"accuracy {row['base_val_accuracy']:.4f}")
+    pool = sum(label_of(world.samples[i]) == label for i in world.parts["pool"])
+    print(f"\nnew label '{label}' (kind {kind}): {pool} labelled pool photos, reference replay, --review-fpr "
+          f"{NEW_LABEL_RULE.review_fpr}; on Towneley val ({new['photos']} {label} photos): AUC {new['auc'][0]}, "
+          f"flagged {new['recall_flagged'][0]}, blocked {new['recall_blocked'][0]} at review {point.review:.3f} / "
+          f"block {point.block:.3f}; ivory AUC {ivory['auc'][0]}; everyday val flagged {row['everyday_flagged']:.1%}; "
+          f"base val accuracy {row['base_val']:.4f} (at the decision {row['base_val_decision']:.4f}), Met val "
+          f"{row['met_val']:.4f} ({row['met_val_decision']:.4f})")
 
 
 DESIGN_SHARE = 0.7  # of Towneley's train groups form the design pool; the rest is the design test
 DESIGN_SPLITS = ("design-a", "design-b")  # two group splits, so that one lucky split cannot decide
 
 
-def design(network: Classifier, args: argparse.Namespace) -> None:
+def design(world: World) -> None:
     """Selection rules against random choice on Towneley *train* photos alone, split by group into a design pool and
-    a design test: the rule is chosen here, so the reported figures (Towneley val) never take part in choosing it."""
-    samples, embeddings = _embedded(network, args.data, args.cache)
-    parts = _parts(samples)
-    base = _fit(embeddings, samples, parts["base_train"], LABELS, None)
-    replay, anchor = _replay(samples, parts["base_train"])
-    anchor = anchor_from(embeddings[anchor], np.array([LABELS.index(samples[i].label) for i in anchor]), base.head,
-                         len(LABELS))
-    for salt in DESIGN_SPLITS:
-        in_pool = [_bucket(salt, samples[i].group) < DESIGN_SHARE for i in parts["pool"]]
-        pool = [i for i, keep in zip(parts["pool"], in_pool) if keep]
-        test = [i for i, keep in zip(parts["pool"], in_pool) if not keep]
+    a design test: the rule is chosen here, so the reported figures (Towneley val) never take part in choosing it.
+
+    The base is the one the rule was chosen with: a head on every non-Towneley train photo, calibrated by cross-fitting;
+    photos are adapted with --base-data photos replayed (the anchor now bounds each source too, which may move a pull).
+    """
+    samples, embeddings = world.samples, world.embeddings
+    zero = Head(np.zeros((len(LABELS), embeddings.shape[1]), np.float32), np.zeros(len(LABELS), np.float32))
+    rows = world.parts["base_train"]
+    base = fit_adapted(FitSet.of(embeddings[rows], _targets(samples, rows), np.ones(len(rows)),
+                                 [samples[i].group for i in rows]), zero, LABELS, ["ivory"], rule=RECALL_RULE,
+                       pulls=(DEFAULT_STAY_CLOSE,))
+    world = replace(world, base=base)
+    for salt, pool, test in _design_splits(world):
         probabilities = softmax(base.head.logits(embeddings[pool]), base.temperature)
         pool_mix = probabilities.mean(axis=0)
         ivory = sum(samples[i].label == "ivory" for i in pool)
@@ -293,16 +435,65 @@ def design(network: Classifier, args: argparse.Namespace) -> None:
             for name, rule in DESIGN_RULES.items():
                 picked = [pool[i] for i in rule(embeddings[pool], probabilities, budget)]
                 for weighted in (False, True):
-                    model = _fit(embeddings, samples, picked + replay, LABELS, base.head, anchor=anchor,
-                                 pool_mix=pool_mix if weighted else None)
+                    weights = _mix_weights(_targets(samples, picked), pool_mix) if weighted else None
+                    model = _adapt(world, picked, "base data", weights=weights)
                     print(f"  {budget:>3} {name + (' + mix weights' if weighted else ''):<72} ivory "
                           f"{sum(samples[i].label == 'ivory' for i in picked):>3}  AUC "
                           f"{_auc(model, embeddings, samples, test):.3f}  pull {model.pull:g}")
-            aucs = [_auc(_fit(embeddings, samples, list(rng.choice(pool, budget, replace=False)) + replay, LABELS,
-                              base.head, anchor=anchor), embeddings, samples, test)
-                    for rng in (np.random.default_rng(seed) for seed in RANDOM_SEEDS)]
+            aucs = [_auc(_adapt(world, list(rng.choice(pool, budget, replace=False)), "base data"), embeddings,
+                         samples, test) for rng in (np.random.default_rng(seed) for seed in RANDOM_SEEDS)]
             print(f"  {budget:>3} {'random, mean of ' + str(len(aucs)):<72}           AUC {np.mean(aucs):.3f} "
                   f"[{min(aucs):.3f}-{max(aucs):.3f}]")
+
+
+DESIGN_PULLS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 0.3, 1.0)  # fixed pulls compared by --design-pull
+
+
+def design_pull(world: World) -> None:
+    """Fixed pulls on the design split, with the strict base's reference replayed as adapt replays it with nothing
+    but labels, and the pull adapt's rule would take. The calib vectors are halved by group: half A plays the anchor
+    (accuracy change overall, worst per-source change of mean log-loss), half B measures Met's accuracy and log-loss
+    apart from it. Design-test AUC and these only: never Towneley val or base val."""
+    samples, embeddings, base = world.samples, world.embeddings, world.base
+    calib = reference_vectors(world.reference, "calib", LABELS, {}, len(world.reference))
+    half = np.array([_bucket("half", group) < 0.5 for group in calib.groups])
+    anchors = [anchor_from(calib.embeddings[part], calib.targets(LABELS)[part], base.head, len(LABELS),
+                           calib.sources[part]) for part in (half, ~half)]
+    met_b = replace(anchors[1], sources=np.where(anchors[1].sources == "met", "met", "other"))
+    for salt, pool, test in _design_splits(world):
+        probabilities = softmax(base.head.logits(embeddings[pool]), base.temperature)
+        print(f"\n{salt}: pool {len(pool)}, test {len(test)} ({sum(samples[i].label == 'ivory' for i in test)} "
+              f"ivory); base AUC {_auc(base, embeddings, samples, test):.3f}")
+        for budget in (round(DESIGN_SHARE * b) for b in BUDGETS):
+            picked = [pool[c.index] for c in choose(embeddings[pool], probabilities, [0], budget)]
+            kept = []
+            for pull in DESIGN_PULLS:
+                model = _adapt(world, picked, "reference", pulls=(pull,))
+                met = _met_changes(met_b, model.head)
+                if anchors[0].keeps(model.head, DEFAULT_MAX_FORGETTING, DEFAULT_MAX_LOSS_INCREASE):
+                    kept.append(pull)
+                print(f"  {budget:>3} pull {pull:<6g} AUC {_auc(model, embeddings, samples, test):.3f}  A: "
+                      f"accuracy change {anchors[0].change(model.head):+.4f}, log-loss "
+                      f"{anchors[0].loss_increase(model.head):+.4f}  B Met: accuracy {met[0]:+.4f}, log-loss "
+                      f"{met[1]:+.4f}")
+            print(f"  {budget:>3} adapt's rule on A (accuracy within {DEFAULT_MAX_FORGETTING}, log-loss within "
+                  f"{DEFAULT_MAX_LOSS_INCREASE}): pull {min(kept) if kept else 'none of these'}")
+
+
+def _met_changes(anchor: Anchor, head: Head) -> tuple[float, float]:
+    """Accuracy change and mean log-loss increase on the anchor's `met` rows."""
+    met = anchor.sources == "met"
+    sub = Anchor(anchor.embeddings[met], anchor.targets[met], anchor.base_correct[met], anchor.base_loss[met],
+                 anchor.sources[met])
+    return sub.change(head), sub.loss_increase(head)
+
+
+def _design_splits(world: World):
+    """(name, pool rows, test rows) for each design split of Towneley's train photos, by group."""
+    for salt in DESIGN_SPLITS:
+        in_pool = [_bucket(salt, world.samples[i].group) < DESIGN_SHARE for i in world.parts["pool"]]
+        yield (salt, [i for i, keep in zip(world.parts["pool"], in_pool) if keep],
+               [i for i, keep in zip(world.parts["pool"], in_pool) if not keep])
 
 
 def _bucket(salt: str, group: str) -> float:

@@ -6,6 +6,11 @@ Per label: AUC (ranking, free of thresholds) and, for prohibited labels, recall 
 model's own, or one platform's `--operating-points` applied to both); on harmless photos, how many each model flags
 (review or block) and blocks, overall and per source; and the photos whose decision changed, as thumbnails in the
 HTML report. All photos given are scored, whatever split the data names: give photos held out of both models.
+
+Where the base model has reference data (`training.reference`) and the candidate shares its network, both models'
+shares of the reference's everyday photos flagged and blocked are shown too: the open-world cost of the candidate's
+thresholds before it ships, on the reference's `calib` photos (those thresholds were bounded on) and its `val` photos
+(held out of every fit).
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from training.calibration import flag_rates, softmax
 from training.data import DataSource, Sample, label_sources, parse_relabel
 from training.errors import DataError, run_command
 from training.features import compute_features
 from training.gallery import figure, page, table
+from training.onnx_head import network_digest, read_head
+from training.reference import ReferenceData, find_reference
 from wildvision.classifier import Classifier, decide
 from wildvision.model_info import OperatingPoint, OperatingPointError, read_operating_points
 
@@ -183,6 +191,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--operating-points", type=Path, help="a platform's thresholds (JSON/TOML) for both models")
     parser.add_argument("--html", type=Path, help="also write the comparison as a self-contained HTML report")
     parser.add_argument("--work", type=Path, help="feature cache (default: none)")
+    parser.add_argument("--reference", type=Path,
+                        help="the base model's reference vectors (default: BASE.reference.npz beside it)")
     return parser.parse_args(argv)
 
 
@@ -205,6 +215,7 @@ def _compare(args: argparse.Namespace) -> int:
     comparison = compare_scores(kept, first, second)
     print(f"{len(kept)} photos: {dict(sorted(Counter(s.label for s in kept).items()))}")
     print(format_comparison(comparison))
+    print(_open_world_lines(args, models, first, second))
     if args.html:
         write_html(comparison, kept, args.html)
         print(f"wrote {args.html}")
@@ -224,6 +235,31 @@ def _score_both(
         points = _policy_for(model, policy) if policy is not None else model.info.operating_points
         scored.append(Scored(f"{model.identity}", model.info.labels, model.probabilities(found.logits[rows]), points))
     return scored[0], scored[1], [samples[i] for i in kept]
+
+
+def _open_world_lines(args: argparse.Namespace, models: list[Classifier], first: Scored, second: Scored) -> str:
+    """Both models' shares of the base's reference everyday photos flagged / blocked, per role; or why not shown."""
+    reference = find_reference(args.base, args.reference)
+    if reference is None:
+        return f"reference everyday photos: {args.base.name} has no reference data: the open world cannot be checked"
+    if network_digest(args.candidate) != reference.network:
+        return "reference everyday photos: not shown, the candidate's network is not the base's"
+    lines = [f"reference everyday photos ({', '.join(reference.open_world_sources)}) flagged / blocked:"]
+    for role in ("calib", "val"):
+        rows = _everyday(reference.role(role), set(first.operating_points) | set(second.operating_points))
+        rates = [flag_rates(softmax(read_head(model.model_path).logits(rows.embeddings), model.info.temperature),
+                            scored.labels, scored.operating_points)
+                 for model, scored in zip(models, (first, second))]
+        lines.append(f"  {role:<18} {len(rows):>6}  A {_text(round(rates[0][0], 4))} / {_text(round(rates[0][1], 4))}"
+                     f"  B {_text(round(rates[1][0], 4))} / {_text(round(rates[1][1], 4))}")
+    return "\n".join(lines)
+
+
+def _everyday(reference: ReferenceData, prohibited: set[str]) -> ReferenceData:
+    """The harmless rows of the sources that bound the base's review."""
+    others = sorted(set(reference.sources.tolist()) - set(reference.open_world_sources))
+    rows = reference.without_sources(others)
+    return rows.without_labels(sorted(prohibited))
 
 
 def _policy_for(model: Classifier, policy: Mapping[str, OperatingPoint]) -> dict[str, OperatingPoint]:

@@ -10,6 +10,10 @@ export. The photos come from the split training recorded next to the checkpoint 
 With `--int8` a statically quantised twin, `NAME.int8.onnx`, is written next to it: calibrated on photos of the
 `calib` split (never `val`), checked against the float model on the same validation photos, and measured on the whole
 `val` split next to the float model. Both files are written, or neither.
+
+Beside the model goes its reference file, `NAME.reference.npz` (`training.reference`): embeddings of a sample of its
+own train, calib and val photos, so that `training.adapt` can replay, anchor and bound the open world for a platform
+that has none of the photos.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from training.evaluation import evaluate
 from training.quantize import (
     DEFAULT_MAX_PROBABILITY_DIFFERENCE, DEFAULT_MIN_AGREEMENT, quantize_model, write_model_info,
 )
+from training.reference import reference_path, write_model_reference
 from training.split import SPLIT_FILE, load_split
 from wildvision.classifier import Classifier
 from wildvision.images import ImageLoadError, load_image
@@ -94,7 +99,10 @@ def export(args: argparse.Namespace) -> int:
                 calibration_count=args.int8_calibration_photos, min_agreement=args.int8_min_agreement,
                 max_probability_difference=args.int8_max_probability_difference,
             )
+        # The reference is computed by the checked model itself, so its vectors are the ones adapt will compute.
+        reference = write_model_reference(candidate, samples)
         candidate.replace(args.out)  # only a model that passed the parity check ever appears at --out
+        reference.replace(reference_path(args.out))
         if quantized is not None:
             quantized.replace(twin)
     print(f"wrote {args.out} ({info.full_name}); parity on {len(photos)} photos: max logit difference {difference:.2e}")

@@ -8,6 +8,9 @@ follows the new label count.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,7 @@ from training.errors import DataError
 from training.head import Head
 from wildvision.model_info import METADATA_KEY, ModelInfo
 
-__all__ = ["read_head", "write_with_head"]
+__all__ = ["network_digest", "read_head", "write_with_head"]
 
 
 _ADDED_BIAS = "adapted.classifier.bias"
@@ -66,6 +69,35 @@ def write_with_head(base: Path, head: Head, info: ModelInfo, out: Path) -> None:
     entry.key, entry.value = METADATA_KEY, info.to_json()
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
+
+
+def network_digest(path: Path) -> str:
+    """A digest of what a model's `embedding` output depends on, and of nothing else: its preprocessing and every
+    node and weight of the graph except the classifier's.
+
+    The file's own digest changes with any metadata (a new version, thresholds, notes) and with a new head (what
+    `training.adapt` writes), none of which changes the vector a photo becomes; this one changes exactly when those
+    vectors would, so reference vectors stay valid for a re-labelled release or an adapted model of the same network.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    classifier = {name for name in _classifier_names(graph, path) if name} | {_ADDED_BIAS}
+    metadata = {entry.key: entry.value for entry in model.metadata_props}
+    if METADATA_KEY not in metadata:
+        raise _NotExportedHead(f"{path}: not a wildvision model (no '{METADATA_KEY}' metadata)")
+    preprocessing = ModelInfo.from_json(metadata[METADATA_KEY]).preprocessing
+    digest = hashlib.sha256(json.dumps(asdict(preprocessing), sort_keys=True).encode())
+    for node in graph.node:
+        if not classifier & set(node.input):  # the nodes reading the head change shape and inputs with it
+            digest.update(node.SerializeToString(deterministic=True))
+    for tensor in sorted(graph.initializer, key=lambda t: t.name):
+        if tensor.name not in classifier:
+            digest.update(tensor.name.encode())
+            digest.update(np.ascontiguousarray(numpy_helper.to_array(tensor)).tobytes())
+    return f"sha256:{digest.hexdigest()[:16]}"
 
 
 def _classifier_names(graph, path: Path) -> tuple[str, str | None]:

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from training.augment import ListingStyle
 from training.backbone import ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD, build_model, split_model
-from training.calibration import choose_operating_point, fit_temperature, softmax
+from training.calibration import ThresholdRule, calibrate, softmax
 from training.checkpoint import CHECKPOINT_NAME, load_training_state, save_checkpoint
 from training.checks import MIN_PHOTOS, check_labels, photo_table
 from training.data import (
@@ -43,7 +43,7 @@ from wildvision.images import ImageLoadError, load_image
 from wildvision.model_info import OperatingPoint, Preprocessing
 from wildvision.preprocess import to_tensor
 
-__all__ = ["HARMLESS_PREFIX", "main", "parse_args", "resolve_prohibited"]
+__all__ = ["HARMLESS_PREFIX", "fit_calibration", "main", "parse_args", "resolve_prohibited", "threshold_rule"]
 
 _CACHE_FORMAT = 2  # bump when the way photos become cached features changes
 # The one default for which labels are prohibited (lead to review or block and get operating points), where neither
@@ -158,6 +158,7 @@ def train(args: argparse.Namespace) -> int:
     """The whole run: split, check, cache, train, calibrate, measure, write. Returns the exit status."""
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
+    threshold_rule(args)  # a bad threshold option is refused now, not after an hour of training
     relabel = parse_relabel(args.relabel)
     samples, split_report = prepare_samples(
         args.data, val_fraction=args.val_fraction, calib_fraction=args.calib_fraction,
@@ -207,26 +208,26 @@ def resolve_prohibited(labels: list[str], named: Sequence[str] | None) -> list[s
 def fit_calibration(
     logits: np.ndarray, calib: list[Sample], labels: list[str], prohibited: list[str], args: argparse.Namespace
 ) -> tuple[float, dict[str, OperatingPoint]]:
-    """Temperature, then each prohibited label's operating point, on the held-out `calib` photos."""
-    targets = np.array([labels.index(s.label) for s in calib])
-    temperature = fit_temperature(logits, targets)
-    probabilities = softmax(logits, temperature)
+    """Temperature, then each prohibited label's operating point, on the held-out `calib` photos (by the one
+    `training.calibration.calibrate` that `training.adapt` fits its thresholds with too)."""
     review_sources = set(args.review_sources) or None  # None: every source's harmless photos bound review
     unknown = (review_sources or set()) - {s.source for s in calib}
     if unknown:
         raise DataError(f"--review-sources names sources with no calib photos: {sorted(unknown)}")
-    operating_points = {
-        label: choose_operating_point(
-            probabilities[:, labels.index(label)], targets == labels.index(label),
-            block_false_positive_rate=args.block_fpr, groups=[s.source for s in calib], review_groups=review_sources,
-            **({"review_false_positive_rate": args.review_fpr} if args.review_fpr is not None
-               else {"review_recall": args.review_recall}),
-        )
-        for label in prohibited
-    }
+    rule = threshold_rule(args)
+    targets = np.array([labels.index(s.label) for s in calib])
+    temperature, operating_points = calibrate(logits, targets, [s.source for s in calib], labels, prohibited, rule)
     print("operating points (fitted on calib): " + ", ".join(
         f"{label} review {point.review:.4f} block {point.block:.4f}" for label, point in operating_points.items()))
     return temperature, operating_points
+
+
+def threshold_rule(args: argparse.Namespace) -> ThresholdRule:
+    """Training's thresholds: review by --review-fpr where given, else --review-recall; block by --block-fpr."""
+    review_sources = frozenset(args.review_sources) or None
+    if args.review_fpr is not None:
+        return ThresholdRule(review_fpr=args.review_fpr, block_fpr=args.block_fpr, review_groups=review_sources)
+    return ThresholdRule(review_recall=args.review_recall, block_fpr=args.block_fpr, review_groups=review_sources)
 
 
 def model_identity(name: str, version: str, samples: list[Sample]) -> str:
