@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,3 +100,15 @@ def shipped_model() -> Path:
     from wildvision.classifier import default_model_path
 
     return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory) -> Path:
+    """The site as `mkdocs build --strict` writes it (about 2 s)."""
+    pytest.importorskip("mkdocs", reason="the documentation site needs the docs extra: pip install '.[docs]'")
+    pytest.importorskip("material", reason="the documentation site needs the docs extra: pip install '.[docs]'")
+    out = tmp_path_factory.mktemp("site")
+    build = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+                           cwd=REPO, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert build.returncode == 0, build.stderr[-3000:]
+    return out

@@ -187,9 +187,10 @@ def flagged_labels(
 class Classifier:
     """A loaded wildvision model.
 
-    >>> classifier = Classifier()                      # the shipped model
-    >>> classifier.predict("listing.jpg").decision     # doctest: +SKIP
-    'allow'
+    Examples:
+        >>> classifier = Classifier()                      # the shipped model
+        >>> classifier.predict("listing.jpg").decision     # doctest: +SKIP
+        'allow'
     """
 
     def __init__(

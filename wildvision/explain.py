@@ -26,6 +26,9 @@ _WORD_COLOUR = (0, 255, 255)  # cyan: outside the heat map's ramp, so a framed w
 
 @dataclass(frozen=True)
 class Explanation:
+    """Where a photo shows one label's evidence (`Classifier.explain`): the class activation map as `heatmap`, over
+    `photo` as it was scored, and `overlay()` to show a reviewer."""
+
     label: str
     score: float  # the label's calibrated probability
     # float32, the size of `photo`, 0 (no evidence) .. `score` (where the evidence is strongest): on one scale across

@@ -96,10 +96,11 @@ class Match:
 class KnownItemIndex:
     """Known items in an SQLite file, held in memory for matching; safe to share across threads.
 
-    >>> index = KnownItemIndex("known.sqlite", classifier, create=True)   # doctest: +SKIP
-    >>> index.add(["seized/tusk1.jpg"], ["case-2291/tusk1"])              # doctest: +SKIP
-    >>> index.match("listing.jpg")                                        # doctest: +SKIP
-    Match(id=1, reference='case-2291/tusk1', hash_distance=3, cosine=0.97)
+    Examples:
+        >>> index = KnownItemIndex("known.sqlite", classifier, create=True)   # doctest: +SKIP
+        >>> index.add(["seized/tusk1.jpg"], ["case-2291/tusk1"])              # doctest: +SKIP
+        >>> index.match("listing.jpg")                                        # doctest: +SKIP
+        Match(id=1, reference='case-2291/tusk1', hash_distance=3, cosine=0.97)
     """
 
     def __init__(
