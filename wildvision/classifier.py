@@ -39,8 +39,8 @@ from wildvision.text import READ_SIDE, Lexicon, TextEvidence, TextReader
 
 __all__ = [
     "BLANK_SPREAD", "DEFAULT_MODEL_FILE", "Classifier", "Decision", "ListingPrediction", "ModelIdentity", "Prediction",
-    "PreparedPhoto", "decide", "decide_listing", "decide_with_text", "default_model_path", "describe_thresholds", "flagged_labels", "rank_of",
-    "read_model_info",
+    "PreparedPhoto", "decide", "decide_listing", "decide_with_text", "default_model_path", "describe_thresholds",
+    "flagged_labels", "rank_of", "read_model_info",
 ]
 
 Decision = Literal["allow", "review", "block"]
