@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -232,6 +233,18 @@ def test_compare_shows_what_adapting_changed(adapted, shipped_model, tmp_path, c
     assert set(rows) == {"calib", "val"} and int(rows["calib"][1]) > 500
     page = html.read_text(encoding="utf-8")
     assert "<h2>Per label</h2>" in page and "<h2>now caught (" in page and "data:image/jpeg;base64," in page
+
+
+def test_compare_of_a_model_and_its_int8_twin_says_why_the_open_world_is_not_shown(shipped_model, tmp_path, capsys):
+    """An int8 twin's classifier is quantised, so the reference vectors cannot be scored with it: compare still
+    compares the photos, and says why the reference lines are missing."""
+    fresh = _fresh(tmp_path / "held_out")
+    shutil.rmtree(fresh / "horn")  # a label neither shipped model has
+    int8 = shipped_model.with_name(shipped_model.name.replace(".onnx", ".int8.onnx"))
+    assert compare.main([str(shipped_model), str(int8), "--data", str(fresh)]) == 0
+    out = capsys.readouterr().out
+    assert "reference everyday photos: not shown, a model's classifier cannot be read" in out
+    assert any(line.startswith("ivory") for line in out.splitlines())
 
 
 def test_compare_applies_a_platforms_thresholds_to_both_models(adapted, shipped_model, tmp_path, capsys):

@@ -29,7 +29,7 @@ from training.data import DataSource, Sample, label_sources, parse_relabel
 from training.errors import DataError, run_command
 from training.features import compute_features
 from training.gallery import figure, page, table
-from training.onnx_head import network_digest, read_head
+from training.onnx_head import HeadNotReadable, network_digest, read_head
 from training.reference import ReferenceData, find_reference
 from wildvision.classifier import Classifier, decide
 from wildvision.model_info import OperatingPoint, OperatingPointError, read_operating_points
@@ -242,14 +242,18 @@ def _open_world_lines(args: argparse.Namespace, models: list[Classifier], first:
     reference = find_reference(args.base, args.reference)
     if reference is None:
         return f"reference everyday photos: {args.base.name} has no reference data: the open world cannot be checked"
-    if network_digest(args.candidate) != reference.network:
-        return "reference everyday photos: not shown, the candidate's network is not the base's"
+    try:
+        if network_digest(args.candidate) != reference.network:
+            return "reference everyday photos: not shown, the candidate's network is not the base's"
+        heads = [read_head(model.model_path) for model in models]
+    except HeadNotReadable as error:  # an int8 twin: its classifier is quantised, so reference vectors cannot be scored
+        return f"reference everyday photos: not shown, a model's classifier cannot be read ({error})"
     lines = [f"reference everyday photos ({', '.join(reference.open_world_sources)}) flagged / blocked:"]
     for role in ("calib", "val"):
         rows = _everyday(reference.role(role), set(first.operating_points) | set(second.operating_points))
-        rates = [flag_rates(softmax(read_head(model.model_path).logits(rows.embeddings), model.info.temperature),
+        rates = [flag_rates(softmax(head.logits(rows.embeddings), model.info.temperature),
                             scored.labels, scored.operating_points)
-                 for model, scored in zip(models, (first, second))]
+                 for head, model, scored in zip(heads, models, (first, second))]
         lines.append(f"  {role:<18} {len(rows):>6}  A {_text(round(rates[0][0], 4))} / {_text(round(rates[0][1], 4))}"
                      f"  B {_text(round(rates[1][0], 4))} / {_text(round(rates[1][1], 4))}")
     return "\n".join(lines)

@@ -25,8 +25,9 @@ __all__ = ["network_digest", "read_head", "write_with_head"]
 _ADDED_BIAS = "adapted.classifier.bias"
 
 
-class _NotExportedHead(DataError):
-    pass
+class HeadNotReadable(DataError):
+    """A model whose classifier cannot be read from its graph: not exported by `training.export` (an int8 twin's
+    classifier is quantised, for one)."""
 
 
 def read_head(path: Path) -> Head:
@@ -87,7 +88,7 @@ def network_digest(path: Path) -> str:
     classifier = {name for name in _classifier_names(graph, path) if name} | {_ADDED_BIAS}
     metadata = {entry.key: entry.value for entry in model.metadata_props}
     if METADATA_KEY not in metadata:
-        raise _NotExportedHead(f"{path}: not a wildvision model (no '{METADATA_KEY}' metadata)")
+        raise HeadNotReadable(f"{path}: not a wildvision model (no '{METADATA_KEY}' metadata)")
     preprocessing = ModelInfo.from_json(metadata[METADATA_KEY]).preprocessing
     digest = hashlib.sha256(json.dumps(asdict(preprocessing), sort_keys=True).encode())
     for node in graph.node:
@@ -108,11 +109,11 @@ def _classifier_names(graph, path: Path) -> tuple[str, str | None]:
     initializers = {t.name for t in graph.initializer}
     if (gemm is None or gemm.op_type != "Gemm" or list(gemm.input[:1]) != ["embedding"] or len(gemm.input) not in (2, 3)
             or not set(gemm.input[1:]) <= initializers or _attribute(gemm, "transB") != 1):
-        raise _NotExportedHead(f"{path}: the graph does not end in the classifier training.export writes "
+        raise HeadNotReadable(f"{path}: the graph does not end in the classifier training.export writes "
                                "(Gemm from 'embedding' to 'logits'); only wildvision models exported by "
                                "training.export can be adapted")
     if cam is not None and gemm.input[1] not in cam.input:
-        raise _NotExportedHead(f"{path}: 'activation_map' does not read the classifier's weights; export it again")
+        raise HeadNotReadable(f"{path}: 'activation_map' does not read the classifier's weights; export it again")
     return gemm.input[1], gemm.input[2] if len(gemm.input) == 3 else None
 
 
