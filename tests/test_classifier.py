@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 from pathlib import Path
@@ -19,6 +20,7 @@ from wildvision import (
     OperatingPointError,
 )
 from wildvision.classifier import PreparedPhoto, decide
+from wildvision.hashing import file_sha256
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +210,8 @@ def test_metadata_that_disagrees_with_the_graph_is_refused(tmp_path, shipped_mod
     metadata = Classifier(shipped_model).info.to_json()  # labels for 2 outputs
     with pytest.raises(ModelFormatError, match="outputs"):
         Classifier(identity_onnx(tmp_path / "wrong.onnx", 5, metadata))
+
+
+def test_the_model_digest_is_the_files_sha256(classifier, shipped_model):
+    assert file_sha256(shipped_model) == hashlib.sha256(Path(shipped_model).read_bytes()).hexdigest()
+    assert classifier.identity.digest == f"sha256:{file_sha256(shipped_model)[:16]}"

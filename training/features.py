@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from wildvision.classifier import Classifier
+from wildvision.hashing import file_sha256
 from wildvision.images import ImageLoadError, load_image
 from wildvision.preprocess import to_batch
 
@@ -87,7 +88,7 @@ def batch_features(classifier: Classifier, batch: np.ndarray) -> tuple[np.ndarra
 
 def _photo_digest(path: Path) -> str | None:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return file_sha256(path)
     except OSError:
         return None
 

@@ -6,7 +6,6 @@ threads (onnxruntime's `run` is thread-safe) and should be: loading a model cost
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass, replace
 from importlib import resources
@@ -18,7 +17,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from wildvision.explain import Explanation, heatmap_on_photo
-from wildvision.hashing import difference_hash
+from wildvision.hashing import difference_hash, file_sha256
 from wildvision.images import (
     DEFAULT_MAX_FRAMES,
     DEFAULT_MAX_PIXELS,
@@ -225,7 +224,7 @@ class Classifier:
         info = read_model_info(self.session, path)
         self.info = info.with_operating_points(operating_points) if operating_points is not None else info
         self.model_path = path
-        self.identity = ModelIdentity(info.name, info.version, info.precision, _file_digest(path))
+        self.identity = ModelIdentity(info.name, info.version, info.precision, f"sha256:{file_sha256(path)[:16]}")
         self.max_pixels, self.max_frames = max_pixels, max_frames
         self._input_name = self.session.get_inputs()[0].name
         self._output_names = {output.name for output in self.session.get_outputs()}
@@ -443,14 +442,6 @@ def _per_photo(photos: Sequence[PreparedPhoto], rows: np.ndarray) -> list[np.nda
 def _pixel_spread(batch: np.ndarray, std: Sequence[float]) -> np.ndarray:
     """Each frame's largest per-channel standard deviation, in 0-255 levels, read back from normalised input."""
     return (batch.std(axis=(2, 3)) * np.asarray(std) * 255.0).max(axis=1)
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()[:16]}"
 
 
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:
