@@ -19,7 +19,7 @@ from wildvision import (
     OperatingPoint,
     OperatingPointError,
 )
-from wildvision.classifier import PreparedPhoto, decide
+from wildvision.classifier import PreparedPhoto, decide, twin_path
 from wildvision.hashing import file_sha256
 
 
@@ -215,3 +215,11 @@ def test_metadata_that_disagrees_with_the_graph_is_refused(tmp_path, shipped_mod
 def test_the_model_digest_is_the_files_sha256(classifier, shipped_model):
     assert file_sha256(shipped_model) == hashlib.sha256(Path(shipped_model).read_bytes()).hexdigest()
     assert classifier.identity.digest == f"sha256:{file_sha256(shipped_model)[:16]}"
+
+
+def test_a_model_and_its_int8_twin_name_each_other():
+    assert twin_path(Path("out/tiny.onnx"), "int8") == Path("out/tiny.int8.onnx")
+    assert twin_path(Path("out/tiny.int8.onnx"), "float32") == Path("out/tiny.onnx")
+    assert twin_path("tiny.int8.onnx", "int8") == Path("tiny.int8.onnx")
+    with pytest.raises(ValueError, match="precision"):
+        twin_path("tiny.onnx", "float16")

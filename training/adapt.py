@@ -51,7 +51,7 @@ from training.onnx_head import read_head, write_with_head
 from training.quantize import quantize_model
 from training.reference import ReferenceData, find_reference, reference_path
 from training.train import HARMLESS_PREFIX
-from wildvision.classifier import Classifier
+from wildvision.classifier import Classifier, twin_path
 from wildvision.images import load_image
 from wildvision.model_info import ModelInfo, OperatingPoint
 from wildvision.preprocess import to_batch
@@ -656,7 +656,7 @@ def _write(args: argparse.Namespace, base: Classifier, head: Head, info: ModelIn
     checked = set(_spread(labelled, args.parity_photos))
     photos = [load_image(s.path, min_side=side) for s in sorted(checked, key=lambda s: str(s.path))]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    twin = args.out.with_name(args.out.stem + ".int8.onnx")
+    twin = twin_path(args.out, "int8")
     with tempfile.TemporaryDirectory(dir=args.out.parent) as scratch:
         candidate = Path(scratch) / args.out.name
         write_with_head(args.model, head, info, candidate)

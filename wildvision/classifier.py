@@ -38,8 +38,8 @@ from wildvision.text import READ_SIDE, Lexicon, TextEvidence, TextReader
 
 __all__ = [
     "BLANK_SPREAD", "DEFAULT_MODEL_FILE", "Classifier", "Decision", "ListingPrediction", "ModelIdentity", "Prediction",
-    "PreparedPhoto", "decide", "decide_listing", "decide_with_text", "default_model_path", "describe_thresholds", "flagged_labels", "rank_of",
-    "read_model_info",
+    "PreparedPhoto", "decide", "decide_listing", "decide_with_text", "default_model_path", "describe_thresholds",
+    "flagged_labels", "rank_of", "read_model_info", "softmax", "twin_path",
 ]
 
 Decision = Literal["allow", "review", "block"]
@@ -114,11 +114,28 @@ class PreparedPhoto:
     frames: tuple[Image.Image, ...] = ()  # the decoded frames, kept only where text is read from them
 
 
-def default_model_path(precision: Precision = "float32") -> Path:
-    """The model shipped with the package (inside the wheel), or the checkout's `models/` folder when run from source."""
+def twin_path(model: str | os.PathLike[str], precision: Precision) -> Path:
+    """The file of `model` in `precision`: a model and its int8 twin sit side by side as `NAME.onnx` and
+    `NAME.int8.onnx`. The one place that name is made: export and adapt write the twin where `Classifier(precision=...)`
+    and `wildvision info` look for it."""
     if precision not in _PRECISION_SUFFIX:
         raise ValueError(f"precision must be one of {sorted(_PRECISION_SUFFIX)}, got {precision!r}")
-    name = DEFAULT_MODEL_FILE.removesuffix(".onnx") + _PRECISION_SUFFIX[precision]
+    path, twin = Path(model), _PRECISION_SUFFIX["int8"]
+    stem = path.name.removesuffix(twin) if path.name.endswith(twin) else path.stem
+    return path.with_name(stem + _PRECISION_SUFFIX[precision])
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Rows of `logits` (N, labels) divided by `temperature` and turned into probabilities, in float64."""
+    scaled = logits.astype(np.float64) / temperature
+    scaled -= scaled.max(axis=1, keepdims=True)  # the largest exponent is 0: no overflow, same probabilities
+    exp = np.exp(scaled)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def default_model_path(precision: Precision = "float32") -> Path:
+    """The model shipped with the package (inside the wheel), or the checkout's `models/` folder when run from source."""
+    name = twin_path(DEFAULT_MODEL_FILE, precision).name
     packaged = resources.files("wildvision") / "models" / name
     if packaged.is_file():
         return Path(str(packaged))
@@ -325,10 +342,7 @@ class Classifier:
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities: softmax of temperature-scaled logits."""
-        scaled = logits.astype(np.float64) / self.info.temperature
-        scaled -= scaled.max(axis=1, keepdims=True)
-        exp = np.exp(scaled)
-        return exp / exp.sum(axis=1, keepdims=True)
+        return softmax(logits, self.info.temperature)
 
     def _decode(self, image: ImageSource) -> list[Image.Image]:
         """Every frame of `image`, upright RGB, decoded at reduced scale down to what the model (or reading its text,
