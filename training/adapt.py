@@ -54,7 +54,6 @@ from training.train import HARMLESS_PREFIX
 from wildvision.classifier import Classifier, twin_path
 from wildvision.images import load_image
 from wildvision.model_info import ModelInfo, OperatingPoint
-from wildvision.preprocess import to_batch
 
 __all__ = ["PULLS", "Adapted", "Anchor", "BaseCalibration", "BaseVectors", "FitSet", "ForgettingRefused", "OpenWorld",
            "OpenWorldRefused", "anchor_from", "check_head_parity", "fit_adapted", "fit_thresholds", "main",
@@ -679,10 +678,10 @@ def check_head_parity(base: Classifier, head: Head, candidate: Path, photos: lis
     Also checks the explanations: a class activation map averaged over the photo plus the bias is the logit, so a
     graph whose `activation_map` read other weights than its classifier is refused too.
     """
-    batch = to_batch(photos, base.info.preprocessing)  # the adapted model keeps the base model's preprocessing
+    batch = base.prepare_images(photos)  # the adapted model keeps the base model's preprocessing
     expected = head.logits(batch_features(base, batch)[0])
     adapted = Classifier(candidate)
-    actual, maps = adapted.session.run(["logits", "activation_map"], {adapted.session.get_inputs()[0].name: batch})
+    actual, maps = adapted.outputs(batch, ("logits", "activation_map"))
     from_maps = maps.mean(axis=(2, 3)) + head.bias
     difference = float(max(np.abs(expected - actual).max(), np.abs(from_maps - actual).max()))
     disagreements = int((expected.argmax(1) != actual.argmax(1)).sum())

@@ -41,7 +41,6 @@ from training.split import SPLIT_FILE, load_split
 from wildvision.classifier import Classifier, twin_path
 from wildvision.images import ImageLoadError, load_image
 from wildvision.model_info import METADATA_KEY, OUTPUT_NAMES, ModelInfo, OperatingPoint, Preprocessing
-from wildvision.preprocess import to_batch
 
 __all__ = ["ParityError", "main", "model_from_checkpoint", "model_info_from_checkpoint"]
 
@@ -242,7 +241,7 @@ def _load_photos(samples: list[Sample], input_size: int) -> list:
 def check_parity(model: torch.nn.Module, onnx_path: Path, photos: list, tolerance: float) -> float:
     """Largest logit difference between PyTorch and the ONNX file through the wildvision library; raise if too large."""
     classifier = Classifier(onnx_path)
-    batch = to_batch(photos, classifier.info.preprocessing)
+    batch = classifier.prepare_images(photos)
     with torch.no_grad():
         expected = model(torch.from_numpy(batch)).numpy()
     actual = classifier.logits(batch)

@@ -278,14 +278,15 @@ class Classifier:
         return predictions
 
     def prepare(self, image: ImageSource, *, with_hashes: bool = False) -> PreparedPhoto:
-        """Decode `image` (every frame) into model input: the one place photos are turned into tensors for scoring.
+        """Decode `image` (every frame) into model input: the one place photos are read for scoring (and
+        `prepare_images` the one place decoded frames become tensors).
 
         Raises `ImageLoadError` for anything that is not a usable image.
         """
         frames = self._decode(image)
         hashes = np.stack([difference_hash(frame) for frame in frames]) if with_hashes else None
         reading = self.text_reader is not None
-        return PreparedPhoto(to_batch(frames, self.info.preprocessing), hashes, tuple(frames) if reading else ())
+        return PreparedPhoto(self.prepare_images(frames), hashes, tuple(frames) if reading else ())
 
     def score(
         self, photos: Sequence[PreparedPhoto], *, operating_points: Mapping[str, OperatingPoint] | None = None
@@ -308,7 +309,7 @@ class Classifier:
         have a dot product near 1."""
         side = self.info.preprocessing.input_size
         photos = [load_image(image, min_side=side, max_pixels=self.max_pixels) for image in images]
-        vectors = [self._run("embedding", to_batch(photos[start : start + batch_size], self.info.preprocessing))
+        vectors = [self._run("embedding", self.prepare_images(photos[start : start + batch_size]))
                    for start in range(0, len(photos), batch_size)]
         return _unit_rows(np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32))
 
@@ -318,7 +319,7 @@ class Classifier:
         An animated or multi-page photo is explained on the frame that decided its prediction; with text reading on,
         the lines of that frame that named a product are part of the explanation (and marked on its overlay)."""
         photos = self._decode(image)
-        batch = to_batch(photos, self.info.preprocessing)
+        batch = self.prepare_images(photos)
         logits, activation = self._run(("logits", "activation_map"), batch)
         frames = self._calibrated(batch, logits)
         points = self.info.operating_points
@@ -343,6 +344,26 @@ class Classifier:
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities: softmax of temperature-scaled logits."""
         return softmax(logits, self.info.temperature)
+
+    def prepare_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Decoded photos (one frame each, e.g. from `wildvision.images.load_image`) as one NCHW batch through this
+        model's preprocessing: every tensor the model sees is made here (`prepare`, `embed`, `explain`, and training's
+        features, parity checks and quantisation calibration). Photos as files go through `prepare`, which decodes
+        them too. Training's augmentation pipeline alone calls `wildvision.preprocess` itself, one photo at a time."""
+        return to_batch(list(images), self.info.preprocessing)
+
+    def outputs(self, batch: np.ndarray, names: Sequence[str]) -> list[np.ndarray]:
+        """The graph's raw outputs `names` (of `wildvision.model_info.OUTPUT_NAMES`: logits, embedding,
+        activation_map) for an NCHW batch, in that order, from one forward pass: what training reads to fit a head on
+        the model's own embeddings or to check a written model. Uncalibrated, and embeddings not normalised (unlike
+        `embed`). Raises `ModelFormatError` if the model lacks one of them."""
+        return self._run(tuple(names), batch)
+
+    @property
+    def input_name(self) -> str:
+        """The name of the graph's one input (an NCHW float32 batch), for tools that feed the model file directly,
+        such as onnxruntime's quantisation calibrator."""
+        return self._input_name
 
     def _decode(self, image: ImageSource) -> list[Image.Image]:
         """Every frame of `image`, upright RGB, decoded at reduced scale down to what the model (or reading its text,
