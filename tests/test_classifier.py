@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import io
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import identity_onnx, make_photo
+from conftest import REPO, identity_onnx, make_photo
 from PIL import Image, ImageDraw, ImageFilter
 
 from wildvision import (
@@ -18,7 +20,8 @@ from wildvision import (
     OperatingPoint,
     OperatingPointError,
 )
-from wildvision.classifier import PreparedPhoto, decide
+from wildvision.classifier import PreparedPhoto, decide, softmax, twin_path
+from wildvision.hashing import file_sha256
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +211,50 @@ def test_metadata_that_disagrees_with_the_graph_is_refused(tmp_path, shipped_mod
     metadata = Classifier(shipped_model).info.to_json()  # labels for 2 outputs
     with pytest.raises(ModelFormatError, match="outputs"):
         Classifier(identity_onnx(tmp_path / "wrong.onnx", 5, metadata))
+
+
+def test_a_model_and_its_int8_twin_name_each_other():
+    assert twin_path(Path("out/tiny.onnx"), "int8") == Path("out/tiny.int8.onnx")
+    assert twin_path(Path("out/tiny.int8.onnx"), "float32") == Path("out/tiny.onnx")
+    assert twin_path("tiny.int8.onnx", "int8") == Path("tiny.int8.onnx")
+    with pytest.raises(ValueError, match="precision"):
+        twin_path("tiny.onnx", "float16")
+
+
+def test_training_reads_the_graphs_outputs_through_the_public_surface(classifier, photo_file):
+    """`outputs` gives what `predict` scores from (raw logits) and what `embed` normalises (embeddings)."""
+    photo = Image.open(photo_file).convert("RGB")
+    batch = classifier.prepare_images([photo])
+    assert np.array_equal(batch, classifier.prepare(photo_file).tensors)
+    logits, embedding = classifier.outputs(batch, ("logits", "embedding"))
+    assert classifier.probabilities(logits)[0] == pytest.approx(list(classifier.predict(photo_file).scores.values()))
+    assert np.allclose(embedding / np.linalg.norm(embedding), classifier.embed([photo]), atol=1e-6)
+    assert classifier.input_name and classifier.probabilities(logits) == pytest.approx(
+        softmax(logits, classifier.info.temperature))
+    with pytest.raises(ModelFormatError, match="no nonsense output"):
+        classifier.outputs(batch, ("nonsense",))
+
+
+def test_the_model_digest_is_the_files_sha256(classifier, shipped_model):
+    assert file_sha256(shipped_model) == hashlib.sha256(Path(shipped_model).read_bytes()).hexdigest()
+    assert classifier.identity.digest == f"sha256:{file_sha256(shipped_model)[:16]}"
+
+
+# What only `Classifier` may touch: its onnxruntime session (attributes of a classifier, and onnxruntime's class).
+_SESSION_INTERNALS = {"session", "_input_name", "_output_names", "_run", "InferenceSession"}
+
+
+def test_only_the_classifier_touches_its_onnxruntime_session():
+    """Training and the rest of the library go through `Classifier`'s public methods (`outputs`, `logits`,
+    `prepare_images`, `input_name`), so how the model runs can change in one file."""
+    owner = REPO / "wildvision" / "classifier.py"
+    reaching = []
+    for path in sorted([*(REPO / "wildvision").rglob("*.py"), *(REPO / "training").rglob("*.py")]):
+        if path != owner:
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                # `.session` of anything, or `InferenceSession` by name (`from onnxruntime import InferenceSession`);
+                # a bare `session` is another thing (Spark's, in `wildvision.spark`)
+                name = node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", None)
+                if name in _SESSION_INTERNALS and (isinstance(node, ast.Attribute) or name == "InferenceSession"):
+                    reaching.append(f"{path.relative_to(REPO)}:{node.lineno} {name}")
+    assert not reaching, f"outside wildvision/classifier.py: {reaching}"

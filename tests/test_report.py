@@ -10,9 +10,8 @@ import pytest
 
 pytest.importorskip("matplotlib", reason="the evaluation report needs the [train] extra: pip install '.[train]'")
 
-from training.report import (  # noqa: E402
-    GALLERY_SIZE, OPEN_WORLD_GALLERY_SIZE, precision_recall_curve, roc_curve, write_report,
-)
+from training.metrics import precision_recall_curve, roc_curve  # noqa: E402
+from training.report import GALLERY_SIZE, OPEN_WORLD_GALLERY_SIZE, write_report  # noqa: E402
 
 SECTIONS = ("Per-label metrics", "Confusion matrix", "ROC and precision-recall curves", "Calibration",
             "Operating points and decisions", "Open world", "Accuracy by source", "Errors by kind", "Worst mistakes",

@@ -51,10 +51,9 @@ from training.onnx_head import read_head, write_with_head
 from training.quantize import quantize_model
 from training.reference import ReferenceData, find_reference, reference_path
 from training.train import HARMLESS_PREFIX
-from wildvision.classifier import Classifier
+from wildvision.classifier import Classifier, twin_path
 from wildvision.images import load_image
 from wildvision.model_info import ModelInfo, OperatingPoint
-from wildvision.preprocess import to_batch
 
 __all__ = ["PULLS", "Adapted", "Anchor", "BaseCalibration", "BaseVectors", "FitSet", "ForgettingRefused", "OpenWorld",
            "OpenWorldRefused", "anchor_from", "check_head_parity", "fit_adapted", "fit_thresholds", "main",
@@ -656,7 +655,7 @@ def _write(args: argparse.Namespace, base: Classifier, head: Head, info: ModelIn
     checked = set(_spread(labelled, args.parity_photos))
     photos = [load_image(s.path, min_side=side) for s in sorted(checked, key=lambda s: str(s.path))]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    twin = args.out.with_name(args.out.stem + ".int8.onnx")
+    twin = twin_path(args.out, "int8")
     with tempfile.TemporaryDirectory(dir=args.out.parent) as scratch:
         candidate = Path(scratch) / args.out.name
         write_with_head(args.model, head, info, candidate)
@@ -679,10 +678,10 @@ def check_head_parity(base: Classifier, head: Head, candidate: Path, photos: lis
     Also checks the explanations: a class activation map averaged over the photo plus the bias is the logit, so a
     graph whose `activation_map` read other weights than its classifier is refused too.
     """
-    batch = to_batch(photos, base.info.preprocessing)  # the adapted model keeps the base model's preprocessing
+    batch = base.prepare_images(photos)  # the adapted model keeps the base model's preprocessing
     expected = head.logits(batch_features(base, batch)[0])
     adapted = Classifier(candidate)
-    actual, maps = adapted.session.run(["logits", "activation_map"], {adapted.session.get_inputs()[0].name: batch})
+    actual, maps = adapted.outputs(batch, ("logits", "activation_map"))
     from_maps = maps.mean(axis=(2, 3)) + head.bias
     difference = float(max(np.abs(expected - actual).max(), np.abs(from_maps - actual).max()))
     disagreements = int((expected.argmax(1) != actual.argmax(1)).sum())

@@ -14,6 +14,7 @@ from typing import Collection, Mapping, Sequence
 import numpy as np
 
 from training.errors import ConfigError, DataError
+from wildvision.classifier import softmax  # the library's own: training calibrates as inference scores
 from wildvision.model_info import OperatingPoint
 
 __all__ = ["BaseScores", "ThresholdRule", "calibrate", "choose_operating_point", "expected_calibration_error",
@@ -122,13 +123,6 @@ def _bounded(
     allowed = [int(np.floor(rate * member.sum())) if rate is not None else int(base_flagged[member].sum())
                for member in members]
     return _threshold_allowing(negatives, allowed)
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    scaled = logits.astype(np.float64) / temperature
-    scaled -= scaled.max(axis=1, keepdims=True)
-    exp = np.exp(scaled)
-    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:

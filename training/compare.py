@@ -29,12 +29,13 @@ from training.data import DataSource, Sample, label_sources, parse_relabel
 from training.errors import DataError, run_command
 from training.features import compute_features
 from training.gallery import figure, page, table
+from training.metrics import auc, fraction
 from training.onnx_head import HeadNotReadable, network_digest, read_head
 from training.reference import ReferenceData, find_reference
 from wildvision.classifier import Classifier, decide
 from wildvision.model_info import OperatingPoint, OperatingPointError, read_operating_points
 
-__all__ = ["Comparison", "Scored", "auc", "compare_scores", "format_comparison", "main"]
+__all__ = ["Comparison", "Scored", "compare_scores", "format_comparison", "main"]
 
 _CHANGED_SHOWN = 60  # thumbnails per kind of change in the HTML report
 
@@ -75,16 +76,6 @@ def compare_scores(samples: Sequence[Sample], first: Scored, second: Scored) -> 
                       _changed(samples, is_harmless, decisions))
 
 
-def auc(scores: np.ndarray, is_positive: np.ndarray) -> float | None:
-    """Area under the ROC curve: the chance a positive outranks a negative (ties count half); None without both."""
-    positives, negatives = scores[is_positive], scores[~is_positive]
-    if not len(positives) or not len(negatives):
-        return None
-    above = (positives[:, None] > negatives[None, :]).mean()
-    tied = (positives[:, None] == negatives[None, :]).mean()
-    return round(float(above + tied / 2), 4)
-
-
 def _label_row(
     samples: Sequence[Sample], label: str, first: Scored, second: Scored, decisions: tuple[list[str], list[str]]
 ) -> dict[str, object]:
@@ -93,8 +84,9 @@ def _label_row(
         auc(model.probabilities[:, model.labels.index(label)], is_label) if label in model.labels else None
         for model in (first, second))}
     if label in first.operating_points or label in second.operating_points:
-        row["recall_flagged"] = tuple(_rate([d != "allow" for d, hit in zip(ds, is_label) if hit]) for ds in decisions)
-        row["recall_blocked"] = tuple(_rate([d == "block" for d, hit in zip(ds, is_label) if hit]) for ds in decisions)
+        caught = [[d for d, hit in zip(ds, is_label) if hit] for ds in decisions]
+        row["recall_flagged"] = tuple(fraction([d != "allow" for d in ds]) for ds in caught)
+        row["recall_blocked"] = tuple(fraction([d == "block" for d in ds]) for ds in caught)
     return row
 
 
@@ -103,14 +95,14 @@ def _harmless_row(
 ) -> dict[str, object]:
     members = [i for i, s in enumerate(samples) if is_harmless[i] and source in ("all", s.source or "unknown")]
     return {"photos": len(members),
-            "flagged": tuple(_rate([ds[i] != "allow" for i in members]) for ds in decisions),
-            "blocked": tuple(_rate([ds[i] == "block" for i in members]) for ds in decisions)}
+            "flagged": tuple(fraction([ds[i] != "allow" for i in members]) for ds in decisions),
+            "blocked": tuple(fraction([ds[i] == "block" for i in members]) for ds in decisions)}
 
 
 def _accuracy(samples: Sequence[Sample], model: Scored) -> float | None:
     known = [i for i, s in enumerate(samples) if s.label in model.labels]
     hits = [model.labels[int(model.probabilities[i].argmax())] == samples[i].label for i in known]
-    return _rate(hits)
+    return fraction(hits)
 
 
 def _changed(
@@ -128,10 +120,6 @@ def _changed(
         else:
             changed["now caught" if flagged_now else "now missed"].append(i)
     return changed
-
-
-def _rate(flags: Sequence[bool]) -> float | None:
-    return round(float(np.mean(flags)), 4) if len(flags) else None
 
 
 def format_comparison(comparison: Comparison) -> str:

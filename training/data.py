@@ -19,6 +19,7 @@ from typing import Iterable, Mapping, Sequence
 
 from training.dedupe import DEFAULT_MAX_DISTANCE, hash_files, near_duplicate_pairs
 from training.errors import DataError
+from wildvision.hashing import file_sha256
 from wildvision.scan import IMAGE_SUFFIXES
 
 __all__ = ["DEFAULT_CALIB_FRACTION", "DEFAULT_VAL_FRACTION", "MIN_CALIB_PHOTOS", "DataSource", "Sample", "SplitReport",
@@ -238,7 +239,7 @@ def file_digest(path: Path) -> str:
     """SHA-256 of a photo's bytes, or `unreadable`: an unreadable photo was left out of training, and its absence is
     part of the fingerprint."""
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return file_sha256(path)
     except OSError:
         return "unreadable"
 

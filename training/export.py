@@ -38,10 +38,9 @@ from training.quantize import (
 )
 from training.reference import reference_path, write_model_reference
 from training.split import SPLIT_FILE, load_split
-from wildvision.classifier import Classifier
+from wildvision.classifier import Classifier, twin_path
 from wildvision.images import ImageLoadError, load_image
 from wildvision.model_info import METADATA_KEY, OUTPUT_NAMES, ModelInfo, OperatingPoint, Preprocessing
-from wildvision.preprocess import to_batch
 
 __all__ = ["ParityError", "main", "model_from_checkpoint", "model_info_from_checkpoint"]
 
@@ -85,7 +84,7 @@ def export(args: argparse.Namespace) -> int:
     info = model_info_from_checkpoint(checkpoint, notes=args.notes)
     samples = load_split(checkpoint, data=args.data, default=args.checkpoint.parent / SPLIT_FILE)
     photos = parity_photos(samples, args.parity_photos)
-    twin = _int8_path(args.out)
+    twin = twin_path(args.out, "int8")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.out.parent) as scratch:
@@ -134,7 +133,7 @@ def export_int8(
     Raises `QuantizationError` when the twin disagrees with the float model on the parity `photos`.
     """
     calibration = _load_photos(calibration_samples(samples, calibration_count), input_size)
-    twin = _int8_path(float_model)
+    twin = twin_path(float_model, "int8")
     agreement = quantize_model(
         float_model, twin, calibration, parity_photos=photos,
         min_agreement=min_agreement, max_probability_difference=max_probability_difference,
@@ -239,15 +238,10 @@ def _load_photos(samples: list[Sample], input_size: int) -> list:
     return photos
 
 
-def _int8_path(model: Path) -> Path:
-    """Where a model's int8 twin lives: `NAME.onnx` -> `NAME.int8.onnx`, the name `Classifier(precision=...)` uses."""
-    return model.with_name(model.stem + ".int8.onnx")
-
-
 def check_parity(model: torch.nn.Module, onnx_path: Path, photos: list, tolerance: float) -> float:
     """Largest logit difference between PyTorch and the ONNX file through the wildvision library; raise if too large."""
     classifier = Classifier(onnx_path)
-    batch = to_batch(photos, classifier.info.preprocessing)
+    batch = classifier.prepare_images(photos)
     with torch.no_grad():
         expected = model(torch.from_numpy(batch)).numpy()
     actual = classifier.logits(batch)

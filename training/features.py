@@ -18,8 +18,8 @@ from typing import Sequence
 import numpy as np
 
 from wildvision.classifier import Classifier
+from wildvision.hashing import file_sha256
 from wildvision.images import ImageLoadError, load_image
-from wildvision.preprocess import to_batch
 
 __all__ = ["Features", "batch_features", "compute_features"]
 
@@ -61,33 +61,32 @@ def compute_features(classifier: Classifier, paths: Sequence[Path], *, cache: Pa
 
 def _forward(classifier: Classifier, paths: Sequence[Path]) -> list[tuple[np.ndarray, np.ndarray] | None]:
     """Each photo's (embedding, logits), or None where it cannot be read; one forward pass for the readable ones."""
-    spec = classifier.info.preprocessing
+    side = classifier.info.preprocessing.input_size
     photos = []
     for path in paths:
         try:
-            photos.append(load_image(path, min_side=spec.input_size))
+            photos.append(load_image(path, min_side=side))  # the cover frame: one row per photo
         except ImageLoadError:
             photos.append(None)
     readable = [photo for photo in photos if photo is not None]
     if not readable:
         return [None] * len(paths)
-    embeddings, logits = batch_features(classifier, to_batch(readable, spec))
+    embeddings, logits = batch_features(classifier, classifier.prepare_images(readable))
     rows = iter(zip(embeddings, logits))
     return [next(rows) if photo is not None else None for photo in photos]
 
 
 def batch_features(classifier: Classifier, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings and logits of a preprocessed NCHW batch, uncached."""
-    # The session directly: `Classifier.embed` gives unit-length vectors for matching, and the head needs the
-    # classifier's actual input.
-    name = classifier.session.get_inputs()[0].name
-    embeddings, logits = classifier.session.run(["embedding", "logits"], {name: batch})
+    # Not `Classifier.embed`: it gives unit-length vectors for matching, and the head needs the classifier's actual
+    # input.
+    embeddings, logits = classifier.outputs(batch, ("embedding", "logits"))
     return embeddings.astype(np.float32), logits.astype(np.float32)
 
 
 def _photo_digest(path: Path) -> str | None:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return file_sha256(path)
     except OSError:
         return None
 

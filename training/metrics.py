@@ -1,4 +1,5 @@
-"""Held-out metrics for a model: overall, per label, per source and per kind, and the decisions' error rates.
+"""Held-out metrics for a model: overall, per label, per source and per kind, the decisions' error rates, and the
+ranking curves (ROC, precision-recall) with their areas.
 
 Training (on the PyTorch model) and evaluation (on the exported ONNX file) both report through `measure`, so the
 figures in a checkpoint, a model file and a model card are computed the same way.
@@ -7,6 +8,7 @@ figures in a checkpoint, a model file and a model card are computed the same way
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -16,7 +18,8 @@ from training.data import Sample
 from wildvision.classifier import decide
 from wildvision.model_info import OperatingPoint
 
-__all__ = ["format_report", "format_summary", "measure", "wilson_interval"]
+__all__ = ["Curve", "auc", "format_report", "format_summary", "fraction", "measure", "precision_recall_curve",
+           "roc_curve", "wilson_interval"]
 
 
 def measure(
@@ -37,7 +40,7 @@ def measure(
     datasets = [s.dataset or "unknown" for s in samples]
     return {
         "photos": len(samples),
-        "accuracy": _rate(correct),
+        "accuracy": fraction(correct),
         "expected_calibration_error": round(expected_calibration_error(probabilities, targets), 4),
         "per_label": {label: _label_metrics(predicted, targets, index) for index, label in enumerate(labels)},
         "accuracy_by_dataset": _grouped(correct, datasets),
@@ -90,10 +93,10 @@ def _decision_rates(decisions: Sequence[str], is_prohibited: Sequence[bool]) -> 
     prohibited = [d for d, p in zip(decisions, is_prohibited) if p]
     harmless = [d for d, p in zip(decisions, is_prohibited) if not p]
     return {
-        "prohibited_blocked": _rate([d == "block" for d in prohibited]),
-        "prohibited_flagged": _rate([d != "allow" for d in prohibited]),
-        "harmless_blocked": _rate([d == "block" for d in harmless]),
-        "harmless_flagged": _rate([d != "allow" for d in harmless]),
+        "prohibited_blocked": fraction([d == "block" for d in prohibited]),
+        "prohibited_flagged": fraction([d != "allow" for d in prohibited]),
+        "harmless_blocked": fraction([d == "block" for d in harmless]),
+        "harmless_flagged": fraction([d != "allow" for d in harmless]),
     }
 
 
@@ -110,7 +113,8 @@ def _grouped_decisions(
     }
 
 
-def _rate(flags: Sequence[bool] | np.ndarray) -> float | None:
+def fraction(flags: Sequence[bool] | np.ndarray) -> float | None:
+    """The share of `flags` that are true, to 4 places; None for no flags (a rate of nothing is not 0)."""
     return round(float(np.mean(flags)), 4) if len(flags) else None
 
 
@@ -134,4 +138,57 @@ def _grouped(flags: np.ndarray, keys: Sequence[str], *, rate: str = "accuracy") 
     groups: dict[str, list[bool]] = defaultdict(list)
     for key, flag in zip(keys, flags):
         groups[key].append(bool(flag))
-    return {key: {rate: _rate(values), "photos": len(values)} for key, values in sorted(groups.items())}
+    return {key: {rate: fraction(values), "photos": len(values)} for key, values in sorted(groups.items())}
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Points of a ranking curve, threshold falling left to right, and the area that summarises it.
+
+    ROC: x false positive rate, y true positive rate, area the ROC AUC. Precision-recall: x recall, y precision, area
+    the average precision.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    area: float
+
+
+def roc_curve(scores: np.ndarray, is_positive: np.ndarray) -> Curve:
+    """One-vs-rest ROC of `scores`; its area is the chance that a positive outranks a negative (ties count half)."""
+    true_positives, false_positives = _counts_by_threshold(scores, is_positive)
+    true_rate = np.r_[0.0, true_positives / true_positives[-1]]
+    false_rate = np.r_[0.0, false_positives / false_positives[-1]]
+    area = float(np.sum(np.diff(false_rate) * (true_rate[1:] + true_rate[:-1]) / 2))  # trapezoids
+    return Curve(false_rate, true_rate, area)
+
+
+def precision_recall_curve(scores: np.ndarray, is_positive: np.ndarray) -> Curve:
+    """One-vs-rest precision-recall curve; its area is average precision (each threshold's precision weighted by the
+    recall it adds, as scikit-learn defines it: no interpolation, so it does not flatter a curve)."""
+    true_positives, false_positives = _counts_by_threshold(scores, is_positive)
+    precision = true_positives / (true_positives + false_positives)
+    recall = true_positives / true_positives[-1]
+    average_precision = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    # Plotted from recall 0 at precision 1: nothing flagged yet, so no false alarm either.
+    return Curve(np.r_[0.0, recall], np.r_[1.0, precision], average_precision)
+
+
+def auc(scores: np.ndarray, is_positive: np.ndarray) -> float | None:
+    """The ROC curve's area to 4 places (see `roc_curve`); None without both positive and negative photos."""
+    is_positive = np.asarray(is_positive, dtype=bool)
+    if is_positive.all() or not is_positive.any():
+        return None
+    return round(roc_curve(scores, is_positive).area, 4)
+
+
+def _counts_by_threshold(scores: np.ndarray, is_positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative true and false positives flagged at each distinct score taken as the threshold, highest first."""
+    scores, is_positive = np.asarray(scores, dtype=np.float64), np.asarray(is_positive, dtype=bool)
+    if is_positive.all() or not is_positive.any():
+        raise ValueError("a ranking curve needs both positive and negative photos")
+    order = np.argsort(-scores, kind="stable")
+    ranked, hits = scores[order], is_positive[order]
+    # Equal scores pass a threshold together, so only the last photo of each run of ties ends a point of the curve.
+    last_of_tie = np.r_[ranked[1:] != ranked[:-1], True]
+    return np.cumsum(hits)[last_of_tie], np.cumsum(~hits)[last_of_tie]

@@ -22,8 +22,7 @@ from PIL import Image
 
 from training.errors import DataError, ExportRefused
 from wildvision.classifier import Classifier
-from wildvision.model_info import METADATA_KEY, ModelInfo, Preprocessing
-from wildvision.preprocess import to_batch
+from wildvision.model_info import METADATA_KEY, ModelInfo
 
 __all__ = ["DEFAULT_MAX_PROBABILITY_DIFFERENCE", "DEFAULT_MIN_AGREEMENT", "Agreement", "QuantizationError",
            "compare", "quantize_model", "write_model_info"]
@@ -83,8 +82,8 @@ def quantize_model(
 
 def compare(reference: Classifier, candidate: Classifier, photos: list[Image.Image]) -> Agreement:
     """Score the same photos with both models, each through its own preprocessing and calibration."""
-    expected = reference.probabilities(reference.logits(to_batch(photos, reference.info.preprocessing)))
-    actual = candidate.probabilities(candidate.logits(to_batch(photos, candidate.info.preprocessing)))
+    expected = reference.probabilities(reference.logits(reference.prepare_images(photos)))
+    actual = candidate.probabilities(candidate.logits(candidate.prepare_images(photos)))
     return Agreement(
         photos=len(photos),
         top_label=float(np.mean(expected.argmax(axis=1) == actual.argmax(axis=1))),
@@ -112,7 +111,7 @@ def _quantize(reference: Classifier, scratch: Path, out: Path, photos: list[Imag
     quant_pre_process(str(reference.model_path), str(prepared))
     quantize_static(
         str(prepared), str(out),
-        _PhotoReader(_batches(photos, reference.info.preprocessing), reference.session.get_inputs()[0].name),
+        _PhotoReader(_batches(photos, reference), reference.input_name),
         quant_format=QuantFormat.QDQ,
         # uint8 activations, int8 weights: onnxruntime's CPU provider fuses every Conv and Add of EfficientNet-Lite
         # into QLinearConv/QLinearAdd only with uint8 activations. With int8 activations a third of the convolutions
@@ -140,6 +139,6 @@ class _PhotoReader(CalibrationDataReader):
         return None if batch is None else {self.input_name: batch}
 
 
-def _batches(photos: list[Image.Image], spec: Preprocessing) -> Iterator[np.ndarray]:
+def _batches(photos: list[Image.Image], model: Classifier) -> Iterator[np.ndarray]:
     for start in range(0, len(photos), _CALIBRATION_BATCH):
-        yield to_batch(photos[start : start + _CALIBRATION_BATCH], spec)
+        yield model.prepare_images(photos[start : start + _CALIBRATION_BATCH])

@@ -11,7 +11,6 @@ import html
 import io
 import os
 from collections import defaultdict
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -32,11 +31,11 @@ from training.audit import rank_doubts
 from training.calibration import expected_calibration_error, softmax
 from training.data import Sample
 from training.evaluation import Evaluation
-from training.metrics import wilson_interval
+from training.metrics import Curve, precision_recall_curve, roc_curve, wilson_interval
 from wildvision.images import load_image
 from wildvision.model_info import ModelInfo
 
-__all__ = ["Curve", "precision_recall_curve", "roc_curve", "write_report"]
+__all__ = ["write_report"]
 
 GALLERY_SIZE = 12  # photos per gallery: enough to see a pattern in the mistakes, few enough to keep the file small
 OPEN_WORLD_GALLERY_SIZE = 30  # the harmless photos closest to being flagged: where the next false alarms come from
@@ -62,39 +61,6 @@ img.plot { max-width: 100%; }
 .gallery { display: flex; flex-wrap: wrap; gap: 0.6em; }
 .gallery figure { margin: 0; width: 170px; font-size: 0.8em; overflow-wrap: anywhere; }
 """
-
-
-@dataclass(frozen=True)
-class Curve:
-    """Points of a ranking curve, threshold falling left to right, and the area that summarises it.
-
-    ROC: x false positive rate, y true positive rate, area the ROC AUC. Precision-recall: x recall, y precision, area
-    the average precision.
-    """
-
-    x: np.ndarray
-    y: np.ndarray
-    area: float
-
-
-def roc_curve(scores: np.ndarray, is_positive: np.ndarray) -> Curve:
-    """One-vs-rest ROC of `scores`; its area is the chance that a positive outranks a negative (ties count half)."""
-    true_positives, false_positives = _counts_by_threshold(scores, is_positive)
-    true_rate = np.r_[0.0, true_positives / true_positives[-1]]
-    false_rate = np.r_[0.0, false_positives / false_positives[-1]]
-    area = float(np.sum(np.diff(false_rate) * (true_rate[1:] + true_rate[:-1]) / 2))  # trapezoids
-    return Curve(false_rate, true_rate, area)
-
-
-def precision_recall_curve(scores: np.ndarray, is_positive: np.ndarray) -> Curve:
-    """One-vs-rest precision-recall curve; its area is average precision (each threshold's precision weighted by the
-    recall it adds, as scikit-learn defines it: no interpolation, so it does not flatter a curve)."""
-    true_positives, false_positives = _counts_by_threshold(scores, is_positive)
-    precision = true_positives / (true_positives + false_positives)
-    recall = true_positives / true_positives[-1]
-    average_precision = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-    # Plotted from recall 0 at precision 1: nothing flagged yet, so no false alarm either.
-    return Curve(np.r_[0.0, recall], np.r_[1.0, precision], average_precision)
 
 
 def write_report(evaluation: Evaluation, info: ModelInfo, path: Path) -> None:
@@ -123,18 +89,6 @@ def write_report(evaluation: Evaluation, info: ModelInfo, path: Path) -> None:
         f"<style>{_STYLE}</style>\n</head>\n<body>\n" + "\n".join(sections) + "\n</body>\n</html>\n",
         encoding="utf-8",
     )
-
-
-def _counts_by_threshold(scores: np.ndarray, is_positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cumulative true and false positives flagged at each distinct score taken as the threshold, highest first."""
-    scores, is_positive = np.asarray(scores, dtype=np.float64), np.asarray(is_positive, dtype=bool)
-    if is_positive.all() or not is_positive.any():
-        raise ValueError("a ranking curve needs both positive and negative photos")
-    order = np.argsort(-scores, kind="stable")
-    ranked, hits = scores[order], is_positive[order]
-    # Equal scores pass a threshold together, so only the last photo of each run of ties ends a point of the curve.
-    last_of_tie = np.r_[ranked[1:] != ranked[:-1], True]
-    return np.cumsum(hits)[last_of_tie], np.cumsum(~hits)[last_of_tie]
 
 
 def _header(evaluation: Evaluation, info: ModelInfo) -> str:

@@ -6,7 +6,6 @@ threads (onnxruntime's `run` is thread-safe) and should be: loading a model cost
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass, replace
 from importlib import resources
@@ -18,7 +17,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from wildvision.explain import Explanation, heatmap_on_photo
-from wildvision.hashing import difference_hash
+from wildvision.hashing import difference_hash, file_sha256
 from wildvision.images import (
     DEFAULT_MAX_FRAMES,
     DEFAULT_MAX_PIXELS,
@@ -40,7 +39,7 @@ from wildvision.text import READ_SIDE, Lexicon, TextEvidence, TextReader
 __all__ = [
     "BLANK_SPREAD", "DEFAULT_MODEL_FILE", "Classifier", "Decision", "ListingPrediction", "ModelIdentity", "Prediction",
     "PreparedPhoto", "decide", "decide_listing", "decide_with_text", "default_model_path", "describe_thresholds",
-    "flagged_labels", "rank_of", "read_model_info",
+    "flagged_labels", "rank_of", "read_model_info", "softmax", "twin_path",
 ]
 
 Decision = Literal["allow", "review", "block"]
@@ -115,11 +114,28 @@ class PreparedPhoto:
     frames: tuple[Image.Image, ...] = ()  # the decoded frames, kept only where text is read from them
 
 
-def default_model_path(precision: Precision = "float32") -> Path:
-    """The model shipped with the package (inside the wheel), or the checkout's `models/` folder when run from source."""
+def twin_path(model: str | os.PathLike[str], precision: Precision) -> Path:
+    """The file of `model` in `precision`: a model and its int8 twin sit side by side as `NAME.onnx` and
+    `NAME.int8.onnx`. The one place that name is made: export and adapt write the twin where `Classifier(precision=...)`
+    and `wildvision info` look for it."""
     if precision not in _PRECISION_SUFFIX:
         raise ValueError(f"precision must be one of {sorted(_PRECISION_SUFFIX)}, got {precision!r}")
-    name = DEFAULT_MODEL_FILE.removesuffix(".onnx") + _PRECISION_SUFFIX[precision]
+    path, twin = Path(model), _PRECISION_SUFFIX["int8"]
+    stem = path.name.removesuffix(twin) if path.name.endswith(twin) else path.stem
+    return path.with_name(stem + _PRECISION_SUFFIX[precision])
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Rows of `logits` (N, labels) divided by `temperature` and turned into probabilities, in float64."""
+    scaled = logits.astype(np.float64) / temperature
+    scaled -= scaled.max(axis=1, keepdims=True)  # the largest exponent is 0: no overflow, same probabilities
+    exp = np.exp(scaled)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def default_model_path(precision: Precision = "float32") -> Path:
+    """The model shipped with the package (inside the wheel), or the checkout's `models/` folder when run from source."""
+    name = twin_path(DEFAULT_MODEL_FILE, precision).name
     packaged = resources.files("wildvision") / "models" / name
     if packaged.is_file():
         return Path(str(packaged))
@@ -225,7 +241,7 @@ class Classifier:
         info = read_model_info(self.session, path)
         self.info = info.with_operating_points(operating_points) if operating_points is not None else info
         self.model_path = path
-        self.identity = ModelIdentity(info.name, info.version, info.precision, _file_digest(path))
+        self.identity = ModelIdentity(info.name, info.version, info.precision, f"sha256:{file_sha256(path)[:16]}")
         self.max_pixels, self.max_frames = max_pixels, max_frames
         self._input_name = self.session.get_inputs()[0].name
         self._output_names = {output.name for output in self.session.get_outputs()}
@@ -262,14 +278,15 @@ class Classifier:
         return predictions
 
     def prepare(self, image: ImageSource, *, with_hashes: bool = False) -> PreparedPhoto:
-        """Decode `image` (every frame) into model input: the one place photos are turned into tensors for scoring.
+        """Decode `image` (every frame) into model input: the one place photos are read for scoring (and
+        `prepare_images` the one place decoded frames become tensors).
 
         Raises `ImageLoadError` for anything that is not a usable image.
         """
         frames = self._decode(image)
         hashes = np.stack([difference_hash(frame) for frame in frames]) if with_hashes else None
         reading = self.text_reader is not None
-        return PreparedPhoto(to_batch(frames, self.info.preprocessing), hashes, tuple(frames) if reading else ())
+        return PreparedPhoto(self.prepare_images(frames), hashes, tuple(frames) if reading else ())
 
     def score(
         self, photos: Sequence[PreparedPhoto], *, operating_points: Mapping[str, OperatingPoint] | None = None
@@ -292,7 +309,7 @@ class Classifier:
         have a dot product near 1."""
         side = self.info.preprocessing.input_size
         photos = [load_image(image, min_side=side, max_pixels=self.max_pixels) for image in images]
-        vectors = [self._run("embedding", to_batch(photos[start : start + batch_size], self.info.preprocessing))
+        vectors = [self._run("embedding", self.prepare_images(photos[start : start + batch_size]))
                    for start in range(0, len(photos), batch_size)]
         return _unit_rows(np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32))
 
@@ -302,7 +319,7 @@ class Classifier:
         An animated or multi-page photo is explained on the frame that decided its prediction; with text reading on,
         the lines of that frame that named a product are part of the explanation (and marked on its overlay)."""
         photos = self._decode(image)
-        batch = to_batch(photos, self.info.preprocessing)
+        batch = self.prepare_images(photos)
         logits, activation = self._run(("logits", "activation_map"), batch)
         frames = self._calibrated(batch, logits)
         points = self.info.operating_points
@@ -326,10 +343,27 @@ class Classifier:
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities: softmax of temperature-scaled logits."""
-        scaled = logits.astype(np.float64) / self.info.temperature
-        scaled -= scaled.max(axis=1, keepdims=True)
-        exp = np.exp(scaled)
-        return exp / exp.sum(axis=1, keepdims=True)
+        return softmax(logits, self.info.temperature)
+
+    def prepare_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Decoded photos (one frame each, e.g. from `wildvision.images.load_image`) as one NCHW batch through this
+        model's preprocessing: every tensor the model sees is made here (`prepare`, `embed`, `explain`, and training's
+        features, parity checks and quantisation calibration). Photos as files go through `prepare`, which decodes
+        them too. Training's augmentation pipeline alone calls `wildvision.preprocess` itself, one photo at a time."""
+        return to_batch(list(images), self.info.preprocessing)
+
+    def outputs(self, batch: np.ndarray, names: Sequence[str]) -> list[np.ndarray]:
+        """The graph's raw outputs `names` (of `wildvision.model_info.OUTPUT_NAMES`: logits, embedding,
+        activation_map) for an NCHW batch, in that order, from one forward pass: what training reads to fit a head on
+        the model's own embeddings or to check a written model. Uncalibrated, and embeddings not normalised (unlike
+        `embed`). Raises `ModelFormatError` if the model lacks one of them."""
+        return self._run(tuple(names), batch)
+
+    @property
+    def input_name(self) -> str:
+        """The name of the graph's one input (an NCHW float32 batch), for tools that feed the model file directly,
+        such as onnxruntime's quantisation calibrator."""
+        return self._input_name
 
     def _decode(self, image: ImageSource) -> list[Image.Image]:
         """Every frame of `image`, upright RGB, decoded at reduced scale down to what the model (or reading its text,
@@ -443,14 +477,6 @@ def _per_photo(photos: Sequence[PreparedPhoto], rows: np.ndarray) -> list[np.nda
 def _pixel_spread(batch: np.ndarray, std: Sequence[float]) -> np.ndarray:
     """Each frame's largest per-channel standard deviation, in 0-255 levels, read back from normalised input."""
     return (batch.std(axis=(2, 3)) * np.asarray(std) * 255.0).max(axis=1)
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()[:16]}"
 
 
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:

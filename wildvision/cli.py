@@ -15,7 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from wildvision.classifier import Classifier, Prediction
+from wildvision.classifier import Classifier, Prediction, twin_path
 from wildvision.errors import WildvisionError
 from wildvision.images import (
     DEFAULT_MAX_FRAMES,
@@ -257,7 +257,7 @@ def _info(args: argparse.Namespace, classifier: Classifier) -> int:
     lexicon = Lexicon.load(args.lexicon)  # whether or not this run reads text: what --read-text would judge by
     print(f"lexicon    {lexicon.identity}: {', '.join(lexicon.labels)}")
     print(f"languages  {', '.join(lexicon.languages)}")
-    card = classifier.model_path.with_name(classifier.model_path.name.removesuffix(".onnx").removesuffix(".int8") + ".md")
+    card = twin_path(classifier.model_path, "float32").with_suffix(".md")  # one card for a model and its int8 twin
     if card.is_file():  # the shipped model's card travels next to it, in the wheel too
         print(f"card       {card}")
     return 0
