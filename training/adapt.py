@@ -40,7 +40,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from training.calibration import BaseScores, ThresholdRule, calibrate, flag_rates, flags, softmax
-from training.checks import similar_labels
+from training.checks import HARMLESS_PREFIX, similar_labels
 from training.data import DataSource, Sample, content_hash, label_sources, manifest_hash, parse_relabel
 from training.errors import ConfigError, DataError, ExportRefused, run_command
 from training.export import ParityError
@@ -50,7 +50,6 @@ from training.metrics import measure
 from training.onnx_head import read_head, write_with_head
 from training.quantize import quantize_model
 from training.reference import ReferenceData, find_reference, reference_path
-from training.train import HARMLESS_PREFIX
 from wildvision.classifier import Classifier
 from wildvision.images import load_image
 from wildvision.model_info import ModelInfo, OperatingPoint
