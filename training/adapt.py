@@ -42,8 +42,7 @@ import numpy as np
 from training.calibration import BaseScores, ThresholdRule, calibrate, flag_rates, flags, softmax
 from training.checks import HARMLESS_PREFIX, similar_labels
 from training.data import DataSource, Sample, content_hash, label_sources, manifest_hash, parse_relabel
-from training.errors import ConfigError, DataError, ExportRefused, run_command
-from training.export import ParityError
+from training.errors import ConfigError, DataError, ExportRefused, ParityError, run_command
 from training.features import batch_features, compute_features
 from training.head import DEFAULT_STAY_CLOSE, Head, cross_fit, fit_head
 from training.metrics import measure
