@@ -4,8 +4,7 @@ Each field is declared with `option(...)`: its default, its help, whether the tr
 resumes only into the same weights, so the resume key is derived from this, never from a hand-kept list of names) and
 the range a number must lie in. `parse` builds the command line from the fields, reads `--config FILE.toml` (the same
 names, `-` or `_`), lets the command line win, and builds the dataclass; `check_ranges` (called by the dataclass's
-`__post_init__`) checks every number wherever it came from. A bad value is one line and exit 2, as argparse reports a
-usage error, never a traceback.
+`__post_init__`) checks every number wherever it came from. A bad value is one line and exit 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -75,15 +74,15 @@ def option(
 
 
 def parse(cls: type[T], argv: Sequence[str] | None, *, prog: str, description: str) -> T:
-    """The config from `--config FILE.toml` (where the class has a `config` field) and the command line, which wins."""
-    parser = _parser(cls, prog, description)
-    given = vars(parser.parse_args(argv))  # every default is suppressed: only what the command line says
-    try:
-        configured = _read_toml(cls, given["config"]) if given.get("config") else {}
-        hints = typing.get_type_hints(cls)
-        return cls(**{name: _typed(name, hints[name], value) for name, value in {**configured, **given}.items()})
-    except ConfigError as error:
-        parser.error(str(error))
+    """The config from `--config FILE.toml` (where the class has a `config` field) and the command line, which wins.
+
+    Text that is not an option or not a number is argparse's usage error (exit 2); a value of the wrong type or out
+    of range, from either place, is a `ConfigError`, which the command's `run_command` prints as one line (exit 2).
+    """
+    given = vars(_parser(cls, prog, description).parse_args(argv))  # defaults suppressed: only what was given
+    configured = _read_toml(cls, given["config"]) if given.get("config") else {}
+    hints = typing.get_type_hints(cls)
+    return cls(**{name: _typed(name, hints[name], value) for name, value in {**configured, **given}.items()})
 
 
 def check_ranges(config: object) -> None:

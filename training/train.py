@@ -39,9 +39,13 @@ __all__ = ["TrainedModel", "fit_calibration", "main", "parse_args", "train", "wr
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = parse_args(argv)
+    return run_command(lambda: _train_or_stop(parse_args(argv)))
+
+
+def _train_or_stop(config: TrainConfig) -> int:
+    """`train`, where Ctrl-C is one line saying that rerunning resumes, with exit status 130."""
     try:
-        return run_command(lambda: train(config))
+        return train(config)
     except KeyboardInterrupt:
         print(f"\ninterrupted: cached features and finished epochs are kept in {config.out}; "
               "run the same command again to resume", file=sys.stderr)
