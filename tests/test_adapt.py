@@ -185,6 +185,16 @@ def test_out_of_range_numbers_are_one_line_errors(shipped_model, tmp_path, capsy
     assert error == f"error: {message}"
 
 
+def test_options_come_from_a_config_file_and_the_command_line_wins(tmp_path, capsys):
+    config = tmp_path / "a.toml"
+    config.write_text('model = "m.onnx"\ndata = ["a", "b"]\nout = "o.onnx"\nnew-label = ["horn"]\nbase-photos = 10\n')
+    args = adapt.parse_args(["--config", str(config), "--base-photos", "20"])
+    assert (args.data, args.new_label, args.base_photos) == ((Path("a"), Path("b")), ("horn",), 20)
+    config.write_text('data = "a"\nout = "o.onnx"\n')
+    assert adapt.main(["--config", str(config)]) == 2
+    assert capsys.readouterr().err == "error: --model: required (on the command line or in --config)\n"
+
+
 def test_train_and_adapt_fit_the_same_operating_points_on_the_same_scores():
     from training import train
     from training.data import Sample
@@ -201,7 +211,7 @@ def test_train_and_adapt_fit_the_same_operating_points_on_the_same_scores():
         trained = train.fit_calibration(logits, calib, labels, ["ivory"], train_args)
         adapt_args = adapt.parse_args(["--model", "m", "--data", "d", "--out", "o", *options])
         fit = adapt.FitSet.of(logits, targets, np.ones(500), [s.group for s in calib], bounds=list(sources))
-        adapted = adapt.fit_thresholds(fit, logits, None, None, labels, ["ivory"], adapt.threshold_rule(adapt_args),
+        adapted = adapt.fit_thresholds(fit, logits, None, None, labels, ["ivory"], adapt_args.threshold_rule(),
                                        None, None)
         assert adapted == trained
 

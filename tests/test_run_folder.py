@@ -17,7 +17,7 @@ from training.checkpoint import load_checkpoint, load_training_state, save_check
 from training.data import DataSource, manifest_hash, prepare_samples  # noqa: E402
 from training.errors import CheckpointError, DataError, TrainingError, run_command  # noqa: E402
 from training.split import SPLIT_FILE, load_split, read_split, write_split  # noqa: E402
-from training.train import resolve_prohibited  # noqa: E402
+from training.checks import resolve_prohibited  # noqa: E402
 
 
 def _csv_source(folder: Path) -> Path:

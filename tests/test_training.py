@@ -288,23 +288,23 @@ def _train_args(data, out, epochs: int) -> list[str]:
 def test_resuming_an_interrupted_run_gives_the_same_model(tmp_path, monkeypatch, capsys):
     import torch
 
-    from training import train
+    from training import fine_tune, train
 
     data = make_dataset(tmp_path / "data", ("ivory", "not_ivory"), per_label=14)
     assert train.main(_train_args(data, tmp_path / "straight", epochs=3)) == 0
 
-    save = train.TrainingState.save
+    save = fine_tune.TrainingState.save
 
     def killed_after_first_epoch(self, epochs_done: int) -> None:
         save(self, epochs_done)
         raise KeyboardInterrupt  # the process dies right after epoch 1 was saved
 
-    monkeypatch.setattr(train.TrainingState, "save", killed_after_first_epoch)
+    monkeypatch.setattr(fine_tune.TrainingState, "save", killed_after_first_epoch)
     capsys.readouterr()
     assert train.main(_train_args(data, tmp_path / "resumed", epochs=3)) == 130
     interrupted = capsys.readouterr().err.strip()
     assert "run the same command again to resume" in interrupted and "Traceback" not in interrupted
-    monkeypatch.setattr(train.TrainingState, "save", save)
+    monkeypatch.setattr(fine_tune.TrainingState, "save", save)
     assert train.main(_train_args(data, tmp_path / "resumed", epochs=3)) == 0
     log = capsys.readouterr().out
     assert "resuming after epoch 1" in log and "epoch 1:" not in log and "epoch 3:" in log
@@ -328,17 +328,51 @@ def test_relabel_turns_a_kind_into_a_label_of_its_own(tmp_path):
 
 
 def test_options_come_from_a_config_file_and_the_command_line_wins(tmp_path, capsys):
-    from training.train import parse_args
+    from training.train import main, parse_args
 
     config = tmp_path / "c.toml"
     config.write_text('data = "somewhere"\nout = "runs/x"\nepochs = 5\nbackground-sources = ["clothing"]\n')
     args = parse_args(["--config", str(config), "--epochs", "2"])
-    assert ([str(s.path) for s in args.data], args.epochs, args.background_sources) == (["somewhere"], 2, ["clothing"])
+    assert ([str(s.path) for s in args.data], args.epochs, args.background_sources) == (["somewhere"], 2, ("clothing",))
     assert [str(s.path) for s in parse_args(["--config", str(config), "--data", "here"]).data] == ["here"]
     config.write_text('data = "d"\nout = "o"\nepoch = 5\n')
-    with pytest.raises(SystemExit) as exit:  # a usage error, reported by argparse as such
-        parse_args(["--config", str(config)])
-    assert exit.value.code == 2 and "unknown option(s) ['epoch']" in capsys.readouterr().err
+    assert main(["--config", str(config)]) == 2  # an input error: one line
+    assert capsys.readouterr().err == f"error: {config}: unknown option(s) ['epoch']\n"
+
+
+@pytest.mark.parametrize("source, error", [
+    (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+    (["--lr", "-0.1"], "--lr must be positive, got -0.1"),
+    (["--threads", "0"], "--threads must be at least 1, got 0"),
+    (["--review-fpr", "0"], "--review-fpr must be a share with 0 < value < 1, got 0"),
+    ("dropout = 1.5", "--dropout must be a share with 0 <= value < 1, got 1.5"),
+    ('epochs = "5"', "--epochs must be a whole number, got '5'"),
+    ("allow-rare = 1", "--allow-rare must be true or false, got 1"),
+])
+def test_a_bad_number_from_the_command_line_or_the_config_is_one_line_and_exit_2(tmp_path, capsys, source, error):
+    from training.train import main
+
+    config = tmp_path / "c.toml"
+    config.write_text('data = "d"\nout = "o"\n' + (source if isinstance(source, str) else ""))
+    assert main(["--config", str(config), *([] if isinstance(source, str) else source)]) == 2
+    message = capsys.readouterr().err
+    assert message.startswith("error: ") and message.endswith(f"{error}\n") and message.count("\n") == 1
+
+
+def test_only_options_the_weights_depend_on_decide_whether_a_run_resumes():
+    from dataclasses import replace
+
+    from training.fine_tune import run_key
+    from training.options import weight_settings
+    from training.train import parse_args
+
+    config = parse_args(["--data", "d", "--out", "o"])
+    after_training = {"workers", "threads", "out", "config", "name", "version", "prohibited", "review_recall",
+                      "review_fpr", "block_fpr", "review_sources", "allow_rare", "allow_similar_labels"}
+    assert set(vars(config)) - set(weight_settings(config)) == after_training
+    samples = []
+    assert run_key(replace(config, name="other", review_fpr=0.01, threads=1), samples) == run_key(config, samples)
+    assert run_key(replace(config, epochs=9), samples) != run_key(config, samples)
 
 
 def test_shipped_configs_parse():

@@ -60,7 +60,7 @@ def test_a_rare_label_cannot_swamp_the_others():
     """With 38 photos of one label among 3,300, the best constant answer must not be the rare label."""
     import torch
 
-    from training.train import BalancedLoss
+    from training.fine_tune import BalancedLoss
 
     targets = torch.tensor([0] * 38 + [1] * 300 + [2] * 3000)
     loss = BalancedLoss(targets, 3, label_smoothing=0.1)
@@ -104,24 +104,24 @@ def _args(data: Path, out: Path) -> list[str]:
 def test_an_interrupted_feature_cache_resumes_and_gives_the_same_model(tmp_path, monkeypatch, capsys):
     import torch
 
-    from training import train
+    from training import frozen_features, train
 
     data = make_dataset(tmp_path / "data", ("ivory", "not_ivory"), per_label=30)  # three batches of 32 views
-    monkeypatch.setattr(train._CachedParts, "ROWS_PER_PART", 8)  # a part per batch
+    monkeypatch.setattr(frozen_features._CachedParts, "ROWS_PER_PART", 8)  # a part per batch
     assert train.main(_args(data, tmp_path / "straight")) == 0
 
-    write = train._CachedParts._write
+    write = frozen_features._CachedParts._write
 
     def killed_after_two_parts(self) -> None:
         write(self)
         if len(list(self.folder.glob("part-*.pt"))) >= 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train._CachedParts, "_write", killed_after_two_parts)
+    monkeypatch.setattr(frozen_features._CachedParts, "_write", killed_after_two_parts)
     capsys.readouterr()
     assert train.main(_args(data, tmp_path / "resumed")) == 130
     assert "run the same command again to resume" in capsys.readouterr().err
-    monkeypatch.setattr(train._CachedParts, "_write", write)
+    monkeypatch.setattr(frozen_features._CachedParts, "_write", write)
     assert train.main(_args(data, tmp_path / "resumed")) == 0
     assert "resuming the feature cache: 64 of " in capsys.readouterr().out  # two batches kept, not recomputed
 
@@ -143,9 +143,9 @@ def test_input_errors_are_one_line(tmp_path, capsys):
 
 
 def test_progress_is_written_as_plain_lines_where_there_is_no_terminal(capsys):
-    from training.train import _logged_progress
+    from training.progress import logged_progress
 
-    assert list(_logged_progress(range(5), "caching", interval_s=0.0)) == list(range(5))
+    assert list(logged_progress(range(5), "caching", interval_s=0.0)) == list(range(5))
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("caching: 1/5 batches") and len(lines) == 4  # the last batch is the run's own report
 

@@ -28,7 +28,6 @@ model's embeddings on real photos (as `training.export` checks its graphs), and 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import sys
 import tempfile
@@ -39,25 +38,27 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from training.adapt_config import (
+    DEFAULT_MAX_FORGETTING, DEFAULT_STAY_CLOSE_ALONE, MAX_VAL_FORGETTING, AdaptConfig, parse_args,
+)
 from training.calibration import BaseScores, ThresholdRule, calibrate, flag_rates, flags, softmax
-from training.checks import similar_labels
+from training.checks import HARMLESS_PREFIX, similar_labels
 from training.data import DataSource, Sample, content_hash, label_sources, manifest_hash, parse_relabel
-from training.errors import ConfigError, DataError, ExportRefused, run_command
-from training.export import ParityError
+from training.errors import DataError, ExportRefused, ParityError, run_command
 from training.features import batch_features, compute_features
 from training.head import DEFAULT_STAY_CLOSE, Head, cross_fit, fit_head
 from training.metrics import measure
 from training.onnx_head import read_head, write_with_head
+from training.options import as_json
 from training.quantize import quantize_model
 from training.reference import ReferenceData, find_reference, reference_path
-from training.train import HARMLESS_PREFIX
 from wildvision.classifier import Classifier, twin_path
 from wildvision.images import load_image
 from wildvision.model_info import ModelInfo, OperatingPoint
 
 __all__ = ["PULLS", "Adapted", "Anchor", "BaseCalibration", "BaseVectors", "FitSet", "ForgettingRefused", "OpenWorld",
            "OpenWorldRefused", "anchor_from", "check_head_parity", "fit_adapted", "fit_thresholds", "main",
-           "open_world_rates", "parse_args", "reference_vectors", "start_head", "threshold_rule"]
+           "open_world_rates", "parse_args", "reference_vectors", "start_head"]
 
 MIN_NEW_LABEL_PHOTOS = 5  # a new label needs photos in most of the cross-validation folds to be fitted and calibrated
 THIN_PROHIBITED_PHOTOS = 50  # below this, 95 % recall is set by the 2nd or 3rd weakest photo: a warning, not a refusal
@@ -65,24 +66,15 @@ THIN_PROHIBITED_PHOTOS = 50  # below this, 95 % recall is set by the 2nd or 3rd 
 # which one keeps the base's accuracy. Embeddings are pooled activations in [0, 6] over 1280 features: small weight
 # changes on many features add up to large logit changes, so the pull that holds the head spans five decades.
 PULLS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0, 30.0)
-DEFAULT_MAX_FORGETTING = 0.005  # half the 0.01 a release may lose on the base's val: the anchor is another sample
 # Accuracy moves by whole photos: per source it is noise (one of Met's 229 calib photos is 0.44 %, and in the design
 # set-up every pull from 0.001 to 1 lost one or two of a 118-photo half), so it bounds the pull overall only. Per
 # source the bound is the mean log-loss, which moves smoothly: in the design set-up (benchmarks/adapt_simulation.py
 # --design-pull) the weakest pulls raised the Met log-loss of one half of the calib vectors by 0.06-0.14 nats and lost
 # 1.7-2.6 % of the other half's Met photos; +0.02 nats stopped at pulls 0.03-0.1, keeping most of the AUC gain.
 DEFAULT_MAX_LOSS_INCREASE = 0.02
-MAX_VAL_FORGETTING = 0.01  # what a release may lose on the base's val at its decisions, overall and in any source
 # A source needs this many anchor or val photos to be bounded on its own: below, one photo is more than 1 %, and in
 # the design set-up single photos of 60-photo sources made the pull search jump between pulls 1000 times apart.
 MIN_SOURCE_PHOTOS = 100
-# Without base data or reference nothing can choose the pull. In the shared-data simulation (ImageNet network,
-# Towneley as the platform, 100 and 300 photos) pulls up to 1.0 lost 1.2-9 points on base training photos and 10 lost
-# 0.2-0.3, so 10 it is: measured on base *training* photos, never on the val photos the forgetting figures come from.
-DEFAULT_STAY_CLOSE_ALONE = 10.0
-# Thresholds whose reference everyday photos flagged exceed this share are refused (the base 1.1.0 flags 0.2 % of
-# its calib everyday photos, 0.12 % of its val ones): five times the base's share, and a queue a platform notices.
-DEFAULT_MAX_EVERYDAY_FLAGGED = 0.01
 PLATFORM = "platform"  # the group name of the labelled photos when thresholds are bounded by them
 
 
@@ -98,84 +90,8 @@ class ForgettingRefused(ExportRefused):
     prefix = "refused"
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.adapt", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, required=True, help="the wildvision model to adapt (.onnx)")
-    parser.add_argument("--data", type=Path, action="append", required=True,
-                        help="labelled photos: folder per label, a CSV (path,label[,group]) or a folder with "
-                             "manifest.csv, e.g. the CSV training.select wrote and a reviewer filled in; repeatable")
-    parser.add_argument("--reference", type=Path,
-                        help="the model's reference vectors (default: NAME.reference.npz beside the model)")
-    parser.add_argument("--base-data", type=Path, action="append", default=[],
-                        help="the base model's training photos, in place of the reference's replay and val vectors: a "
-                             "sample of its non-val photos is replayed (others anchor the pull where there is no "
-                             "reference), its val photos measure forgetting; repeatable")
-    parser.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
-    parser.add_argument("--new-label", action="append", default=[], metavar="LABEL",
-                        help="a label the base model lacks; any other unknown label in the data is refused as a typo")
-    parser.add_argument("--relabel", nargs="*", default=[], metavar="KIND=LABEL",
-                        help="give photos of a `kind` their own label, in --data, --base-data and the reference")
-    parser.add_argument("--name", help="model name (default: the base model's)")
-    parser.add_argument("--version", help="model version (default: the base version + '+adapted.' + data fingerprint)")
-    parser.add_argument("--review-recall", type=float,
-                        help="set review to send this share of prohibited photos to review, whatever it costs in "
-                             "false alarms (default: review flags no more everyday photos than the base's)")
-    parser.add_argument("--review-fpr", type=float,
-                        help="set review so that at most this share of each everyday source's harmless photos is "
-                             "flagged (default: no more than the base flags)")
-    parser.add_argument("--block-fpr", type=float,
-                        help="set block so that at most this share of each source's harmless photos is blocked "
-                             "(default: no more than the base blocks)")
-    parser.add_argument("--max-everyday-flagged", type=float, default=DEFAULT_MAX_EVERYDAY_FLAGGED,
-                        help="refuse thresholds that flag more than this share of the reference everyday photos")
-    parser.add_argument("--allow-flagging-everyday", action="store_true",
-                        help="write the model even where its thresholds flag more than --max-everyday-flagged")
-    parser.add_argument("--allow-forgetting", action="store_true",
-                        help=f"write the model even where it loses more than {MAX_VAL_FORGETTING} accuracy on the "
-                             "base's val vectors, overall or in a source")
-    parser.add_argument("--base-photos", type=int, default=1000, help="base training photos replayed at most")
-    parser.add_argument("--anchor-photos", type=int, default=1000,
-                        help="with --base-data and no reference: other base training photos (not replayed) on which "
-                             "the pull towards the base head is chosen (with a reference, its calib vectors are)")
-    parser.add_argument("--max-forgetting", type=float, default=DEFAULT_MAX_FORGETTING,
-                        help="accuracy the adapted head may lose on the anchor photos")
-    parser.add_argument("--check-photos", type=int, default=1000,
-                        help="base val photos on which forgetting is measured and bounded")
-    parser.add_argument("--stay-close", type=float,
-                        help=f"a fixed pull towards the base head's weights instead of the search (default without "
-                             f"anchor photos: {DEFAULT_STAY_CLOSE_ALONE})")
-    parser.add_argument("--work", type=Path, help="feature cache, kept for reruns (default: OUT's folder/.adapt-cache)")
-    parser.add_argument("--parity-photos", type=int, default=16, help="labelled photos the written model is checked on")
-    parser.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed logit difference")
-    parser.add_argument("--int8", action="store_true", help="also write a checked int8 twin NAME.int8.onnx")
-    parser.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
-    return parser.parse_args(argv)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    return run_command(lambda: adapt(args))
-
-
-def threshold_rule(args: argparse.Namespace) -> ThresholdRule:
-    """The thresholds' rule from the options (the same `ThresholdRule` training builds from its own); every numeric
-    option is checked here, so a bad value is one line and exit 2, never a traceback."""
-    counts = {"--base-photos": args.base_photos, "--anchor-photos": args.anchor_photos,
-              "--check-photos": args.check_photos, "--parity-photos": args.parity_photos}
-    for option, value in counts.items():
-        if value < (1 if option == "--parity-photos" else 0):
-            raise ConfigError(f"{option} must be {'at least 1' if option == '--parity-photos' else '0 or more'}, "
-                              f"got {value}")
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {args.threads}")
-    for option, value in (("--max-forgetting", args.max_forgetting), ("--max-everyday-flagged",
-                                                                     args.max_everyday_flagged)):
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"{option} must be a share between 0 and 1, got {value:g}")
-    for option, value in (("--stay-close", args.stay_close), ("--tolerance", args.tolerance)):
-        if value is not None and not value > 0:
-            raise ConfigError(f"{option} must be positive, got {value:g}")
-    return ThresholdRule(review_recall=args.review_recall, review_fpr=args.review_fpr, block_fpr=args.block_fpr)
+    return run_command(lambda: adapt(parse_args(argv)))
 
 
 @dataclass(frozen=True)
@@ -236,9 +152,9 @@ class BaseData:
     replayed: dict[str, object] | None  # provenance of the replayed photos, for the model's metadata
 
 
-def adapt(args: argparse.Namespace) -> int:
+def adapt(args: AdaptConfig) -> int:
     started = time.monotonic()
-    rule = threshold_rule(args)
+    rule = args.threshold_rule()
     base = Classifier(args.model, threads=args.threads)
     base_head = read_head(args.model)  # before any photo is read: refuse a model that cannot be adapted at once
     reference = find_reference(args.model, args.reference)
@@ -336,7 +252,7 @@ def _label_set(info: ModelInfo, samples: Sequence[Sample], new_labels: Sequence[
 
 def _base_data(
     base: Classifier, samples: list[Sample], reference: ReferenceData | None, labels: list[str],
-    relabel: Mapping[str, str], args: argparse.Namespace, cache: Path,
+    relabel: Mapping[str, str], args: AdaptConfig, cache: Path,
 ) -> BaseData:
     """Replay, anchor and val check from --base-data photos where given, else from the reference vectors; the open
     world from the reference's calib vectors."""
@@ -566,7 +482,7 @@ def open_world_rates(
             "base_flagged": round(base_flagged, 4), "base_blocked": round(base_blocked, 4)}
 
 
-def _refuse_flooding(rates: Mapping[str, object], args: argparse.Namespace) -> None:
+def _refuse_flooding(rates: Mapping[str, object], args: AdaptConfig) -> None:
     if rates["flagged"] > args.max_everyday_flagged and not args.allow_flagging_everyday:
         raise OpenWorldRefused(
             f"the thresholds would flag {rates['flagged']:.1%} of the {rates['photos']} reference everyday photos "
@@ -601,7 +517,7 @@ def _forgetting(
     return {**row(np.ones(len(targets), bool)), "by_source": by_source}
 
 
-def _refuse_forgetting(forgetting: Mapping[str, object], args: argparse.Namespace) -> None:
+def _refuse_forgetting(forgetting: Mapping[str, object], args: AdaptConfig) -> None:
     """A release may lose at most MAX_VAL_FORGETTING of accuracy at its own decision on the base's val, overall and in
     any source with enough photos to say so. The top label is reported, not bounded: it is the decision at a score of
     0.5, which re-fitted thresholds replace (on the simulated platform, 1,000 Towneley photos moved Met's top label by
@@ -620,7 +536,7 @@ def _refuse_forgetting(forgetting: Mapping[str, object], args: argparse.Namespac
 
 
 def _adapted_info(
-    base: Classifier, args: argparse.Namespace, labels: list[str], temperature: float,
+    base: Classifier, args: AdaptConfig, labels: list[str], temperature: float,
     points: dict[str, OperatingPoint], metrics: dict[str, object], labelled: list[Sample],
     replayed: dict[str, object] | None,
 ) -> ModelInfo:
@@ -628,8 +544,7 @@ def _adapted_info(
             # as `wildvision info` reads a training run's counts: every labelled photo was fitted (cross-validated)
             "by_split": {"adapted": _fingerprint(labelled)["by_label"]}}
     version = args.version or f"{base.info.version}+adapted.{data['labelled']['content_sha256'][:8]}"
-    config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
-    config = {**config, "data": [str(p) for p in args.data], "base_data": [str(p) for p in args.base_data]}
+    config = as_json(args)  # every option, JSON-ready, as train records its own
     return replace(
         base.info, name=args.name or base.info.name, version=version, labels=tuple(labels), temperature=temperature,
         operating_points=points, metrics=metrics, precision="float32",
@@ -649,7 +564,7 @@ def _fingerprint(samples: list[Sample]) -> dict[str, object]:
             "manifest_sha256": manifest_hash(samples), "content_sha256": content_hash(samples)}
 
 
-def _write(args: argparse.Namespace, base: Classifier, head: Head, info: ModelInfo, labelled: list[Sample]) -> None:
+def _write(args: AdaptConfig, base: Classifier, head: Head, info: ModelInfo, labelled: list[Sample]) -> None:
     """Write the model (and its int8 twin) only after the checks passed; nothing appears at --out otherwise."""
     side = base.info.preprocessing.input_size
     checked = set(_spread(labelled, args.parity_photos))

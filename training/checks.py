@@ -13,10 +13,14 @@ from typing import Iterable, Sequence
 from training.data import MIN_CALIB_PHOTOS, Sample
 from training.errors import DataError
 
-__all__ = ["MIN_PHOTOS", "check_labels", "photo_table", "similar_labels"]
+__all__ = ["HARMLESS_PREFIX", "MIN_PHOTOS", "check_labels", "photo_table", "resolve_prohibited", "similar_labels"]
 
 MIN_PHOTOS = {"train": 10, "calib": MIN_CALIB_PHOTOS, "val": 2}  # per label and split
 SPLITS = ("train", "calib", "val")
+# The one default for which labels are prohibited (lead to review or block and get operating points), where neither
+# --prohibited nor the config names them: every label except those named `not_*`, the harmless rest (`not_ivory`).
+# Train and adapt (for its new labels) both read it here.
+HARMLESS_PREFIX = "not_"
 
 
 def photo_table(samples: Iterable[Sample], labels: Sequence[str]) -> str:
@@ -41,6 +45,17 @@ def check_labels(samples: Sequence[Sample], labels: Sequence[str], *, allow_rare
         raise DataError("too few photos to train, calibrate and measure every label: " + "; ".join(short)
                         + ". Add photos (or raise --calib-fraction / --val-fraction for small data), or pass "
                           "--allow-rare to train anyway, knowing its thresholds and figures rest on very few photos")
+
+
+def resolve_prohibited(labels: list[str], named: Sequence[str] | None) -> list[str]:
+    """The labels that lead to review or block: those `named` (--prohibited or the config), else the default rule."""
+    prohibited = list(named) if named else [label for label in labels if not label.startswith(HARMLESS_PREFIX)]
+    unknown = set(prohibited) - set(labels)
+    if unknown:
+        raise DataError(f"--prohibited names labels not in the data: {sorted(unknown)} (labels: {labels})")
+    if not prohibited:
+        raise DataError(f"no prohibited label among {labels}; name them with --prohibited")
+    return prohibited
 
 
 def similar_labels(labels: Sequence[str]) -> list[tuple[str, str]]:

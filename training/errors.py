@@ -12,8 +12,8 @@ from typing import Callable
 
 from wildvision.errors import WildvisionError
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "ExportRefused", "MissingDependencyError", "TrainingError",
-           "run_command"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "ExportRefused", "MissingDependencyError", "ParityError",
+           "TrainingError", "run_command"]
 
 
 class TrainingError(Exception):
@@ -40,6 +40,10 @@ class ExportRefused(TrainingError):
 
     exit_status = 1  # the inputs were fine: the result failed its check
     prefix = "export refused"
+
+
+class ParityError(ExportRefused):
+    """A written model does not reproduce what it was made from (export's PyTorch model, adapt's fitted head)."""
 
 
 class MissingDependencyError(TrainingError, ImportError):

@@ -31,7 +31,7 @@ import torch
 from training.backbone import build_model
 from training.checkpoint import load_checkpoint
 from training.data import Sample
-from training.errors import CheckpointError, DataError, ExportRefused, run_command
+from training.errors import CheckpointError, DataError, ParityError, run_command
 from training.evaluation import evaluate
 from training.quantize import (
     DEFAULT_MAX_PROBABILITY_DIFFERENCE, DEFAULT_MIN_AGREEMENT, quantize_model, write_model_info,
@@ -46,10 +46,6 @@ __all__ = ["ParityError", "main", "model_from_checkpoint", "model_info_from_chec
 
 DEFAULT_NOTES = ("Flags listing photos for human review; a score is evidence, not a legal verdict. "
                  "See the model card for data, licences and known weaknesses.")
-
-
-class ParityError(ExportRefused):
-    """The exported graph does not reproduce the PyTorch model."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

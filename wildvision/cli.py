@@ -295,22 +295,16 @@ def _add_model_options(parser: argparse.ArgumentParser, *, suppress: bool) -> No
                              "the shipped one")
 
 
-def _with_model_options(commands: argparse._SubParsersAction) -> None:
-    """Give every command (and sub-command) the model options."""
-    for command in commands.choices.values():
-        nested = [action for action in command._actions if isinstance(action, argparse._SubParsersAction)]
-        if nested:
-            _with_model_options(nested[0])
-        else:
-            _add_model_options(command, suppress=True)
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wildvision", description="Spot illegal wildlife products in listing photos.")
     _add_model_options(parser, suppress=False)
+    # Every command that loads a model takes the model options after it too, as a parent parser's copies.
+    model_options = argparse.ArgumentParser(add_help=False)
+    _add_model_options(model_options, suppress=True)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    scan = commands.add_parser("scan", help="score every photo under a folder (or in a list) into a file; resumable")
+    scan = commands.add_parser("scan", parents=[model_options],
+                               help="score every photo under a folder (or in a list) into a file; resumable")
     scan.add_argument("folder", type=Path, nargs="?", help="scanned recursively for image files")
     scan.add_argument("--files-from", type=Path, metavar="LIST", help="a file of photo paths, one a line; - for stdin")
     scan.add_argument("-o", "--output", type=Path, required=True,
@@ -328,7 +322,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="each sub-folder of FOLDER is one listing (as --listings, from the folders)")
     scan.set_defaults(command=_scan)
 
-    predict = commands.add_parser("predict", help="score photos and print the results")
+    predict = commands.add_parser("predict", parents=[model_options],
+                                  help="score photos and print the results")
     predict.add_argument("images", nargs="+", type=Path)
     predict.add_argument("--json", action="store_true", help="one JSON object per photo")
     predict.add_argument("--explain", type=Path, metavar="DIR",
@@ -338,13 +333,15 @@ def _parser() -> argparse.ArgumentParser:
 
     index = commands.add_parser("index", help="the known-item index: photos already confirmed as illegal")
     index_commands = index.add_subparsers(required=True, metavar="ACTION")
-    add = index_commands.add_parser("add", help="add photos (files or folders) to an index, creating it if absent")
+    add = index_commands.add_parser("add", parents=[model_options],
+                                    help="add photos (files or folders) to an index, creating it if absent")
     add.add_argument("index", type=Path, help="the index file (SQLite), e.g. known-items.sqlite")
     add.add_argument("photos", nargs="+", type=Path, help="photo files, or folders scanned recursively; the path is "
                      "the item's reference, and adding a path again replaces its item")
     add.set_defaults(command=_index_add)
 
-    serve = commands.add_parser("serve", help="an HTTP service: POST photos to /predict (needs wildvision[serve])")
+    serve = commands.add_parser("serve", parents=[model_options],
+                                help="an HTTP service: POST photos to /predict (needs wildvision[serve])")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     serve.add_argument("--port", type=_port, default=8000, help="(default: 8000)")
     serve.add_argument("--match-index", type=Path, metavar="INDEX", help="add the known-item match to every answer")
@@ -373,7 +370,8 @@ def _parser() -> argparse.ArgumentParser:
                        "required and accepted too; /health stays open")
     serve.set_defaults(command=_serve)
 
-    spark = commands.add_parser("spark", help="score an archive on Apache Spark into a Parquet folder "
+    spark = commands.add_parser("spark", parents=[model_options],
+                                help="score an archive on Apache Spark into a Parquet folder "
                                 "(needs wildvision[spark])")
     spark.add_argument("source", help="a folder (searched recursively) or glob: a local path, file://, hdfs://, s3a://")
     spark.add_argument("-o", "--output", required=True, help="the Parquet folder, on any file system Spark writes to; "
@@ -386,10 +384,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="a known-item index (see `index add`), shipped to the executors: adds the match_* columns")
     spark.set_defaults(command=_spark)
 
-    info = commands.add_parser("info", help="what the model is: labels, thresholds, measured accuracy, notes")
+    info = commands.add_parser("info", parents=[model_options],
+                               help="what the model is: labels, thresholds, measured accuracy, notes")
     info.add_argument("--json", action="store_true", help="the model's full metadata")
     info.set_defaults(command=_info)
-    _with_model_options(commands)
     return parser
 
 
