@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # training/ is 
 
 from training.adapt import (  # noqa: E402
     DEFAULT_MAX_FORGETTING, DEFAULT_MAX_LOSS_INCREASE, DEFAULT_STAY_CLOSE_ALONE, PULLS, Adapted, Anchor,
-    BaseCalibration, BaseVectors, FitSet, OpenWorld, anchor_from,
+    BaseCalibration, BaseVectors, FitSet, OpenWorld, PullSearch, Thresholding, anchor_from,
     fit_adapted, reference_vectors, start_head,
 )
 from training.backbone import IMAGENET_MEAN, IMAGENET_STD, build_model  # noqa: E402
@@ -262,13 +262,13 @@ def _adapt(world: World, chosen: list[int], way: str, *, labels: Sequence[str] =
                          [samples[i].group for i in chosen])
     start = start_head(world.base.head, LABELS, labels)
     relabel = {NEW_LABEL[0]: NEW_LABEL[1]} if len(labels) > len(LABELS) else {}
-    options = {"rule": rule or (RECALL_RULE if way in ("base data", "nothing") else
-                                ThresholdRule(review_recall=0.95) if way.endswith("recall 0.95") else MATCHED),
-               "new_labels": len(labels) - len(LABELS)}
-    if max_forgetting is not None:
-        options["max_forgetting"] = max_forgetting
+    rule = rule or (RECALL_RULE if way in ("base data", "nothing") else
+                    ThresholdRule(review_recall=0.95) if way.endswith("recall 0.95") else MATCHED)
+    bounds = {"max_forgetting": max_forgetting} if max_forgetting is not None else {}
+    new_labels = len(labels) - len(LABELS)
     if way == "nothing":
-        return fit_adapted(platform, start, labels, _prohibited(labels), pulls=(DEFAULT_STAY_CLOSE_ALONE,), **options)
+        return fit_adapted(platform, start, labels, _prohibited(labels), search=PullSearch((DEFAULT_STAY_CLOSE_ALONE,)),
+                           thresholding=Thresholding(rule), new_labels=new_labels)
     if way == "base data":
         replay_rows, anchor_rows = _replay(samples, world.parts["base_train"])
         replay = BaseVectors(embeddings[replay_rows], np.array([label_of(samples[i]) for i in replay_rows]),
@@ -276,8 +276,9 @@ def _adapt(world: World, chosen: list[int], way: str, *, labels: Sequence[str] =
                              np.array([samples[i].group for i in replay_rows]))
         anchor = anchor_from(embeddings[anchor_rows], _targets(samples, anchor_rows, label_of, labels), start,
                              len(LABELS), np.array([samples[i].source for i in anchor_rows]))
-        return fit_adapted(_with_replay(platform, replay, labels), start, labels, _prohibited(labels), pulls=pulls,
-                           anchor=anchor, **options)
+        return fit_adapted(_with_replay(platform, replay, labels), start, labels, _prohibited(labels),
+                           search=PullSearch(pulls, anchor, **bounds), thresholding=Thresholding(rule),
+                           new_labels=new_labels)
     reference = world.reference
     replay = reference_vectors(reference, "replay", labels, relabel, REPLAY)
     anchor_vectors = reference_vectors(reference, "calib", labels, relabel, len(reference))  # as adapt's anchor
@@ -285,8 +286,9 @@ def _adapt(world: World, chosen: list[int], way: str, *, labels: Sequence[str] =
                          anchor_vectors.sources)
     open_world = OpenWorld(reference_vectors(reference, "calib", labels, relabel, len(reference)),
                            frozenset(reference.open_world_sources))
-    return fit_adapted(_with_replay(platform, replay, labels), start, labels, _prohibited(labels), pulls=pulls,
-                       anchor=anchor, open_world=open_world, base_calibration=world.calibration(), **options)
+    return fit_adapted(_with_replay(platform, replay, labels), start, labels, _prohibited(labels),
+                       search=PullSearch(pulls, anchor, **bounds),
+                       thresholding=Thresholding(rule, open_world, world.calibration()), new_labels=new_labels)
 
 
 def _prohibited(labels: Sequence[str]) -> list[str]:
@@ -421,8 +423,8 @@ def design(world: World) -> None:
     zero = Head(np.zeros((len(LABELS), embeddings.shape[1]), np.float32), np.zeros(len(LABELS), np.float32))
     rows = world.parts["base_train"]
     base = fit_adapted(FitSet.of(embeddings[rows], _targets(samples, rows), np.ones(len(rows)),
-                                 [samples[i].group for i in rows]), zero, LABELS, ["ivory"], rule=RECALL_RULE,
-                       pulls=(DEFAULT_STAY_CLOSE,))
+                                 [samples[i].group for i in rows]), zero, LABELS, ["ivory"],
+                       search=PullSearch((DEFAULT_STAY_CLOSE,)), thresholding=Thresholding(RECALL_RULE))
     world = replace(world, base=base)
     for salt, pool, test in _design_splits(world):
         probabilities = softmax(base.head.logits(embeddings[pool]), base.temperature)

@@ -211,8 +211,8 @@ def test_train_and_adapt_fit_the_same_operating_points_on_the_same_scores():
         trained = train.fit_calibration(logits, calib, labels, ["ivory"], train_args)
         adapt_args = adapt.parse_args(["--model", "m", "--data", "d", "--out", "o", *options])
         fit = adapt.FitSet.of(logits, targets, np.ones(500), [s.group for s in calib], bounds=list(sources))
-        adapted = adapt.fit_thresholds(fit, logits, None, None, labels, ["ivory"], adapt_args.threshold_rule(),
-                                       None, None)
+        adapted = adapt.fit_thresholds(fit, logits, None, None, labels, ["ivory"],
+                                       adapt.Thresholding(adapt_args.threshold_rule()))
         assert adapted == trained
 
 
@@ -476,11 +476,12 @@ def test_the_pull_is_the_weakest_that_keeps_the_base_accuracy_on_anchor_photos()
     start = adapt.Head(np.array([[4, 0, 0, 0], [-4, 0, 0, 0]], np.float32), np.zeros(2, np.float32))
     anchor = adapt.anchor_from(base_x, base_y, start, 2)
     groups = [str(i) for i in range(60)]
-    kwargs = dict(rule=ThresholdRule(review_recall=0.9, block_fpr=0.05), pulls=adapt.PULLS)
+    thresholding = adapt.Thresholding(ThresholdRule(review_recall=0.9, block_fpr=0.05))
     fit = adapt.FitSet.of(platform_x, platform_y, np.ones(60), groups)
-    free = adapt.fit_adapted(fit, start, ["ivory", "not_ivory"], ["ivory"], **kwargs)
-    held = adapt.fit_adapted(fit, start, ["ivory", "not_ivory"], ["ivory"], anchor=anchor, max_forgetting=0.01,
-                             **kwargs)
+    free = adapt.fit_adapted(fit, start, ["ivory", "not_ivory"], ["ivory"], search=adapt.PullSearch(adapt.PULLS),
+                             thresholding=thresholding)
+    held = adapt.fit_adapted(fit, start, ["ivory", "not_ivory"], ["ivory"],
+                             search=adapt.PullSearch(adapt.PULLS, anchor, max_forgetting=0.01), thresholding=thresholding)
     assert free.pull == adapt.PULLS[0] and anchor.change(free.head) < -0.05  # unchecked, it forgets
     assert held.pull > adapt.PULLS[0] and held.anchor_change >= -0.01
     assert held.anchor_change == pytest.approx(anchor.change(held.head))

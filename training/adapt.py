@@ -57,8 +57,8 @@ from wildvision.images import load_image
 from wildvision.model_info import ModelInfo, OperatingPoint
 
 __all__ = ["PULLS", "Adapted", "Anchor", "BaseCalibration", "BaseVectors", "FitSet", "ForgettingRefused", "OpenWorld",
-           "OpenWorldRefused", "anchor_from", "check_head_parity", "fit_adapted", "fit_thresholds", "main",
-           "open_world_rates", "parse_args", "reference_vectors", "start_head"]
+           "OpenWorldRefused", "PullSearch", "Thresholding", "anchor_from", "check_head_parity", "fit_adapted",
+           "fit_thresholds", "main", "open_world_rates", "parse_args", "reference_vectors", "start_head"]
 
 MIN_NEW_LABEL_PHOTOS = 5  # a new label needs photos in most of the cross-validation folds to be fitted and calibrated
 THIN_PROHIBITED_PHOTOS = 50  # below this, 95 % recall is set by the 2nd or 3rd weakest photo: a warning, not a refusal
@@ -171,9 +171,10 @@ def adapt(args: AdaptConfig) -> int:
     pulls = [args.stay_close] if args.stay_close is not None else PULLS if anchor else [DEFAULT_STAY_CLOSE_ALONE]
     prohibited = [label for label in labels if label in base.info.operating_points
                   or (label in args.new_label and not label.startswith(HARMLESS_PREFIX))]
-    fitted = fit_adapted(fit_set, start, labels, prohibited, rule=rule, pulls=pulls, anchor=anchor,
-                         new_labels=len(labels) - len(base.info.labels), max_forgetting=args.max_forgetting,
-                         open_world=data.open_world, base_calibration=base_calibration)
+    fitted = fit_adapted(fit_set, start, labels, prohibited,
+                         search=PullSearch(pulls, anchor, max_forgetting=args.max_forgetting),
+                         thresholding=Thresholding(rule, data.open_world, base_calibration),
+                         new_labels=len(labels) - len(base.info.labels))
     head, temperature, points = fitted.head, fitted.temperature, fitted.operating_points
     if data.open_world is None:
         bounded_by = "your photos and the replayed base photos" if base_samples else "your own harmless photos only"
@@ -396,42 +397,65 @@ def _log_loss(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return -np.log(softmax(logits)[np.arange(len(targets)), targets] + 1e-12)
 
 
+@dataclass(frozen=True)
+class PullSearch:
+    """Which pulls towards the base head to try, and what judges them: the weakest pull whose head keeps the
+    `anchor`'s accuracy within `max_forgetting` and its log-loss within `max_loss_increase` is taken (every pull is
+    the same to a search without an anchor, which takes the weakest)."""
+
+    pulls: Sequence[float]
+    anchor: Anchor | None = None
+    max_forgetting: float = DEFAULT_MAX_FORGETTING
+    max_loss_increase: float = DEFAULT_MAX_LOSS_INCREASE
+
+    def accepts(self, head: Head) -> bool:
+        return self.anchor is None or self.anchor.keeps(head, self.max_forgetting, self.max_loss_increase)
+
+
+@dataclass(frozen=True)
+class Thresholding:
+    """How the adapted model's thresholds are fitted: the `rule`, the reference's calib vectors that bound them
+    (`open_world`, where the base ships reference data), and the base's own calibration that thresholds matched to
+    the base follow (`base`)."""
+
+    rule: ThresholdRule
+    open_world: OpenWorld | None = None
+    base: BaseCalibration | None = None
+
+
 def fit_adapted(
-    fit: FitSet, start: Head, labels: Sequence[str], prohibited: Sequence[str], *, rule: ThresholdRule,
-    pulls: Sequence[float], anchor: Anchor | None = None, new_labels: int = 0,
-    max_forgetting: float = DEFAULT_MAX_FORGETTING, max_loss_increase: float = DEFAULT_MAX_LOSS_INCREASE,
-    open_world: OpenWorld | None = None,
-    base_calibration: BaseCalibration | None = None,
+    fit: FitSet, start: Head, labels: Sequence[str], prohibited: Sequence[str], *, search: PullSearch,
+    thresholding: Thresholding, new_labels: int = 0,
 ) -> Adapted:
-    """The adapted head with the weakest of `pulls` that keeps the anchor's accuracy within `max_forgetting` (the
-    strongest where none does), its temperature and thresholds (`_thresholds`).
+    """The adapted head with the weakest pull the `search` accepts (the strongest where none is), its temperature and
+    thresholds (`fit_thresholds`).
 
     The pull holds the base labels' rows; the last `new_labels` rows have nothing to forget and are only kept small
-    (`DEFAULT_STAY_CLOSE`), so that a firm pull cannot stop a new label being learnt. `base_calibration` (the base's
-    temperature and operating points) is what thresholds matched to the base follow.
+    (`DEFAULT_STAY_CLOSE`), so that a firm pull cannot stop a new label being learnt.
     """
-    for pull in sorted(pulls):
+    for pull in sorted(search.pulls):
         per_row = np.array([pull] * (len(labels) - new_labels) + [DEFAULT_STAY_CLOSE] * new_labels)
         head = fit_head(fit.embeddings, fit.targets, fit.weights, start, stay_close=per_row)
-        if anchor is None or anchor.keeps(head, max_forgetting, max_loss_increase):
+        if search.accepts(head):
             break
+    anchor = search.anchor
     change = anchor.change(head) if anchor is not None else None
-    if anchor is not None and not anchor.keeps(head, max_forgetting, max_loss_increase):
+    if anchor is not None and not search.accepts(head):
         print(f"warning: even the strongest pull ({pull}) changes the base anchor photos' accuracy by {change:+.4f} "
               f"and log-loss by {anchor.loss_increase(head):+.4f}", file=sys.stderr)
     held_out = cross_fit(fit.embeddings, fit.targets, fit.weights, fit.groups, start, stay_close=per_row)
-    temperature, points = fit_thresholds(fit, held_out, head, start, labels, prohibited, rule, open_world,
-                                      base_calibration)
+    temperature, points = fit_thresholds(fit, held_out, head, start, labels, prohibited, thresholding)
     return Adapted(head, temperature, points, held_out, pull, change)
 
 
 def fit_thresholds(
     fit: FitSet, held_out: np.ndarray, head: Head, start: Head, labels: Sequence[str], prohibited: Sequence[str],
-    rule: ThresholdRule, open_world: OpenWorld | None, base_calibration: BaseCalibration | None,
+    thresholding: Thresholding,
 ) -> tuple[float, dict[str, OperatingPoint]]:
     """Temperature and thresholds on every held-out score: the fitting photos cross-validated and, where the reference
     gives them, its calib vectors scored by the final head (no head saw them). With the reference, its everyday sources
     bound review and all its sources bound block; without it, the fitting photos' own harmless ones do."""
+    rule, open_world, base_calibration = thresholding.rule, thresholding.open_world, thresholding.base
     logits, targets, bounds, embeddings = [held_out], [fit.targets], list(fit.bounds), [fit.embeddings]
     if open_world is not None:
         vectors = open_world.vectors
