@@ -19,7 +19,7 @@ from training.data import list_samples_like
 from training.errors import run_command
 from training.evaluation import SPLITS, evaluate
 from training.metrics import format_report
-from training.split import SPLIT_FILE, load_split
+from training.split import add_recorded_split_options, load_split
 from wildvision.classifier import Classifier
 
 __all__ = ["main"]
@@ -28,12 +28,7 @@ __all__ = ["main"]
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, help="a wildvision .onnx model (default: the shipped model)")
-    parser.add_argument("--data", type=Path, action="append", default=[],
-                        help="where the model's training data lies now (default: where its config recorded it); "
-                             "repeat for each of its sources, in order")
-    parser.add_argument("--split-file", type=Path,
-                        help=f"the {SPLIT_FILE} of the model's training run (default: the one in the run folder its "
-                             "config records, else the split is rebuilt from the config)")
+    add_recorded_split_options(parser)
     parser.add_argument("--split", default="val", choices=SPLITS,
                         help="part to score: val or calib are held out; train and all (every photo of the data "
                              "now, no split) are for --audit, not accuracy")

@@ -37,6 +37,7 @@ from training.data import Sample
 from training.errors import DataError, run_command
 from training.features import compute_features
 from training.onnx_head import network_digest
+from training.split import add_recorded_split_options, load_split
 from wildvision.classifier import Classifier
 from wildvision.model_info import ModelInfo
 
@@ -207,10 +208,7 @@ def _relative(sample: Sample) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.reference", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="the exported model (.onnx)")
-    parser.add_argument("--data", type=Path, action="append", default=[],
-                        help="where the model's training data lies now (default: where its config recorded it); "
-                             "repeat for each of its sources, in order")
-    parser.add_argument("--split-file", type=Path, help="the split.json of the model's training run, if kept")
+    add_recorded_split_options(parser)
     parser.add_argument("--out", type=Path, help="default: NAME.reference.npz beside the model")
     parser.add_argument("--work", type=Path, help="feature cache (default: none)")
     return parser.parse_args(argv)
@@ -222,8 +220,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _write(args: argparse.Namespace) -> int:
-    from training.split import load_split
-
     training: Mapping[str, object] = Classifier(args.model).info.training
     samples = load_split(training, data=args.data, split_file=args.split_file)
     write_model_reference(args.model, samples, out=args.out, cache=args.work)

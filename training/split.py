@@ -14,6 +14,7 @@ fingerprint the model recorded.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -27,7 +28,7 @@ from training.data import (
 )
 from training.errors import DataError
 
-__all__ = ["SPLIT_FILE", "RecordedSplit", "load_split", "read_split", "write_split"]
+__all__ = ["SPLIT_FILE", "RecordedSplit", "add_recorded_split_options", "load_split", "read_split", "write_split"]
 
 SPLIT_FILE = "split.json"
 _FORMAT = "wildvision-split/1"
@@ -75,6 +76,17 @@ def read_split(path: Path, data: Sequence[Path] = ()) -> RecordedSplit:
     """The split recorded at `path`, its sources moved to `data` where given (same order and count), checked against
     the photos on disk; `DataError` where any has changed."""
     return _checked_split(_read_document(path), path, data)
+
+
+def add_recorded_split_options(parser: argparse.ArgumentParser) -> None:
+    """`--data` and `--split-file`, for commands that read an exported model's recorded split (`load_split`): where its
+    data lies now, and the split file of its run."""
+    parser.add_argument("--data", type=Path, action="append", default=[],
+                        help="where the model's training data lies now (default: where its config recorded it); "
+                             "repeat for each of its sources, in order")
+    parser.add_argument("--split-file", type=Path,
+                        help=f"the {SPLIT_FILE} of the model's training run (default: the one in the run folder its "
+                             "config records, else the split is rebuilt from the config)")
 
 
 def load_split(
