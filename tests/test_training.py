@@ -348,6 +348,8 @@ def test_options_come_from_a_config_file_and_the_command_line_wins(tmp_path, cap
     ("dropout = 1.5", "--dropout must be a share with 0 <= value < 1, got 1.5"),
     ('epochs = "5"', "--epochs must be a whole number, got '5'"),
     ("allow-rare = 1", "--allow-rare must be true or false, got 1"),
+    ('keep-pretrained = "both"', "--keep-pretrained must be one of none, wise-ft, two-tails, got 'both'"),
+    ("pretrained-share = 1.5", "--pretrained-share must be a share between 0 and 1, got 1.5"),
 ])
 def test_a_bad_number_from_the_command_line_or_the_config_is_one_line_and_exit_2(tmp_path, capsys, source, error):
     from training.train import main

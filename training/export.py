@@ -19,6 +19,7 @@ that has none of the photos.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import tempfile
 from dataclasses import replace
@@ -33,6 +34,7 @@ from training.checkpoint import load_checkpoint
 from training.data import Sample
 from training.errors import CheckpointError, DataError, ParityError, run_command
 from training.evaluation import evaluate
+from training.pretrained import TwoTailNetwork
 from training.quantize import (
     DEFAULT_MAX_PROBABILITY_DIFFERENCE, DEFAULT_MIN_AGREEMENT, quantize_model, write_model_info,
 )
@@ -113,6 +115,9 @@ def export(args: argparse.Namespace) -> int:
 def model_from_checkpoint(checkpoint: dict) -> torch.nn.Module:
     """The checkpoint's network with its weights, in eval mode; `CheckpointError` where they do not fit."""
     model = build_model(checkpoint["architecture"], len(checkpoint["labels"]), pretrained=False)
+    config = checkpoint["config"]
+    if config.get("keep_pretrained") == "two-tails":  # the weights fill both tails; the copy only gives the shape
+        model = TwoTailNetwork(model, copy.deepcopy(model), config["trainable_from_block"], config["pretrained_share"])
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:  # torch's way of saying that names or shapes differ

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,16 +24,18 @@ from training.options import weight_settings
 from training.progress import progress
 from training.train_config import TrainConfig
 
-__all__ = ["BalancedLoss", "TrainingState", "run_key", "train_tail"]
+__all__ = ["BalancedLoss", "TrainingState", "label_weights", "run_key", "train_tail"]
 
 
 def train_tail(
-    tail: nn.Module, cache: FeatureCache, samples: list[Sample], labels: list[str], config: TrainConfig
+    tail: nn.Module, cache: FeatureCache, samples: list[Sample], labels: list[str], config: TrainConfig,
+    penalty: Callable[[], torch.Tensor] | None = None,
 ) -> dict[str, list[float]]:
     """Fine-tune the unfrozen blocks and classifier; each epoch sees one random cached view per training photo.
 
-    After every epoch the whole training state is saved; re-running the same command resumes after the last finished
-    epoch and ends with the same weights as an uninterrupted run. Returns the history: mean loss per epoch.
+    `penalty`, where given, is added to every batch's loss (L2-SP's pull towards the pretrained weights). After every
+    epoch the whole training state is saved; re-running the same command resumes after the last finished epoch and
+    ends with the same weights as an uninterrupted run. Returns the history: mean loss per epoch.
     """
     rows = cache.rows(samples, "train", clean_only=False)
     owners = sorted(rows)
@@ -54,6 +57,8 @@ def train_tail(
             picks = [rows[owners[i]][int(torch.randint(len(rows[owners[i]]), (1,), generator=generator))] for i in batch]
             features = cache.features[picks].float().contiguous(memory_format=torch.channels_last)
             loss = loss_function(tail(features), targets[batch])
+            if penalty is not None:
+                loss = loss + penalty()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -78,15 +83,20 @@ class BalancedLoss(nn.Module):
 
     def __init__(self, targets: torch.Tensor, label_count: int, *, label_smoothing: float) -> None:
         super().__init__()
-        counts = torch.bincount(targets, minlength=label_count).float().clamp(min=1)
-        weights = (counts.max() / counts).clamp(max=self.MAX_CLASS_WEIGHT)
-        # Scaled so that the mean weight over the training photos is 1: the learning rate means what it says.
-        self.register_buffer("weights", weights / weights[targets].mean())
+        self.register_buffer("weights", label_weights(targets, label_count))
         self.per_photo = nn.CrossEntropyLoss(reduction="none", label_smoothing=label_smoothing)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         weights = self.weights[targets]
         return (self.per_photo(logits, targets) * weights).sum() / weights.sum()
+
+
+def label_weights(targets: torch.Tensor, label_count: int) -> torch.Tensor:
+    """Each label's weight: its inverse frequency, capped at `BalancedLoss.MAX_CLASS_WEIGHT` times the commonest
+    label's, scaled so that the mean weight over the photos is 1 (the learning rate means what it says)."""
+    counts = torch.bincount(targets, minlength=label_count).float().clamp(min=1)
+    weights = (counts.max() / counts).clamp(max=BalancedLoss.MAX_CLASS_WEIGHT)
+    return weights / weights[targets].mean()
 
 
 class TrainingState:

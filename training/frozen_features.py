@@ -12,6 +12,7 @@ import hashlib
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -76,7 +77,10 @@ class FeatureCache:
                 rows.setdefault(owner, []).append(row)
         return rows
 
-    def logits(self, tail: nn.Module, samples: list[Sample], split: str) -> tuple[np.ndarray, list[Sample]]:
+    def logits(
+        self, tail: Callable[[torch.Tensor], torch.Tensor], samples: list[Sample], split: str
+    ) -> tuple[np.ndarray, list[Sample]]:
+        """Logits of the clean view of every photo of `split`, by `tail` (cached features -> logits), in sample order."""
         rows = self.rows(samples, split, clean_only=True)
         owners = sorted(rows)
         with torch.no_grad():

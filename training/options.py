@@ -86,11 +86,15 @@ def parse(cls: type[T], argv: Sequence[str] | None, *, prog: str, description: s
 
 
 def check_ranges(config: object) -> None:
-    """Raise `ConfigError`, naming the option, for a number outside its field's range."""
+    """Raise `ConfigError`, naming the option, for a number outside its field's range or a word outside its choices
+    (argparse checks choices on the command line only, and a config file's values arrive as defaults)."""
     for f in fields(config):
         meta: Option = f.metadata["option"]
+        value = getattr(config, f.name)
         if meta.bounds is not None:
-            meta.bounds.check(f.name, getattr(config, f.name))
+            meta.bounds.check(f.name, value)
+        if meta.choices is not None and value not in meta.choices:
+            raise ConfigError(f"{_flag(f.name)} must be one of {', '.join(meta.choices)}, got {value!r}")
 
 
 def as_json(config: object) -> dict[str, object]:

@@ -31,6 +31,7 @@ from training.fine_tune import train_tail
 from training.frozen_features import FeatureCache
 from training.metrics import format_report, format_summary, measure
 from training.options import as_json
+from training.pretrained import ProbedImageNet
 from training.split import RecordedSplit, write_split
 from training.train_config import TrainConfig, parse_args
 from wildvision.model_info import OperatingPoint
@@ -78,16 +79,20 @@ def train(config: TrainConfig) -> int:
     tail_trainer = nn.Sequential(*tail[:-1], nn.Dropout(config.dropout), tail[-1])
     history = train_tail(tail_trainer, cache, samples, labels, config)
     tail.eval()
+    network, scorer = model, tail
+    if config.keep_pretrained != "none":
+        imagenet = ProbedImageNet(config.architecture, config.trainable_from_block, cache, samples, labels)
+        network, scorer = imagenet.mixed_with(model, config.keep_pretrained, config.pretrained_share)
 
-    calib_logits, calib = cache.logits(tail, samples, "calib")
+    calib_logits, calib = cache.logits(scorer, samples, "calib")
     temperature, operating_points = fit_calibration(calib_logits, calib, labels, prohibited, config)
     # What a recipe is chosen by (epochs, blocks, views): calib, never val, which only reports.
     print("calib " + format_summary(measure(softmax(calib_logits, temperature), calib, labels, operating_points)))
-    val_logits, val = cache.logits(tail, samples, "val")
+    val_logits, val = cache.logits(scorer, samples, "val")
     metrics = measure(softmax(val_logits, temperature), val, labels, operating_points) if val else {}
     print(format_report(metrics) if metrics else "no val photos: nothing to report")
 
-    write_run(config, model, split, TrainedModel(identity, labels, temperature, operating_points, metrics, history))
+    write_run(config, network, split, TrainedModel(identity, labels, temperature, operating_points, metrics, history))
     return _check_learnt(metrics, val, config.out)
 
 

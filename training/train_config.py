@@ -18,7 +18,7 @@ from training.checks import HARMLESS_PREFIX, MIN_PHOTOS
 from training.data import DEFAULT_CALIB_FRACTION, DEFAULT_VAL_FRACTION, DataSource
 from training.dedupe import DEFAULT_MAX_DISTANCE
 from training.errors import ConfigError
-from training.options import AT_LEAST_0, AT_LEAST_1, PART, POSITIVE, check_ranges, option, parse
+from training.options import AT_LEAST_0, AT_LEAST_1, PART, POSITIVE, SHARE, check_ranges, option, parse
 from wildvision.model_info import Preprocessing
 
 __all__ = ["TrainConfig", "parse_args"]
@@ -57,6 +57,14 @@ class TrainConfig:
     lr: float = option(1e-3, "peak learning rate (AdamW, cosine decay)", changes_weights=True, bounds=POSITIVE)
     label_smoothing: float = option(0.1, changes_weights=True, bounds=PART)
     dropout: float = option(0.2, changes_weights=True, bounds=PART)
+    # Applied to the finished fine-tuning, so changing either reruns in minutes on the kept training state.
+    keep_pretrained: str = option(
+        "none", "keep ImageNet's later blocks beside the fine-tuned ones, each with a logistic head fitted on its own "
+        "features: wise-ft interpolates the weights (no extra inference cost), two-tails runs both and mixes their "
+        "logits (the tail twice); see training.pretrained", changes_weights=False,
+        choices=("none", "wise-ft", "two-tails"))
+    pretrained_share: float = option(0.5, "ImageNet's share of the --keep-pretrained mix", changes_weights=False,
+                                     bounds=SHARE)
     val_fraction: float = option(DEFAULT_VAL_FRACTION, "share of groups held out for val, where the data gives no "
                                  "split", changes_weights=True, bounds=PART)
     calib_fraction: float = option(DEFAULT_CALIB_FRACTION, "share of training groups held out for calibration",

@@ -1,0 +1,198 @@
+"""How release 1.2.0 keeps what ImageNet knew: every candidate measured on one split with Towneley held out.
+
+    python benchmarks/keep_pretrained.py [--config training/configs/ivory.toml] [--run runs/keep-pretrained]
+    python benchmarks/keep_pretrained.py --train lp-ft --threads 1    # one trained candidate, e.g. in parallel
+
+Set-up (issue 28). The release recipe (`training/configs/ivory.toml`: its photos, split, cached frozen front, epochs
+and threshold rule) with every Towneley photo taken out of training, calibration and val: Towneley's catalogue
+(ivory carvings among horn, antler, bone, furniture and ceramics, photographed by another museum in another way) is
+the stand-in for the real listings no shared data holds. Each candidate is fitted on the same `train` photos; its
+temperature and open-world thresholds are fitted on the same `calib` photos by the release rule. Val photos are not
+looked at: the recipe is chosen here, and val reports on the release alone.
+
+Candidates (`training.pretrained`):
+- fine-tuned: 1.1.0's recipe (blocks 5-6, head and classifier trained from a zero classifier);
+- linear probe: the ImageNet tail left as it is, a logistic head on its pooled features;
+- LP-FT: fine-tuned from the probe's head;
+- L2-SP: fine-tuned with a pull towards the ImageNet weights (strength 0.01, the paper's usual value, not tuned);
+- WiSE-FT s: the weights (1 - s) ImageNet tail with the probe head, s fine-tuned (of the plain and the LP-FT run);
+- two tails s: (1 - s) of the fine-tuned logits and s of the probe's, the tail run twice.
+
+Figures: Towneley ROC-AUC (ivory against everything else Towneley shows) and, at the thresholds fitted on calib, the
+share of Towneley ivory sent to review and of Towneley look-alikes flagged; on calib, top-label accuracy on Met photos
+and the share of ivory that review catches when at most 0.25 % of each everyday source is flagged. The cost is the
+inference compute relative to one network (the tail's share of the multiply-adds, counted by
+`benchmarks/latency.py` in time). The three trained candidates take about 16 minutes each on two idle cores, after
+the frozen-front cache (about 20 minutes; reused from a training run of the same config: link its
+`features-*.pt` into `--run`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # training/ is not installed: run from the checkout
+
+from training.backbone import build_model, split_model  # noqa: E402
+from training.calibration import calibrate, softmax  # noqa: E402
+from training.data import Sample, parse_relabel, prepare_samples  # noqa: E402
+from training.fine_tune import train_tail  # noqa: E402
+from training.frozen_features import FeatureCache  # noqa: E402
+from training.head import Head  # noqa: E402
+from training.metrics import auc, fraction  # noqa: E402
+from training.pretrained import PullToStart, interpolate, linear_probe, set_head  # noqa: E402
+from training.train_config import TrainConfig, parse_args  # noqa: E402
+
+HELD_OUT = "towneley"  # the source taken out, and the split name its photos get here
+TRAINED = ("fine-tuned", "lp-ft", "l2-sp")
+L2SP_STRENGTH = 0.01
+SHARES = (0.25, 0.5, 0.75)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The recipe's photos with Towneley held out, its cached frozen front and the labels."""
+
+    config: TrainConfig
+    samples: list[Sample]  # the recipe's samples in cache order, Towneley's split renamed HELD_OUT
+    cache: FeatureCache
+    labels: list[str]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parse(argv)
+    torch.set_num_threads(args.threads)
+    setting = _setting(args)
+    probe = linear_probe(_pretrained_tail(setting), setting.cache, setting.samples, setting.labels)
+    if args.train:
+        _trained_tail(setting, args.train, probe)
+        return
+    tails = {name: _trained_tail(setting, name, probe) for name in TRAINED}
+    rows = [_measure(name, logits, setting) for name, logits in _candidates(setting, probe, tails)]
+    _print_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+        print(f"wrote {args.json}")
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, default=Path("training/configs/ivory.toml"))
+    parser.add_argument("--run", type=Path, default=Path("runs/keep-pretrained"),
+                        help="folder for the feature cache and each candidate's training state")
+    parser.add_argument("--train", choices=TRAINED, help="train this candidate only (resumable), then stop")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--json", type=Path, help="also write the table's figures here")
+    return parser.parse_args(argv)
+
+
+def _setting(args: argparse.Namespace) -> Setting:
+    config = parse_args(["--config", str(args.config), "--out", str(args.run), "--threads", str(args.threads)])
+    torch.manual_seed(config.seed)
+    samples, _ = prepare_samples(config.data, val_fraction=config.val_fraction, calib_fraction=config.calib_fraction,
+                                 near_duplicate_distance=config.near_duplicate_distance,
+                                 relabel=parse_relabel(config.relabel))
+    labels = sorted({s.label for s in samples})
+    front, _ = split_model(build_model(config.architecture, len(labels)), config.trainable_from_block)
+    cache = FeatureCache.build(config, samples, front)  # every photo: Towneley's rows are simply never trained on
+    held_out = [replace(s, split=HELD_OUT) if s.source == HELD_OUT else s for s in samples]
+    return Setting(config, held_out, cache, labels)
+
+
+def _pretrained_tail(setting: Setting) -> nn.Sequential:
+    model = build_model(setting.config.architecture, len(setting.labels))
+    return split_model(model, setting.config.trainable_from_block)[1].eval()
+
+
+def _trained_tail(setting: Setting, name: str, probe: Head) -> nn.Sequential:
+    """The candidate's tail, trained (or resumed, or read back from its finished training state)."""
+    config = replace(setting.config, out=setting.config.out / name)
+    torch.manual_seed(config.seed)
+    tail = _pretrained_tail(setting)
+    if name == "lp-ft":
+        set_head(tail[-1], probe)
+    penalty = PullToStart(tail, L2SP_STRENGTH) if name == "l2-sp" else None
+    trainer = nn.Sequential(*tail[:-1], nn.Dropout(config.dropout), tail[-1])
+    print(f"== {name}")
+    train_tail(trainer, setting.cache, setting.samples, setting.labels, config, penalty)
+    return tail.eval()
+
+
+def _candidates(
+    setting: Setting, probe: Head, tails: dict[str, nn.Sequential]
+) -> list[tuple[str, Callable[[str], np.ndarray]]]:
+    """(name, split -> logits in the order of `_photos(setting, split)`) for every candidate."""
+    pretrained = _pretrained_tail(setting)
+    set_head(pretrained[-1], probe)
+    logits = {name: _logits_of(tail, setting) for name, tail in {"linear probe": pretrained, **tails}.items()}
+    rows = [(name, logits[name]) for name in ("fine-tuned", "linear probe", "lp-ft", "l2-sp")]
+    for start in ("fine-tuned", "lp-ft"):
+        for share in SHARES:
+            mixed = copy.deepcopy(pretrained)
+            mixed.load_state_dict(interpolate(pretrained.state_dict(), tails[start].state_dict(), 1 - share))
+            rows.append((f"WiSE-FT {start} {share:.2f} ImageNet", _logits_of(mixed.eval(), setting)))
+    for start in ("fine-tuned", "lp-ft"):
+        for share in SHARES:
+            rows.append((f"two tails {start} + {share:.2f} probe",
+                         _mixed(logits[start], logits["linear probe"], share)))
+    return rows
+
+
+def _logits_of(tail: nn.Sequential, setting: Setting) -> Callable[[str], np.ndarray]:
+    computed = {split: setting.cache.logits(tail, setting.samples, split)[0] for split in ("calib", HELD_OUT)}
+    return computed.__getitem__
+
+
+def _mixed(first: Callable[[str], np.ndarray], second: Callable[[str], np.ndarray], share: float):
+    return lambda split: (1 - share) * first(split) + share * second(split)
+
+
+def _photos(setting: Setting, split: str) -> list[Sample]:
+    """The photos of `split` in the order `FeatureCache.logits` scores them."""
+    return [setting.samples[owner] for owner in sorted(setting.cache.rows(setting.samples, split, clean_only=True))]
+
+
+def _measure(name: str, logits: Callable[[str], np.ndarray], setting: Setting) -> dict[str, object]:
+    config, labels = setting.config, setting.labels
+    calib, held = _photos(setting, "calib"), _photos(setting, HELD_OUT)
+    calib_logits, held_logits = logits("calib"), logits(HELD_OUT)
+    targets = np.array([labels.index(s.label) for s in calib])
+    temperature, points = calibrate(calib_logits, targets, [s.source for s in calib], labels, ["ivory"],
+                                    config.threshold_rule())
+    ivory = labels.index("ivory")
+    review = points["ivory"].review
+    calib_scores = softmax(calib_logits, temperature)[:, ivory]
+    held_scores = softmax(held_logits, temperature)[:, ivory]
+    held_ivory = np.array([s.label == "ivory" for s in held])
+    calib_ivory = targets == ivory
+    met = np.array([s.source == "met" for s in calib])
+    return {
+        "candidate": name,
+        "towneley_auc": auc(held_scores, held_ivory),
+        "towneley_ivory_reviewed": fraction(held_scores[held_ivory] >= review),
+        "towneley_lookalikes_flagged": fraction(held_scores[~held_ivory] >= review),
+        "calib_met_accuracy": fraction(calib_logits[met].argmax(1) == targets[met]),
+        "calib_ivory_reviewed": fraction(calib_scores[calib_ivory] >= review),
+    }
+
+
+def _print_table(rows: list[dict[str, object]]) -> None:
+    columns = ("towneley_auc", "towneley_ivory_reviewed", "towneley_lookalikes_flagged", "calib_met_accuracy",
+               "calib_ivory_reviewed")
+    print(f"{'candidate':40}" + "".join(f"{c:>30}" for c in columns))
+    for row in rows:
+        print(f"{row['candidate']:40}" + "".join(f"{row[c]:>30.3f}" for c in columns))
+
+
+if __name__ == "__main__":
+    main()
