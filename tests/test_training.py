@@ -370,10 +370,12 @@ def test_only_options_the_weights_depend_on_decide_whether_a_run_resumes():
 
     config = parse_args(["--data", "d", "--out", "o"])
     after_training = {"workers", "threads", "out", "config", "name", "version", "prohibited", "review_recall",
-                      "review_fpr", "block_fpr", "review_sources", "allow_rare", "allow_similar_labels"}
+                      "review_fpr", "block_fpr", "review_sources", "allow_rare", "allow_similar_labels",
+                      "keep_pretrained", "pretrained_share"}  # mixed into the finished fine-tuning
     assert set(vars(config)) - set(weight_settings(config)) == after_training
     samples = []
-    assert run_key(replace(config, name="other", review_fpr=0.01, threads=1), samples) == run_key(config, samples)
+    assert run_key(replace(config, name="other", review_fpr=0.01, threads=1, keep_pretrained="wise-ft"),
+                   samples) == run_key(config, samples)
     assert run_key(replace(config, epochs=9), samples) != run_key(config, samples)
 
 
