@@ -73,11 +73,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(argv)
     torch.set_num_threads(args.threads)
     setting = _setting(args)
-    probe = linear_probe(_pretrained_tail(setting), setting.cache, setting.samples, setting.labels)
     if args.train:
-        _trained_tail(setting, args.train, probe)
+        _trained_tail(setting, args.train)
         return
-    tails = {name: _trained_tail(setting, name, probe) for name in TRAINED}
+    probe = _probe(setting)
+    tails = {name: _trained_tail(setting, name) for name in TRAINED}
     rows = [_measure(name, logits, setting) for name, logits in _candidates(setting, probe, tails)]
     _print_table(rows)
     if args.json:
@@ -114,13 +114,24 @@ def _pretrained_tail(setting: Setting) -> nn.Sequential:
     return split_model(model, setting.config.trainable_from_block)[1].eval()
 
 
-def _trained_tail(setting: Setting, name: str, probe: Head) -> nn.Sequential:
+def _probe(setting: Setting) -> Head:
+    """The linear probe on the ImageNet tail, fitted once and kept in the run folder (its features take minutes)."""
+    path = setting.config.out / "probe.npz"
+    if path.is_file():
+        with np.load(path) as stored:
+            return Head(stored["weight"], stored["bias"])
+    probe = linear_probe(_pretrained_tail(setting), setting.cache, setting.samples, setting.labels)
+    np.savez(path, weight=probe.weight, bias=probe.bias)
+    return probe
+
+
+def _trained_tail(setting: Setting, name: str) -> nn.Sequential:
     """The candidate's tail, trained (or resumed, or read back from its finished training state)."""
     config = replace(setting.config, out=setting.config.out / name)
     torch.manual_seed(config.seed)
     tail = _pretrained_tail(setting)
     if name == "lp-ft":
-        set_head(tail[-1], probe)
+        set_head(tail[-1], _probe(setting))
     penalty = PullToStart(tail, L2SP_STRENGTH) if name == "l2-sp" else None
     trainer = nn.Sequential(*tail[:-1], nn.Dropout(config.dropout), tail[-1])
     print(f"== {name}")

@@ -1,11 +1,13 @@
 """How long one listing photo takes from JPEG bytes to a decision, as a platform calling `Classifier.predict` sees it.
 
     python benchmarks/latency.py [--runs 200] [--callers 1 4]
+    python benchmarks/latency.py --models old.onnx models/wildvision-ivory.onnx   # one release against another
 
 For 1-megapixel and 12-megapixel JPEGs (bytes in memory: decoding, preprocessing, inference, calibration, decision),
-with the shipped float32 and int8 models, one caller at a time and several callers sharing one `Classifier` from
-their own threads: p50 and p99 milliseconds per photo. Run it on an idle machine: the rows are timed one after
-another, so compare rows of one run, never runs of different days.
+with the shipped float32 and int8 models (or the `--models` given), one caller at a time and several callers sharing
+one `Classifier` from their own threads: p50 and p99 milliseconds per photo, and each model's p50 relative to the
+first model's. Run it on an idle machine: the rows are timed one after another, so compare rows of one run, never
+runs of different days.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import io
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -29,17 +32,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=200, help="photos timed per model, size and caller count")
     parser.add_argument("--callers", type=int, nargs="+", default=[1, 4], help="threads calling predict at once")
+    parser.add_argument("--models", type=Path, nargs="+", help="model files to time instead of the shipped ones")
     args = parser.parse_args(argv)
-    models = {precision: Classifier(precision=precision) for precision in ("float32", "int8")}
+    if args.models:
+        models = {_label(classifier): classifier for classifier in map(Classifier, args.models)}
+    else:
+        models = {precision: Classifier(precision=precision) for precision in ("float32", "int8")}
     photos = {name: listing_jpeg(size) for name, size in SIZES.items()}
-    print(f"{'model':8s} {'photo':6s} {'callers':>7s} {'p50 ms':>8s} {'p99 ms':>8s} {'photos/s':>9s}")
+    width = max(8, *map(len, models))
+    print(f"{'model':{width}s} {'photo':6s} {'callers':>7s} {'p50 ms':>8s} {'p99 ms':>8s} {'photos/s':>9s} {'p50 ratio':>9s}")
     for callers in args.callers:
         for size_name, data in photos.items():
-            for precision, classifier in models.items():
+            first = None
+            for name, classifier in models.items():
                 latencies, seconds = time_predict(classifier, data, args.runs, callers)
                 p50, p99 = np.percentile(latencies, [50, 99])
-                print(f"{precision:8s} {size_name:6s} {callers:7d} {p50:8.1f} {p99:8.1f} {args.runs / seconds:9.1f}")
+                first = first or p50
+                print(f"{name:{width}s} {size_name:6s} {callers:7d} {p50:8.1f} {p99:8.1f} {args.runs / seconds:9.1f} "
+                      f"{p50 / first:9.2f}")
     return 0
+
+
+def _label(classifier: Classifier) -> str:
+    return f"{classifier.info.full_name} {classifier.info.precision}"
 
 
 def listing_jpeg(size: tuple[int, int]) -> bytes:
