@@ -218,9 +218,7 @@ def create_app(
 
     @app.get("/health", response_model=HealthOut)
     def health() -> HealthOut:
-        identity = classifier.identity
-        return HealthOut(status="ok", model_name=identity.name, model_version=identity.version,
-                         model_precision=identity.precision, model_digest=identity.digest,
+        return HealthOut(status="ok", **classifier.identity.to_fields(),
                          known_items=len(index) if index is not None else None)
 
     @app.get("/metrics", dependencies=guarded, response_class=Response)
@@ -289,10 +287,7 @@ class _Metrics:
 
     def __init__(self, classifier: Classifier) -> None:
         self.registry = registry = CollectorRegistry()
-        identity = classifier.identity
-        Info("wildvision_model", "The model file answering", registry=registry).info(
-            {"name": identity.name, "version": identity.version, "precision": identity.precision,
-             "digest": identity.digest})
+        Info("wildvision_model", "The model file answering", registry=registry).info(asdict(classifier.identity))
         self.requests = Counter("wildvision_http_requests", "HTTP requests answered, by route and status",
                                 ["route", "status"], registry=registry)
         self.latency = Histogram("wildvision_http_request_duration_seconds", "Arrival to the last byte of the answer",
