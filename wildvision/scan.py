@@ -282,14 +282,15 @@ def check_same_run(earlier: Mapping[str, object], now: Mapping[str, object], out
 
 
 def _describe_run(facts: Mapping[str, object]) -> str:
-    details = "; ".join(f"{name} {', '.join(value) if isinstance(value, list) else value}"
-                        for name, value in facts.items() if name in ("labels", "thresholds"))
+    details = [f"labels {', '.join(facts['labels'])}"] if "labels" in facts else []  # type: ignore[arg-type]
+    details += [f"thresholds {facts['thresholds']}"] if "thresholds" in facts else []
     matching = "with" if facts["match_index"] else "without"
     if "read_text" not in facts:  # the lexicon is stated by scored records only
         text = "reading text"
     else:
         text = f"reading text ({facts['read_text']})" if facts["read_text"] else "without --read-text"
-    return f"{facts['model']}{f' ({details})' if details else ''} {matching} --match-index, {text}"
+    stated = f" ({'; '.join(details)})" if details else ""
+    return f"{facts['model']}{stated} {matching} --match-index, {text}"
 
 
 def _check_same_scan(journal: Path, output: Path, classifier: Classifier, layout: RecordLayout) -> None:
