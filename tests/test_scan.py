@@ -18,7 +18,9 @@ from conftest import REPO, make_photo
 from wildvision import Classifier
 from wildvision.cli import main
 from wildvision.records import OPTIONAL_PARTS, read_records, write_records
-from wildvision.scan import ScanRecord, files_from_list, find_images, layout_of, scan, scan_to_file
+from wildvision.scan import (
+    ResumeError, ScanRecord, check_same_run, files_from_list, find_images, layout_of, run_facts, scan, scan_to_file,
+)
 
 # A plain scan's records: every field but the optional parts (match, text) that only some scans add.
 RECORD_FIELDS = set(ScanRecord.__dataclass_fields__) - set(OPTIONAL_PARTS)
@@ -122,6 +124,26 @@ def test_rescanning_a_grown_archive_adds_only_new_photos(archive, classifier, tm
     summary = scan_to_file(find_images(root), output, classifier)
     assert (summary.already_done, summary.scored + summary.failed) == (len(expected), 1)
     assert sorted(r["path"] for r in read_records(output)) == sorted([*expected, "new.png"])
+
+
+def test_continuing_an_output_compares_only_the_facts_its_earlier_run_left(archive, classifier, tmp_path):
+    """scan (from its first record) and spark (from its note) check the same facts; an error record states no
+    thresholds or labels, so those are not held against it, while anything it does state is."""
+    now = run_facts(classifier, layout_of(classifier))
+    an_error_record = {"model": now["model"], "match_index": False, "read_text": None}
+    check_same_run(an_error_record, now, "out.jsonl")
+    with pytest.raises(ResumeError, match="holds records of .* but this run scores with") as refused:
+        check_same_run({**now, "thresholds": "ivory=0.5/0.9"}, now, "out.jsonl")
+    assert "thresholds ivory=0.5/0.9" in str(refused.value).split("but this run")[0]
+    with pytest.raises(ResumeError, match="with --match-index"):
+        check_same_run({**an_error_record, "match_index": True}, now, "out.jsonl")
+    root, _ = archive
+    output = tmp_path / "o.jsonl"
+    scan_to_file(find_images(root), output, classifier)
+    first = json.loads(output.read_text().splitlines()[0])
+    output.write_text(json.dumps({**first, "model_digest": "sha256:0000000000000000"}) + "\n")
+    with pytest.raises(ResumeError, match="sha256:0000000000000000"):
+        scan_to_file(find_images(root), output, classifier)
 
 
 def test_sigkill_at_any_moment_then_rerun_loses_and_duplicates_nothing(model, tmp_path):

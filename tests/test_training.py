@@ -248,6 +248,39 @@ def test_export_refuses_a_model_that_disagrees(tiny_run, tmp_path, capsys):
     assert not out.exists() and not list(tmp_path.glob("*.onnx"))
 
 
+def test_staged_files_appear_together_and_only_when_every_check_passed(tmp_path):
+    """export, adapt and quantize write through `staged`: a check that raises leaves every destination as it was;
+    otherwise each file written replaces its destination, and one asked for but not written leaves its own alone."""
+    from training.artefacts import staged
+
+    model, twin, stale = tmp_path / "m.onnx", tmp_path / "m.int8.onnx", tmp_path / "m.reference.npz"
+    stale.write_text("earlier")
+    with pytest.raises(DataError):
+        with staged(tmp_path) as staging:
+            staging.path(model).write_text("new")
+            staging.path(twin).write_text("new twin")
+            raise DataError("a check failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.reference.npz"]  # no scratch folder left either
+    with staged(tmp_path) as staging:
+        staging.path(model).write_text("new")
+        staging.path(twin).write_text("new twin")
+        staging.path(stale)  # not written: the earlier file stays
+    assert (model.read_text(), twin.read_text(), stale.read_text()) == ("new", "new twin", "earlier")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int8.onnx", "m.onnx", "m.reference.npz"]
+
+
+def test_parity_names_the_largest_difference_and_the_top_labels_that_disagree():
+    from training.artefacts import check_logits
+    from training.errors import ParityError
+
+    expected = np.array([[2.0, 1.0], [0.0, 1.0]])
+    assert check_logits(expected, expected + 1e-4, 1e-3, differ="A and B differ") == pytest.approx(1e-4)
+    with pytest.raises(ParityError, match="A and B differ on 2 photos: 1 top-label disagreements"):
+        check_logits(expected, np.array([[2.0, 1.0], [1.0, 0.0]]), 10.0, differ="A and B differ")
+    with pytest.raises(ParityError, match="max logit difference 5.00e-01"):  # `also` must agree with the actual logits
+        check_logits(expected, expected, 1e-3, differ="A and B differ", also=(expected + 0.5,))
+
+
 def test_export_parity_on_photos_the_model_never_saw(tiny_run):
 
     from training.backbone import build_model

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,10 +40,13 @@ import numpy as np
 from training.adapt_config import (
     DEFAULT_MAX_FORGETTING, DEFAULT_STAY_CLOSE_ALONE, MAX_VAL_FORGETTING, AdaptConfig, parse_args,
 )
+from training.artefacts import check_logits, staged
 from training.calibration import BaseScores, ThresholdRule, calibrate, flag_rates, flags, softmax
 from training.checks import HARMLESS_PREFIX, similar_labels
-from training.data import DataSource, Sample, content_hash, label_sources, manifest_hash, parse_relabel
-from training.errors import DataError, ExportRefused, ParityError, run_command
+from training.data import (
+    DataSource, Sample, content_hash, label_sources, manifest_hash, parse_relabel, spread,
+)
+from training.errors import DataError, ExportRefused, run_command
 from training.features import batch_features, compute_features
 from training.head import DEFAULT_STAY_CLOSE, Head, cross_fit, fit_head
 from training.metrics import measure
@@ -591,24 +593,20 @@ def _fingerprint(samples: list[Sample]) -> dict[str, object]:
 def _write(args: AdaptConfig, base: Classifier, head: Head, info: ModelInfo, labelled: list[Sample]) -> None:
     """Write the model (and its int8 twin) only after the checks passed; nothing appears at --out otherwise."""
     side = base.info.preprocessing.input_size
-    checked = set(_spread(labelled, args.parity_photos))
+    checked = set(spread(labelled, args.parity_photos))
     photos = [load_image(s.path, min_side=side) for s in sorted(checked, key=lambda s: str(s.path))]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    twin = twin_path(args.out, "int8")
-    with tempfile.TemporaryDirectory(dir=args.out.parent) as scratch:
-        candidate = Path(scratch) / args.out.name
+    with staged(args.out.parent) as staging:  # nothing appears at --out (nor its twin) unless every check passed
+        candidate = staging.path(args.out)
         write_with_head(args.model, head, info, candidate)
         difference = check_head_parity(base, head, candidate, photos, args.tolerance)
         print(f"parity on {len(photos)} photos: max logit difference {difference:.2e}")
         if args.int8:
             # int8 ranges from photos other than those its agreement is checked on
             rest = [s for s in labelled if s not in checked] or labelled
-            calibration = [load_image(s.path, min_side=side) for s in _spread(rest, 100)]
-            agreement = quantize_model(candidate, Path(scratch) / twin.name, calibration, parity_photos=photos)
+            calibration = [load_image(s.path, min_side=side) for s in spread(rest, 100)]
+            twin = staging.path(twin_path(args.out, "int8"))
+            agreement = quantize_model(candidate, twin, calibration, parity_photos=photos)
             print(f"int8: against float32, {agreement}")
-        candidate.replace(args.out)
-        if args.int8:
-            (Path(scratch) / twin.name).replace(twin)
 
 
 def check_head_parity(base: Classifier, head: Head, candidate: Path, photos: list, tolerance: float) -> float:
@@ -622,17 +620,8 @@ def check_head_parity(base: Classifier, head: Head, candidate: Path, photos: lis
     adapted = Classifier(candidate)
     actual, maps = adapted.outputs(batch, ("logits", "activation_map"))
     from_maps = maps.mean(axis=(2, 3)) + head.bias
-    difference = float(max(np.abs(expected - actual).max(), np.abs(from_maps - actual).max()))
-    disagreements = int((expected.argmax(1) != actual.argmax(1)).sum())
-    if disagreements or difference > tolerance:
-        raise ParityError(f"the written model differs from the fitted head on {len(photos)} photos: {disagreements} "
-                          f"top-label disagreements, max logit difference {difference:.2e} (tolerance {tolerance:.0e})")
-    return difference
-
-
-def _spread(samples: list[Sample], count: int) -> list[Sample]:
-    step = max(1, len(samples) // max(count, 1))
-    return samples[::step][:count]
+    return check_logits(expected, actual, tolerance, differ="the written model differs from the fitted head",
+                        also=(from_maps,))
 
 
 def _print_summary(info: ModelInfo, metrics: dict[str, object], seconds: float) -> None:

@@ -28,7 +28,8 @@ from training.calibration import flag_rates, softmax
 from training.data import DataSource, Sample, label_sources, parse_relabel
 from training.errors import DataError, run_command
 from training.features import compute_features
-from training.gallery import figure, page, table
+from training.gallery import cell_text as _text  # a value as the HTML tables show it
+from training.gallery import escape, figure, page, table
 from training.metrics import auc, fraction
 from training.onnx_head import HeadNotReadable, network_digest, read_head
 from training.reference import ReferenceData, find_reference
@@ -141,10 +142,6 @@ def format_comparison(comparison: Comparison) -> str:
     return "\n".join(lines)
 
 
-def _text(value: object) -> str:
-    return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
 def write_html(comparison: Comparison, samples: Sequence[Sample], path: Path) -> None:
     first, second = comparison.models
     label_rows = [[label, row["photos"], *row["auc"], *row.get("recall_flagged", (None, None)),
@@ -162,7 +159,7 @@ def write_html(comparison: Comparison, samples: Sequence[Sample], path: Path) ->
          table(["source", "photos", "flagged A", "flagged B", "blocked A", "blocked B"], harmless_rows)),
     ]
     for kind, items in comparison.changed.items():
-        shown = "".join(figure(samples[i].path, f"{samples[i].label} · {samples[i].path.name}")
+        shown = "".join(figure(samples[i].path, escape(f"{samples[i].label} · {samples[i].path.name}"))
                         for i in items[:_CHANGED_SHOWN])
         sections.append((f"{kind} ({len(items)})", f"Photos whose decision moved between allow and review/block "
                          f"({min(len(items), _CHANGED_SHOWN)} shown).", f'<div class="gallery">{shown}</div>'))

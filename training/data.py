@@ -24,8 +24,8 @@ from wildvision.scan import IMAGE_SUFFIXES
 
 __all__ = ["DEFAULT_CALIB_FRACTION", "DEFAULT_VAL_FRACTION", "MIN_CALIB_PHOTOS", "DataSource", "Sample", "SplitReport",
            "assign_splits", "content_hash", "file_digest", "label_sources", "list_samples_like", "load_samples",
-           "manifest_hash",
-           "parse_relabel", "prepare_samples", "prepare_samples_like", "sources_from_config", "summarise"]
+           "manifest_hash", "parse_relabel", "prepare_samples", "prepare_samples_like", "sources_from_config", "spread",
+           "summarise"]
 
 
 MIN_CALIB_PHOTOS = 2  # per label: temperature and thresholds need a label's photos among the held-out ones
@@ -242,6 +242,13 @@ def file_digest(path: Path) -> str:
         return file_sha256(path)
     except OSError:
         return "unreadable"
+
+
+def spread(samples: Sequence[Sample], count: int) -> list[Sample]:
+    """Every n-th sample, up to `count`: samples come grouped by label, so the choice spreads over the labels (the
+    photos export and adapt check parity and calibrate int8 on)."""
+    step = max(1, len(samples) // max(count, 1))
+    return list(samples[::step][:count])
 
 
 def summarise(samples: Iterable[Sample]) -> dict[str, object]:

@@ -21,17 +21,16 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
+from training.artefacts import check_logits, set_model_info, staged
 from training.backbone import build_model
 from training.checkpoint import load_checkpoint
-from training.data import Sample
+from training.data import Sample, spread
 from training.errors import CheckpointError, DataError, ParityError, run_command
 from training.evaluation import evaluate
 from training.pretrained import TwoTailNetwork
@@ -42,7 +41,7 @@ from training.reference import reference_path, write_model_reference
 from training.split import SPLIT_FILE, load_split
 from wildvision.classifier import Classifier, twin_path
 from wildvision.images import ImageLoadError, load_image
-from wildvision.model_info import METADATA_KEY, OUTPUT_NAMES, ModelInfo, OperatingPoint, Preprocessing
+from wildvision.model_info import OUTPUT_NAMES, ModelInfo, OperatingPoint, Preprocessing
 
 __all__ = ["ParityError", "main", "model_from_checkpoint", "model_info_from_checkpoint"]
 
@@ -84,24 +83,20 @@ def export(args: argparse.Namespace) -> int:
     photos = parity_photos(samples, args.parity_photos)
     twin = twin_path(args.out, "int8")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=args.out.parent) as scratch:
-        candidate = Path(scratch) / args.out.name
+    with staged(args.out.parent) as staging:  # only a model that passed every check ever appears at --out
+        candidate = staging.path(args.out)
         write_onnx(model, info, candidate)
         difference = check_parity(model, candidate, photos, args.tolerance)
         quantized = None
         if args.int8:
+            staging.path(twin)  # export_int8 writes it beside the candidate
             quantized = export_int8(
                 candidate, samples, info.preprocessing.input_size, photos,
                 calibration_count=args.int8_calibration_photos, min_agreement=args.int8_min_agreement,
                 max_probability_difference=args.int8_max_probability_difference,
             )
         # The reference is computed by the checked model itself, so its vectors are the ones adapt will compute.
-        reference = write_model_reference(candidate, samples)
-        candidate.replace(args.out)  # only a model that passed the parity check ever appears at --out
-        reference.replace(reference_path(args.out))
-        if quantized is not None:
-            quantized.replace(twin)
+        write_model_reference(candidate, samples, out=staging.path(reference_path(args.out)))
     print(f"wrote {args.out} ({info.full_name}); parity on {len(photos)} photos: max logit difference {difference:.2e}")
     if quantized is not None:
         print(f"wrote {twin}")
@@ -199,8 +194,7 @@ def write_onnx(model: torch.nn.Module, info: ModelInfo, path: Path) -> None:
         output_names=list(OUTPUT_NAMES), dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False,
     )
     graph = program.model_proto
-    entry = graph.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, info.to_json()
+    set_model_info(graph, info)
     graph.producer_name = "wildvision"
     onnx.checker.check_model(graph)
     onnx.save(graph, str(path))
@@ -209,7 +203,7 @@ def write_onnx(model: torch.nn.Module, info: ModelInfo, path: Path) -> None:
 def parity_photos(samples: Sequence[Sample], count: int) -> list:
     """Up to `count` real validation photos (clean, as users would send them), spread over the labels."""
     val = [s for s in samples if s.split == "val"] or list(samples)
-    return [load_image(s.path) for s in _spread(val, count)]
+    return [load_image(s.path) for s in spread(val, count)]
 
 
 def calibration_samples(samples: Sequence[Sample], count: int) -> list[Sample]:
@@ -217,13 +211,7 @@ def calibration_samples(samples: Sequence[Sample], count: int) -> list[Sample]:
     calib = [s for s in samples if s.split == "calib"]
     if not calib:
         raise DataError("no calib photos in the checkpoint's split to calibrate an int8 model on (calib_fraction 0?)")
-    return _spread(calib, count)
-
-
-def _spread(samples: list[Sample], count: int) -> list[Sample]:
-    """Every n-th sample, up to `count`: samples come grouped by label, so this spreads the choice over them."""
-    step = max(1, len(samples) // count)
-    return samples[::step][:count]
+    return spread(calib, count)
 
 
 def _load_photos(samples: list[Sample], input_size: int) -> list:
@@ -245,13 +233,7 @@ def check_parity(model: torch.nn.Module, onnx_path: Path, photos: list, toleranc
     batch = classifier.prepare_images(photos)
     with torch.no_grad():
         expected = model(torch.from_numpy(batch)).numpy()
-    actual = classifier.logits(batch)
-    difference = float(np.abs(expected - actual).max())
-    disagreements = int((expected.argmax(1) != actual.argmax(1)).sum())
-    if disagreements or difference > tolerance:
-        raise ParityError(f"onnxruntime and PyTorch differ on {len(photos)} photos: {disagreements} top-label "
-                          f"disagreements, max logit difference {difference:.2e} (tolerance {tolerance:.0e})")
-    return difference
+    return check_logits(expected, classifier.logits(batch), tolerance, differ="onnxruntime and PyTorch differ")
 
 
 if __name__ == "__main__":

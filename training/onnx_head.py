@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from training.artefacts import set_model_info
 from training.errors import DataError
 from training.head import Head
 from wildvision.model_info import METADATA_KEY, ModelInfo
@@ -63,11 +64,7 @@ def write_with_head(base: Path, head: Head, info: ModelInfo, out: Path) -> None:
         if output.name in ("logits", "activation_map"):
             output.type.tensor_type.shape.dim[1].dim_value = len(info.labels)
     del graph.value_info[:]  # intermediate shapes recorded for the old label count; onnxruntime infers its own
-    kept = [entry for entry in model.metadata_props if entry.key != METADATA_KEY]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, info.to_json()
+    set_model_info(model, info)
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
 

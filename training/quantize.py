@@ -10,7 +10,6 @@ logits.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
@@ -20,9 +19,10 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from PIL import Image
 
+from training.artefacts import set_model_info, staged
 from training.errors import DataError, ExportRefused
 from wildvision.classifier import Classifier
-from wildvision.model_info import METADATA_KEY, ModelInfo
+from wildvision.model_info import ModelInfo
 
 __all__ = ["DEFAULT_MAX_PROBABILITY_DIFFERENCE", "DEFAULT_MIN_AGREEMENT", "Agreement", "QuantizationError",
            "compare", "quantize_model", "write_model_info"]
@@ -67,16 +67,14 @@ def quantize_model(
     if not calibration_photos or not parity_photos:
         raise DataError("quantisation needs calibration photos and held-out parity photos")
     reference = Classifier(float_model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
-        candidate = Path(scratch) / out.name
-        _quantize(reference, Path(scratch), candidate, calibration_photos)
+    with staged(out.parent) as staging:  # only an int8 model that passed the check ever appears at `out`
+        candidate = staging.path(out)
+        _quantize(reference, staging.folder, candidate, calibration_photos)
         write_model_info(candidate, replace(reference.info, precision="int8"))
         agreement = compare(reference, Classifier(candidate), parity_photos)
         if agreement.top_label < min_agreement or agreement.mean_probability_difference > max_probability_difference:
             raise QuantizationError(f"the int8 model disagrees with {float_model.name}: {agreement} (needs top label "
                                     f">= {min_agreement:.1%}, probability difference <= {max_probability_difference})")
-        candidate.replace(out)  # only an int8 model that passed the check ever appears at `out`
     return agreement
 
 
@@ -96,11 +94,7 @@ def write_model_info(path: Path, info: ModelInfo) -> None:
     import onnx  # the [train] extra, like everything in training/
 
     model = onnx.load(str(path))
-    kept = [entry for entry in model.metadata_props if entry.key != METADATA_KEY]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, info.to_json()
+    set_model_info(model, info)
     onnx.save(model, str(path))
 
 

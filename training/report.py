@@ -6,14 +6,12 @@ can be attached to a review, mailed or opened offline long after the data has mo
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 import os
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -31,8 +29,9 @@ from training.audit import rank_doubts
 from training.calibration import expected_calibration_error, softmax
 from training.data import Sample
 from training.evaluation import Evaluation
+from training.gallery import document, escape, image, section, table
+from training.gallery import figure as photo_figure
 from training.metrics import Curve, precision_recall_curve, roc_curve, wilson_interval
-from wildvision.images import load_image
 from wildvision.model_info import ModelInfo
 
 __all__ = ["write_report"]
@@ -49,20 +48,6 @@ _DECISIONS = {
     "harmless_flagged": "harmless photos sent to review or blocked",
 }
 
-_STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
-h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; } h3 { margin-bottom: 0.3em; }
-table { border-collapse: collapse; margin: 0.5em 0; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-th { background: #f2f2f2; }
-p.note { color: #555; font-size: 0.9em; }
-img.plot { max-width: 100%; }
-.gallery { display: flex; flex-wrap: wrap; gap: 0.6em; }
-.gallery figure { margin: 0; width: 170px; font-size: 0.8em; overflow-wrap: anywhere; }
-"""
-
-
 def write_report(evaluation: Evaluation, info: ModelInfo, path: Path) -> None:
     """Write the report of `evaluation`, a measurement of the model `info` describes, to `path` as one HTML file."""
     labels = list(info.labels)
@@ -70,25 +55,20 @@ def write_report(evaluation: Evaluation, info: ModelInfo, path: Path) -> None:
     predicted = evaluation.probabilities.argmax(axis=1)
     sections = [
         _header(evaluation, info),
-        _per_label_section(evaluation.metrics, info),
-        _confusion_section(targets, predicted, labels),
-        _curves_section(evaluation.probabilities, targets, info),
-        _calibration_section(evaluation, targets, info.temperature),
-        _operating_points_section(info, evaluation.metrics),
-        _open_world_section(evaluation, info),
-        _sources_section(evaluation.metrics),
-        _kinds_section(evaluation.samples, predicted == targets),
-        _gallery_section(evaluation, targets, info),
-        _doubts_section(evaluation, info),
-        _provenance_section(info),
+        _per_labelsection(evaluation.metrics, info),
+        _confusionsection(targets, predicted, labels),
+        _curvessection(evaluation.probabilities, targets, info),
+        _calibrationsection(evaluation, targets, info.temperature),
+        _operating_pointssection(info, evaluation.metrics),
+        _open_worldsection(evaluation, info),
+        _sourcessection(evaluation.metrics),
+        _kindssection(evaluation.samples, predicted == targets),
+        _gallerysection(evaluation, targets, info),
+        _doubtssection(evaluation, info),
+        _provenancesection(info),
     ]
-    title = html.escape(f"{info.full_name} evaluation report")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
-        f"<style>{_STYLE}</style>\n</head>\n<body>\n" + "\n".join(sections) + "\n</body>\n</html>\n",
-        encoding="utf-8",
-    )
+    path.write_text(document(f"{info.full_name} evaluation report", "\n".join(sections)), encoding="utf-8")
 
 
 def _header(evaluation: Evaluation, info: ModelInfo) -> str:
@@ -102,28 +82,28 @@ def _header(evaluation: Evaluation, info: ModelInfo) -> str:
         "accuracy": evaluation.metrics["accuracy"],
         "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
-    unreadable = "".join(f"<li>{_escape(message)}</li>" for message in evaluation.unreadable)
+    unreadable = "".join(f"<li>{escape(message)}</li>" for message in evaluation.unreadable)
     listing = f"<details><summary>unreadable photos</summary><ul>{unreadable}</ul></details>" if unreadable else ""
-    return f"<h1>{_escape(info.full_name)}: evaluation report</h1>\n{_table((), facts.items())}{listing}"
+    return f"<h1>{escape(info.full_name)}: evaluation report</h1>\n{table((), facts.items())}{listing}"
 
 
-def _per_label_section(metrics: Mapping[str, object], info: ModelInfo) -> str:
+def _per_labelsection(metrics: Mapping[str, object], info: ModelInfo) -> str:
     rows = [
         (label, "yes" if label in info.operating_points else "no", values["photos"],
          values["precision"], values["recall"], values["f1"])
         for label, values in metrics["per_label"].items()
     ]
-    table = _table(("label", "prohibited", "photos", "precision", "recall", "F1"), rows, table_id="per-label")
-    return _section("Per-label metrics", "Of the top label (highest calibrated score) per photo.", table)
+    shown = table(("label", "prohibited", "photos", "precision", "recall", "F1"), rows, table_id="per-label")
+    return section("Per-label metrics", "Of the top label (highest calibrated score) per photo.", shown)
 
 
-def _confusion_section(targets: np.ndarray, predicted: np.ndarray, labels: Sequence[str]) -> str:
+def _confusionsection(targets: np.ndarray, predicted: np.ndarray, labels: Sequence[str]) -> str:
     matrix = np.zeros((len(labels), len(labels)), dtype=int)
     np.add.at(matrix, (targets, predicted), 1)
     rows = [(f"true {label}", *counts) for label, counts in zip(labels, matrix.tolist())]
-    table = _table(("", *(f"predicted {label}" for label in labels)), rows, table_id="confusion")
-    return _section("Confusion matrix", "Photos counted by true label (rows) and top label (columns).",
-                    _plot(_confusion_figure(matrix, labels), "confusion matrix") + table)
+    shown = table(("", *(f"predicted {label}" for label in labels)), rows, table_id="confusion")
+    return section("Confusion matrix", "Photos counted by true label (rows) and top label (columns).",
+                    _plot(_confusion_figure(matrix, labels), "confusion matrix") + shown)
 
 
 def _confusion_figure(matrix: np.ndarray, labels: Sequence[str]) -> Figure:
@@ -141,7 +121,7 @@ def _confusion_figure(matrix: np.ndarray, labels: Sequence[str]) -> Figure:
     return figure
 
 
-def _curves_section(probabilities: np.ndarray, targets: np.ndarray, info: ModelInfo) -> str:
+def _curvessection(probabilities: np.ndarray, targets: np.ndarray, info: ModelInfo) -> str:
     curves, rows, missing = {}, [], []
     for label in info.operating_points:
         index = info.labels.index(label)
@@ -157,8 +137,8 @@ def _curves_section(probabilities: np.ndarray, targets: np.ndarray, info: ModelI
     if missing:
         note += f" No curve for {', '.join(missing)}: the split lacks either its photos or all others."
     plot = _plot(_curves_figure(curves), "ROC and precision-recall curves") if curves else ""
-    table = _table(("label", "positives", "negatives", "ROC AUC", "average precision"), rows, table_id="curves")
-    return _section("ROC and precision-recall curves", note, plot + table)
+    shown = table(("label", "positives", "negatives", "ROC AUC", "average precision"), rows, table_id="curves")
+    return section("ROC and precision-recall curves", note, plot + shown)
 
 
 def _curves_figure(curves: Mapping[str, tuple[Curve, Curve]]) -> Figure:
@@ -178,7 +158,7 @@ def _curves_figure(curves: Mapping[str, tuple[Curve, Curve]]) -> Figure:
     return figure
 
 
-def _calibration_section(evaluation: Evaluation, targets: np.ndarray, temperature: float) -> str:
+def _calibrationsection(evaluation: Evaluation, targets: np.ndarray, temperature: float) -> str:
     before, after = softmax(evaluation.logits), evaluation.probabilities
     errors = [expected_calibration_error(p, targets, CALIBRATION_BINS) for p in (before, after)]
     titles = ("before calibration", f"after calibration (T = {temperature:.3f})")
@@ -187,7 +167,7 @@ def _calibration_section(evaluation: Evaluation, targets: np.ndarray, temperatur
         _reliability_diagram(axes, probabilities, targets, f"{title}, ECE {error:.4f}")
     note = (f"Accuracy of the top label against its score, in {CALIBRATION_BINS} equal-width bins; a calibrated model "
             f"follows the diagonal. Expected calibration error before: {errors[0]:.4f}, after: {errors[1]:.4f}.")
-    return _section("Calibration", note, _plot(figure, "reliability diagrams before and after calibration"))
+    return section("Calibration", note, _plot(figure, "reliability diagrams before and after calibration"))
 
 
 def _reliability_diagram(axes: Axes, probabilities: np.ndarray, targets: np.ndarray, title: str) -> None:
@@ -207,18 +187,18 @@ def _reliability_diagram(axes: Axes, probabilities: np.ndarray, targets: np.ndar
     axes.legend(loc="upper left", fontsize=8)
 
 
-def _operating_points_section(info: ModelInfo, metrics: Mapping[str, object]) -> str:
+def _operating_pointssection(info: ModelInfo, metrics: Mapping[str, object]) -> str:
     # Six decimals: a block threshold can sit a hair under 1, which four would round to 1.0000.
     points = [(label, f"{point.review:.6f}", f"{point.block:.6f}") for label, point in info.operating_points.items()]
     decisions = [(_DECISIONS.get(key, key), rate) for key, rate in metrics["decisions"].items()]
     note = ("A photo is sent to review when a prohibited label's calibrated score reaches its review threshold, and "
             "blocked when it reaches the block threshold. Rates are over this split's photos.")
-    body = (_table(("prohibited label", "review at", "block at"), points, table_id="operating-points")
-            + _table(("decision", "rate"), decisions, table_id="decisions"))
-    return _section("Operating points and decisions", note, body)
+    body = (table(("prohibited label", "review at", "block at"), points, table_id="operating-points")
+            + table(("decision", "rate"), decisions, table_id="decisions"))
+    return section("Operating points and decisions", note, body)
 
 
-def _open_world_section(evaluation: Evaluation, info: ModelInfo) -> str:
+def _open_worldsection(evaluation: Evaluation, info: ModelInfo) -> str:
     """Where the thresholds flag harmless photos, per data source, source and kind; what they catch; the near misses."""
     metrics = evaluation.metrics
     harmless_columns = ("harmless photos", "flagged (95 % interval)", "blocked (95 % interval)")
@@ -227,24 +207,24 @@ def _open_world_section(evaluation: Evaluation, info: ModelInfo) -> str:
                                  ("by source", "decisions_by_source", "open-world-sources")):
         rows = [(name, *_harmless_cells(values)) for name, values in metrics[key].items() if values["harmless"]]
         parts.append(f"<h3>Harmless photos flagged, {title}</h3>\n"
-                     + _table((title.split()[-1], *harmless_columns), rows, table_id=table_id))
+                     + table((title.split()[-1], *harmless_columns), rows, table_id=table_id))
     kinds = [(name, *_harmless_cells(values), values["harmless_flagged"])
              for name, values in metrics["decisions_by_kind"].items() if values["harmless"]]
     kinds.sort(key=lambda row: (-row[-1], row[0]))
     parts.append("<h3>Harmless photos flagged, by kind (most flagged first)</h3>\n"
-                 + _table(("kind", *harmless_columns), [row[:-1] for row in kinds], table_id="open-world-kinds"))
+                 + table(("kind", *harmless_columns), [row[:-1] for row in kinds], table_id="open-world-kinds"))
     recall = [(name, values["prohibited"], _with_interval(values["prohibited_flagged"], values["prohibited"]),
                _with_interval(values["prohibited_blocked"], values["prohibited"]))
               for name, values in metrics["decisions_by_source"].items() if values["prohibited"]]
     parts.append("<h3>Prohibited photos caught at these thresholds, by source</h3>\n"
-                 + _table(("source", "prohibited photos", "sent at least to review", "blocked"), recall,
+                 + table(("source", "prohibited photos", "sent at least to review", "blocked"), recall,
                           table_id="open-world-recall"))
     parts.append(f"<h3>The {OPEN_WORLD_GALLERY_SIZE} harmless photos with the highest scores</h3>\n"
                  + _nearest_false_alarms(evaluation, info))
     note = ("A marketplace sees mostly harmless photos of every kind: these tables show how many of them the shipped "
             "thresholds send to review (flagged: review or block) or block, and how much of each source's prohibited "
             "photos the same thresholds catch. Intervals are 95 % Wilson intervals: a rate on few photos is a rough one.")
-    return _section("Open world", note, "\n".join(parts))
+    return section("Open world", note, "\n".join(parts))
 
 
 def _harmless_cells(values: Mapping[str, object]) -> tuple[object, str, str]:
@@ -277,8 +257,8 @@ def _nearest_false_alarms(evaluation: Evaluation, info: ModelInfo) -> str:
 def _caption(sample: Sample, label: str, score: float) -> str:
     """What a reader needs to find and judge a thumbnail: the score, what the photo is, where it came from."""
     kind = f"{sample.kind}, " if sample.kind and sample.kind != sample.label else ""
-    return (f"{_escape(label)} {score:.3f}<br>{_escape(sample.label)} ({_escape(kind)}{_escape(sample.source)})"
-            f"<br><small>{_escape(_short_path(sample))}</small>")
+    return (f"{escape(label)} {score:.3f}<br>{escape(sample.label)} ({escape(kind)}{escape(sample.source)})"
+            f"<br><small>{escape(_short_path(sample))}</small>")
 
 
 def _short_path(sample: Sample) -> str:
@@ -287,17 +267,17 @@ def _short_path(sample: Sample) -> str:
     return "/".join(parts[parts.index(sample.dataset):]) if sample.dataset in parts else str(sample.path)
 
 
-def _sources_section(metrics: Mapping[str, object]) -> str:
+def _sourcessection(metrics: Mapping[str, object]) -> str:
     parts = []
     for title, key in (("data source", "accuracy_by_dataset"), ("source", "accuracy_by_source")):
         rows = [(name, values["photos"], _with_interval(values["accuracy"], values["photos"]))
                 for name, values in metrics[key].items()]
-        parts.append(_table((title, "photos", "accuracy (95 % interval)"), rows, table_id=key.replace("_", "-")))
+        parts.append(table((title, "photos", "accuracy (95 % interval)"), rows, table_id=key.replace("_", "-")))
     note = "Top-label accuracy per data source and per source within them."
-    return _section("Accuracy by source", note, "".join(parts))
+    return section("Accuracy by source", note, "".join(parts))
 
 
-def _kinds_section(samples: Sequence[Sample], correct: np.ndarray) -> str:
+def _kindssection(samples: Sequence[Sample], correct: np.ndarray) -> str:
     groups: dict[str, list[bool]] = defaultdict(list)
     for sample, flag in zip(samples, correct):  # as in metrics, a photo without a kind counts under its label
         groups[sample.kind or sample.label].append(bool(flag))
@@ -305,11 +285,11 @@ def _kinds_section(samples: Sequence[Sample], correct: np.ndarray) -> str:
     rows.sort(key=lambda row: (row[2], -row[3], row[0]))
     rows = [(kind, photos, _with_interval(accuracy, photos), errors) for kind, photos, accuracy, errors in rows]
     note = "Top-label accuracy per kind of photo, worst first, with 95 % Wilson intervals."
-    table = _table(("kind", "photos", "accuracy (95 % interval)", "errors"), rows, table_id="kinds")
-    return _section("Errors by kind", note, table)
+    shown = table(("kind", "photos", "accuracy (95 % interval)", "errors"), rows, table_id="kinds")
+    return section("Errors by kind", note, shown)
 
 
-def _provenance_section(info: ModelInfo) -> str:
+def _provenancesection(info: ModelInfo) -> str:
     """How the model was made: its training options, each data source's fingerprint, and the loss per epoch."""
     training = info.training
     config = training.get("config", {})
@@ -317,20 +297,20 @@ def _provenance_section(info: ModelInfo) -> str:
     datasets = training.get("data", {}).get("datasets", {})
     sources = [(name, values.get("photos"), values.get("manifest_sha256", "")[:16]) for name, values in datasets.items()]
     losses = [(epoch, loss) for epoch, loss in enumerate(training.get("history", {}).get("loss", []), start=1)]
-    body = (_table((), [("architecture", training.get("architecture")), ("trained", training.get("created")),
+    body = (table((), [("architecture", training.get("architecture")), ("trained", training.get("created")),
                         ("parent model", training.get("parent") or "none (ImageNet weights)")])
-            + "<h3>Data sources</h3>\n" + _table(("source", "photos", "fingerprint (SHA-256, first 16)"), sources,
+            + "<h3>Data sources</h3>\n" + table(("source", "photos", "fingerprint (SHA-256, first 16)"), sources,
                                                 table_id="provenance-data")
-            + "<h3>Mean training loss per epoch</h3>\n" + _table(("epoch", "loss"), losses, table_id="provenance-loss")
-            + "<details><summary>training options</summary>" + _table(("option", "value"), settings) + "</details>")
-    return _section("How this model was trained", "As recorded in the model file.", body)
+            + "<h3>Mean training loss per epoch</h3>\n" + table(("epoch", "loss"), losses, table_id="provenance-loss")
+            + "<details><summary>training options</summary>" + table(("option", "value"), settings) + "</details>")
+    return section("How this model was trained", "As recorded in the model file.", body)
 
 
 def _setting(value: object) -> str:
     return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def _gallery_section(evaluation: Evaluation, targets: np.ndarray, info: ModelInfo) -> str:
+def _gallerysection(evaluation: Evaluation, targets: np.ndarray, info: ModelInfo) -> str:
     probabilities, parts = evaluation.probabilities, []
     predicted = probabilities.argmax(axis=1)
     for label in info.operating_points:
@@ -343,25 +323,25 @@ def _gallery_section(evaluation: Evaluation, targets: np.ndarray, info: ModelInf
             f"{label}: false negatives": false_negatives[np.argsort(scores[false_negatives], kind="stable")],
         }
         for title, indices in worst.items():
-            parts.append(f"<h3>{_escape(title)}</h3>\n" + _gallery(evaluation, indices[:GALLERY_SIZE], label, info))
+            parts.append(f"<h3>{escape(title)}</h3>\n" + _gallery(evaluation, indices[:GALLERY_SIZE], label, info))
     note = (f"Up to {GALLERY_SIZE} photos each, most confident mistake first. A false positive is another label's "
             "photo whose top label is the prohibited one; a false negative is the reverse. The score is the "
             "prohibited label's calibrated score.")
-    return _section("Worst mistakes", note, "\n".join(parts))
+    return section("Worst mistakes", note, "\n".join(parts))
 
 
-def _doubts_section(evaluation: Evaluation, info: ModelInfo) -> str:
+def _doubtssection(evaluation: Evaluation, info: ModelInfo) -> str:
     doubts = rank_doubts(evaluation, info.labels)[:GALLERY_SIZE]
     figures = []
     for doubt in doubts:
         sample = doubt.sample
-        caption = (f"{_escape(sample.path.name)}<br>given: {_escape(sample.label)} ({doubt.label_score:.3f})"
-                   f"<br>model: {_escape(doubt.top_label)} ({doubt.top_score:.3f})"
-                   + (f"<br><i>{_escape(sample.description[:120])}</i>" if sample.description else ""))
+        caption = (f"{escape(sample.path.name)}<br>given: {escape(sample.label)} ({doubt.label_score:.3f})"
+                   f"<br>model: {escape(doubt.top_label)} ({doubt.top_score:.3f})"
+                   + (f"<br><i>{escape(sample.description[:120])}</i>" if sample.description else ""))
         figures.append(_figure(sample, caption))
     note = (f"The {GALLERY_SIZE} photos whose given label the model believes least, of every label. Some are model "
             "mistakes, some are wrong labels: check them. `--audit FILE.csv` writes the whole ranking.")
-    return _section("Doubtful labels", note, '<div class="gallery" id="doubts">' + "".join(figures) + "</div>")
+    return section("Doubtful labels", note, '<div class="gallery" id="doubts">' + "".join(figures) + "</div>")
 
 
 def _gallery(evaluation: Evaluation, indices: np.ndarray, label: str, info: ModelInfo) -> str:
@@ -375,45 +355,10 @@ def _gallery(evaluation: Evaluation, indices: np.ndarray, label: str, info: Mode
 
 
 def _figure(sample: Sample, caption: str) -> str:
-    image = _image("jpeg", _thumbnail(sample.path), sample.path.name, css_class="thumbnail")
-    return f"<figure>{image}<figcaption>{caption}</figcaption></figure>"
-
-
-def _thumbnail(path: Path) -> bytes:
-    image = load_image(path, min_side=THUMBNAIL_SIDE)  # upright RGB, as the model saw it; JPEGs decode reduced
-    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=80)
-    return buffer.getvalue()
+    return photo_figure(sample.path, caption, THUMBNAIL_SIDE)
 
 
 def _plot(figure: Figure, alt: str) -> str:
     buffer = io.BytesIO()
     FigureCanvasAgg(figure).print_png(buffer)
-    return _image("png", buffer.getvalue(), alt, css_class="plot")
-
-
-def _image(kind: str, data: bytes, alt: str, *, css_class: str) -> str:
-    encoded = base64.b64encode(data).decode("ascii")
-    return f'<img class="{css_class}" alt="{_escape(alt)}" src="data:image/{kind};base64,{encoded}">'
-
-
-def _section(title: str, note: str, body: str) -> str:
-    return f'<section>\n<h2>{_escape(title)}</h2>\n<p class="note">{_escape(note)}</p>\n{body}\n</section>'
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence[object]], *, table_id: str = "") -> str:
-    """A table of escaped cells; without `header`, a table of facts with no heading row."""
-    head = "<tr>" + "".join(f"<th>{_escape(cell)}</th>" for cell in header) + "</tr>\n" if header else ""
-    body = "".join("<tr>" + "".join(f"<td>{_escape(cell)}</td>" for cell in row) + "</tr>\n" for row in rows)
-    identity = f' id="{table_id}"' if table_id else ""
-    return f"<table{identity}>\n{head}{body}</table>\n"
-
-
-def _escape(value: object) -> str:
-    """Any cell or caption as escaped text; an undefined metric (nothing to take it over) shows as n/a."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return html.escape(str(value))
+    return image("png", buffer.getvalue(), alt, css_class="plot")

@@ -31,7 +31,7 @@ import numpy as np
 
 from training.errors import DataError, run_command
 from training.features import compute_features
-from training.gallery import data_uri, figure, page
+from training.gallery import data_uri, escape, figure, page
 from wildvision.classifier import Classifier
 from wildvision.records import read_records
 from wildvision.scan import find_images
@@ -200,8 +200,8 @@ def _write_contact_sheet(path: Path, rows: list[dict[str, str]], out: Path) -> N
     sections = []
     for reason, note in REASONS.items():
         chosen = [row for row in rows if row["reason"] == reason]
-        body = "".join(figure(out / row["path"], f"{row['path']} · suggested {row['suggested']} · "
-                              f"{row['prohibited_score']}") for row in chosen)
+        body = "".join(figure(out / row["path"], escape(f"{row['path']} · suggested {row['suggested']} · "
+                                                     f"{row['prohibited_score']}")) for row in chosen)
         sections.append((f"{reason.replace('_', ' ')} ({len(chosen)})", note, f'<div class="gallery">{body}</div>'))
     path.write_text(page("Photos to label", sections), encoding="utf-8")
 

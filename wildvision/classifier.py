@@ -7,7 +7,7 @@ threads (onnxruntime's `run` is thread-safe) and should be: loading a model cost
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Iterable, Literal, Mapping, Sequence
@@ -65,6 +65,17 @@ class ModelIdentity:
 
     def __str__(self) -> str:
         return f"{self.name}@{self.version} {self.precision} {self.digest}"
+
+    def to_fields(self) -> dict[str, str]:
+        """The identity as flat fields, the one spelling that records, responses and index files use:
+        `model_name`, `model_version`, `model_precision`, `model_digest`."""
+        return {f"model_{name}": value for name, value in asdict(self).items()}
+
+    @classmethod
+    def of_fields(cls, values: Mapping[str, object], missing: str = "unknown") -> ModelIdentity:
+        """The identity that `to_fields` flattened; a field that older files lack reads as `missing`."""
+        return cls(*(str(values.get(f"model_{field.name}", missing))  # type: ignore[arg-type]
+                     for field in fields(cls)))
 
 
 @dataclass(frozen=True)
@@ -436,15 +447,11 @@ class Classifier:
         self, probabilities: np.ndarray, operating_points: Mapping[str, OperatingPoint], thresholds: str
     ) -> Prediction:
         scores = {label: float(p) for label, p in zip(self.info.labels, probabilities)}
-        identity = self.identity
         return Prediction(
             scores=scores,
             label=self.info.labels[int(np.argmax(probabilities))],
             decision=decide(scores, operating_points),
-            model_name=identity.name,
-            model_version=identity.version,
-            model_precision=identity.precision,
-            model_digest=identity.digest,
+            **self.identity.to_fields(),
             thresholds=thresholds,
         )
 

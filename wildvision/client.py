@@ -116,10 +116,7 @@ class Client:
         cannot read raises an `ImageLoadError` naming its position and source, as `Classifier.predict_batch` does."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        images = list(images)
-        sources = [describe_source(image) for image in images]
-        photos = [_photo_bytes(image, f"photo {position} ({source})") for position, (image, source)
-                  in enumerate(zip(images, sources))]
+        sources, photos = _numbered_photos(images)
         predictions: list[Prediction] = []
         for start in range(0, len(photos), batch_size):
             form, content_type = _multipart(photos[start : start + batch_size])
@@ -134,10 +131,7 @@ class Client:
         """Score a listing's photos together (one request, at most the service's `--max-batch` photos): decided by its
         most prohibited photo, as `Classifier.predict_listing` decides. A photo the service cannot read raises an
         `ImageLoadError` naming its position."""
-        images = list(images)
-        sources = [describe_source(image) for image in images]
-        photos = [_photo_bytes(image, f"photo {position} ({source})") for position, (image, source)
-                  in enumerate(zip(images, sources))]
+        _, photos = _numbered_photos(images)
         form, content_type = _multipart(photos)
         try:
             answer = json.loads(self._call("/predict/listing", form, content_type, request_id).body)
@@ -255,6 +249,15 @@ def _refusal(answer: _Answer, request_id: str, attempt: int) -> ServiceError:
     except (ValueError, KeyError, TypeError):  # not the service's JSON (a proxy's page, a routing 404)
         reason, category = answer.body[:200].decode("utf-8", "replace") or "no details", f"http_{answer.status}"
     return ServiceError(reason, status=answer.status, category=category, request_id=request_id, attempts=attempt)
+
+
+def _numbered_photos(images: Iterable[ImageSource]) -> tuple[list[str], list[bytes]]:
+    """Each photo's source (for messages) and bytes; one that cannot be read is named by its position and source."""
+    images = list(images)
+    sources = [describe_source(image) for image in images]
+    photos = [_photo_bytes(image, f"photo {position} ({source})")
+              for position, (image, source) in enumerate(zip(images, sources))]
+    return sources, photos
 
 
 def _photo_bytes(image: ImageSource, source: str) -> bytes:

@@ -193,30 +193,28 @@ class KnownItemIndex:
 
     def _check_or_initialise(self, connection: sqlite3.Connection, create: bool) -> None:
         identity = self.classifier.identity
-        model = {"model_name": identity.name, "model_version": identity.version}
-        # Which file built it, for people: an int8 twin's embeddings are close enough to its float model's to match.
-        built_with = {"model_precision": identity.precision, "model_digest": identity.digest}
         try:
             version = connection.execute("PRAGMA user_version").fetchone()[0]
             if create and version == 0 and not connection.execute("SELECT name FROM sqlite_master").fetchall():
                 connection.executescript(_SCHEMA)
                 connection.executemany("INSERT INTO settings VALUES (?, ?)",
-                                       {"format": _FORMAT_NAME, **model, **built_with}.items())
+                                       {"format": _FORMAT_NAME, **identity.to_fields()}.items())
                 connection.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
                 self.built_with = identity
                 return
             settings = dict(connection.execute("SELECT key, value FROM settings"))
         except sqlite3.DatabaseError as error:
             raise IndexFormatError(f"{self.path}: not a wildvision known-item index ({error})") from None
-        self.built_with = ModelIdentity(  # indexes from before the digest was recorded say "unknown"
-            *(settings.get(key, "unknown") for key in ("model_name", "model_version", "model_precision", "model_digest")))
+        self.built_with = ModelIdentity.of_fields(settings)  # indexes from before the digest was recorded: "unknown"
         if settings.get("format") != _FORMAT_NAME or version != FORMAT_VERSION:
             raise IndexFormatError(f"{self.path}: not a wildvision known-item index of format {FORMAT_VERSION}")
-        built_by = {key: settings.get(key) for key in model}
-        if built_by != model:
+        # Embeddings belong to a model, not to one of its files: an int8 twin's are close enough to its float
+        # model's to match, so precision and digest only say which file built the index, for people.
+        built_by = self.built_with
+        if (built_by.name, built_by.version) != (identity.name, identity.version):
             raise IndexFormatError(
-                f"{self.path}: built with model {built_by['model_name']} {built_by['model_version']}, whose embeddings "
-                f"mean nothing to {model['model_name']} {model['model_version']}; add the photos to a new index")
+                f"{self.path}: built with model {built_by.name} {built_by.version}, whose embeddings "
+                f"mean nothing to {identity.name} {identity.version}; add the photos to a new index")
 
     def _loaded(self) -> _Items:
         """The items as of the latest commit, by this process or another (e.g. `wildvision index add` while a service

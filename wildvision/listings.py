@@ -13,7 +13,7 @@ import csv
 import json
 import os
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -113,6 +113,5 @@ def _listing(listing: str, records: list[Mapping], operating_points: Mapping[str
 def _prediction(record: Mapping) -> Prediction:
     """A scored photo record as the `Prediction` it was made from."""
     text = TextEvidence.from_dict(record["text"]) if record.get("text") else None
-    return Prediction(record["scores"], record["label"], record["decision"], record["model_name"],
-                      record["model_version"], record["model_precision"], record["model_digest"], record["thresholds"],
-                      text)
+    return Prediction(**{field.name: record[field.name] for field in fields(Prediction) if field.name != "text"},
+                      text=text)

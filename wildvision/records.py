@@ -66,9 +66,8 @@ class ScanRecord:
 
     @classmethod
     def failed(cls, path: str, error: ImageLoadError, identity: ModelIdentity) -> ScanRecord:
-        return cls(path=path, label=None, decision=None, scores=None, model_name=identity.name,
-                   model_version=identity.version, model_precision=identity.precision, model_digest=identity.digest,
-                   thresholds=None, error=error.reason, error_category=error.category)
+        return cls(path=path, label=None, decision=None, scores=None, **identity.to_fields(), thresholds=None,
+                   error=error.reason, error_category=error.category)
 
 
 _FIELD_NAMES = frozenset(field.name for field in fields(ScanRecord))
@@ -96,16 +95,19 @@ class RecordLayout:
     def to_dict(self, record: ScanRecord) -> dict[str, object]:
         """The record as JSON Lines holds it: its plain fields and this layout's parts."""
         value = asdict(record)
-        for part in OPTIONAL_PARTS:
-            if not getattr(self, part):
-                del value[part]
-        return value
+        return {name: value[name] for name in self.field_names}
 
     @property
     def columns(self) -> list[tuple[str, type]]:
         """The columns of CSV and Parquet records in `ScanRecord`'s field order, `scores`, `match` and `text`
         expanded, each with its Python type (`str`, `float` or `int`)."""
         return list(_flat_columns(self))
+
+    @property
+    def field_names(self) -> list[str]:
+        """The fields of a record as JSON Lines holds it (`to_dict`)."""
+        return [field.name for field in fields(ScanRecord)
+                if field.name not in OPTIONAL_PARTS or getattr(self, field.name)]
 
     @property
     def column_names(self) -> list[str]:

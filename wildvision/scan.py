@@ -22,9 +22,9 @@ from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
-from wildvision.classifier import Classifier, PreparedPhoto, describe_thresholds
+from wildvision.classifier import Classifier, ModelIdentity, PreparedPhoto, describe_thresholds
 from wildvision.errors import WildvisionError
 from wildvision.images import IMAGE_SUFFIXES, ImageLoadError
 from wildvision.known_items import KnownItemIndex, Match
@@ -37,8 +37,8 @@ from wildvision.records import (
 )
 
 __all__ = [
-    "IMAGE_SUFFIXES", "ResumeError", "ScanInput", "ScanRecord", "ScanSummary", "TerminalProgress", "files_from_list",
-    "find_images", "layout_of", "scan", "scan_to_file",
+    "IMAGE_SUFFIXES", "ResumeError", "ScanInput", "ScanRecord", "ScanSummary", "TerminalProgress", "check_same_run",
+    "files_from_list", "find_images", "layout_of", "run_facts", "scan", "scan_to_file",
 ]
 
 _BATCHES_AHEAD = 2  # batches decoding while others are scored: enough to hide decoding, few enough for flat memory
@@ -261,10 +261,41 @@ def layout_of(classifier: Classifier, index: KnownItemIndex | None = None) -> Re
     return RecordLayout(classifier.info.labels, match=index is not None, text=classifier.lexicon is not None)
 
 
+def run_facts(classifier: Classifier, layout: RecordLayout) -> dict[str, object]:
+    """What a scan's records depend on: the model file, its thresholds and labels, matching, and the lexicon text is
+    read with (None: no text read). The one list that `scan_to_file` and `wildvision.spark` compare before they
+    continue an earlier output (`check_same_run`); Spark notes it in its output folder, a scan finds it in its first
+    record."""
+    return {"model": str(classifier.identity), "thresholds": describe_thresholds(classifier.info.operating_points),
+            "labels": list(layout.labels), "match_index": layout.match,
+            "read_text": classifier.lexicon.identity if classifier.lexicon else None}
+
+
+def check_same_run(earlier: Mapping[str, object], now: Mapping[str, object], output: str | Path) -> None:
+    """Refuse to continue `output` when a fact of the earlier run (`run_facts`) differs from this run's: records of
+    two models, thresholds or lexicons (or a missing match read as "no match") would be mixed in one output. A fact
+    the earlier run did not leave (an error record states no thresholds) is not compared."""
+    if any(earlier[name] != now[name] for name in earlier.keys() & now.keys()):
+        raise ResumeError(f"{output} holds records of {_describe_run(earlier)}, but this run scores with "
+                          f"{_describe_run(now)}; use the same --model, --precision, --operating-points, --match-index "
+                          "and --read-text as before, or another output")
+
+
+def _describe_run(facts: Mapping[str, object]) -> str:
+    details = [f"labels {', '.join(facts['labels'])}"] if "labels" in facts else []  # type: ignore[arg-type]
+    details += [f"thresholds {facts['thresholds']}"] if "thresholds" in facts else []
+    matching = "with" if facts["match_index"] else "without"
+    if "read_text" not in facts:  # the lexicon is stated by scored records only
+        text = "reading text"
+    else:
+        text = f"reading text ({facts['read_text']})" if facts["read_text"] else "without --read-text"
+    stated = f" ({'; '.join(details)})" if details else ""
+    return f"{facts['model']}{stated} {matching} --match-index, {text}"
+
+
 def _check_same_scan(journal: Path, output: Path, classifier: Classifier, layout: RecordLayout) -> None:
-    """Refuse to continue an earlier scan made with another model file, other thresholds, labels or lexicon, or
-    with/without matching or reading text: records of two models (or a missing match read as "no match") would be
-    mixed in one output."""
+    """Refuse to continue an earlier scan whose first record states other `run_facts`, or that wrote other columns or
+    fields (another model's labels, with or without matching or reading text, an older wildvision)."""
     written = columns_of(output) if output.exists() and not journal.exists() else None
     if written not in (None, layout.column_names):
         raise ResumeError(f"{output}: an earlier scan wrote other columns ({', '.join(written or [])}): "
@@ -273,24 +304,24 @@ def _check_same_scan(journal: Path, output: Path, classifier: Classifier, layout
     first = _first_record(journal, output)
     if first is None:
         return
-    for part, option in (("match", "--match-index"), ("text", "--read-text")):
-        if (part in first) != getattr(layout, part):
-            earlier = "with" if not getattr(layout, part) else "without"
-            raise ResumeError(f"{output}: an earlier scan into this file ran {earlier} {option}; use the same options "
-                              "or another output file")
-    lexicon = classifier.lexicon.identity if classifier.lexicon else None
-    if isinstance(first.get("text"), dict) and first["text"]["lexicon"] != lexicon:
-        raise ResumeError(f"{output}: an earlier scan into this file read text with lexicon {first['text']['lexicon']}, "
-                          f"not {lexicon}; continue it with the same --lexicon, or use another output file")
-    identity = classifier.identity
-    now = {"model_name": identity.name, "model_version": identity.version, "model_precision": identity.precision,
-           "model_digest": identity.digest}
-    before = {name: first.get(name) for name in now}
-    thresholds = describe_thresholds(classifier.info.operating_points)
-    if before != now or first.get("thresholds") not in (None, thresholds):
-        was = " ".join(str(value) for value in before.values()) + f" ({first.get('thresholds')})"
-        raise ResumeError(f"{output}: an earlier scan into this file used {was}, not {identity} ({thresholds}); "
-                          "continue it with the same model, precision and thresholds, or use another output file")
+    check_same_run(_facts_of_record(first), run_facts(classifier, layout), output)
+    # What the facts cannot tell: a first record that is an error names no lexicon, yet has `text` if text was read.
+    if set(first) != set(layout.field_names):
+        raise ResumeError(f"{output}: an earlier scan wrote records with other fields ({', '.join(first)}): "
+                          f"{'no ' if layout.text else ''}--read-text, or an older wildvision; use the same options "
+                          "or another output file")
+
+
+def _facts_of_record(record: Mapping[str, object]) -> dict[str, object]:
+    """The `run_facts` that one record states; an error record states no thresholds, labels or lexicon."""
+    facts: dict[str, object] = {"model": str(ModelIdentity.of_fields(record)), "match_index": "match" in record}
+    if isinstance(record["scores"], dict):
+        facts |= {"thresholds": record["thresholds"], "labels": list(record["scores"])}
+    if "text" not in record:
+        facts["read_text"] = None
+    elif isinstance(record["text"], dict):
+        facts["read_text"] = record["text"]["lexicon"]
+    return facts
 
 
 def _first_record(journal: Path, output: Path) -> dict | None:

@@ -209,6 +209,12 @@ def create_app(
             scored = zip(predictions, index.match_photos(photos, embeddings))
         return [item if isinstance(item, ErrorOut) else next(scored) for item in prepared]
 
+    async def score_sent(request: Request) -> list[tuple[Prediction, Match | None] | ErrorOut]:
+        """The photos of a batch or listing request, each scored or its error, in the order sent (one gate slot)."""
+        async with gate.slot() as slot:
+            photos = await slot.read(request, _batch_reader(request, limits.max_batch))
+            return await slot.run(score_each, photos)
+
     def answer(prediction: Prediction, match: Match | None) -> PredictionOut:
         metrics.photos.labels(prediction.decision, prediction.label).inc()
         result = PredictionOut(**prediction.to_dict())
@@ -218,9 +224,7 @@ def create_app(
 
     @app.get("/health", response_model=HealthOut)
     def health() -> HealthOut:
-        identity = classifier.identity
-        return HealthOut(status="ok", model_name=identity.name, model_version=identity.version,
-                         model_precision=identity.precision, model_digest=identity.digest,
+        return HealthOut(status="ok", **classifier.identity.to_fields(),
                          known_items=len(index) if index is not None else None)
 
     @app.get("/metrics", dependencies=guarded, response_class=Response)
@@ -250,9 +254,7 @@ def create_app(
         """Score several photos: one result or one error per photo, in the order sent; a bad photo fails only itself."""
         _require_content_type(request, _BATCH_TYPES, "send a multipart form of photo files, or a JSON list of "
                                                      "base64-encoded photos")
-        async with gate.slot() as slot:
-            photos = await slot.read(request, _batch_reader(request, limits.max_batch))
-            outcomes = await slot.run(score_each, photos)
+        outcomes = await score_sent(request)
         results = [outcome if isinstance(outcome, ErrorOut) else answer(*outcome) for outcome in outcomes]
         for result in results:
             if isinstance(result, ErrorOut):
@@ -268,9 +270,7 @@ def create_app(
         listing, naming the photo: a listing decided without one of its photos could be wrongly allowed."""
         _require_content_type(request, _BATCH_TYPES, "send a multipart form of the listing's photo files, or a JSON "
                                                      "list of base64-encoded photos")
-        async with gate.slot() as slot:
-            photos = await slot.read(request, _batch_reader(request, limits.max_batch))
-            outcomes = await slot.run(score_each, photos)
+        outcomes = await score_sent(request)
         for position, outcome in enumerate(outcomes):
             if isinstance(outcome, ErrorOut):
                 raise _error(_STATUS_BY_CATEGORY.get(outcome.category, 422), outcome.category,
@@ -289,10 +289,7 @@ class _Metrics:
 
     def __init__(self, classifier: Classifier) -> None:
         self.registry = registry = CollectorRegistry()
-        identity = classifier.identity
-        Info("wildvision_model", "The model file answering", registry=registry).info(
-            {"name": identity.name, "version": identity.version, "precision": identity.precision,
-             "digest": identity.digest})
+        Info("wildvision_model", "The model file answering", registry=registry).info(asdict(classifier.identity))
         self.requests = Counter("wildvision_http_requests", "HTTP requests answered, by route and status",
                                 ["route", "status"], registry=registry)
         self.latency = Histogram("wildvision_http_request_duration_seconds", "Arrival to the last byte of the answer",

@@ -41,12 +41,14 @@ except ImportError as error:
     raise ImportError(f"Spark scoring needs the spark extra ({error.name} is missing): "
                       "pip install 'wildvision[spark]'") from None
 
-from wildvision.classifier import Classifier, ModelIdentity, default_model_path, describe_thresholds
+from wildvision.classifier import Classifier, ModelIdentity, default_model_path
 from wildvision.images import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS, ImageLoadError
 from wildvision.known_items import KnownItemIndex
 from wildvision.model_info import OperatingPoint
 from wildvision.records import RecordLayout, ScanRecord
-from wildvision.scan import IMAGE_SUFFIXES, ResumeError, ScanInput, ScanSummary, find_images, layout_of, scan
+from wildvision.scan import (
+    IMAGE_SUFFIXES, ScanInput, ScanSummary, check_same_run, find_images, layout_of, run_facts, scan,
+)
 from wildvision.text import Lexicon
 
 __all__ = ["Reading", "read_photos", "record_schema", "score_archive", "score_photos", "session"]
@@ -211,34 +213,22 @@ def _score(photos: DataFrame, job: _Job) -> DataFrame:
 def _earlier_records(spark: SparkSession, output: str, classifier: Classifier, layout: RecordLayout) -> DataFrame:
     """The records earlier runs wrote to `output` (none for a new folder), refusing a folder of another kind of run.
 
-    A run notes what it scores with (model file, thresholds, labels, matching, lexicon) in OUTPUT/_wildvision.json before it
-    scores a photo, so even a run killed before its first task finished is continued, and records of two models never
-    mix in one output.
+    A run notes what it scores with (`run_facts`: model file, thresholds, labels, matching, lexicon) in
+    OUTPUT/_wildvision.json before it scores a photo, so even a run killed before its first task finished is
+    continued, and records of two models never mix in one output.
     """
-    info = classifier.info
-    identity = {"model": str(classifier.identity), "thresholds": describe_thresholds(info.operating_points),
-                "labels": list(info.labels), "match_index": layout.match,
-                "read_text": classifier.lexicon.identity if classifier.lexicon else None}
+    facts = run_facts(classifier, layout)
     file_system, note = _hadoop_path(spark, f"{output.rstrip('/')}/{_RUN_FILE}")
     noted = _read_text(spark, file_system, note)
     if noted is None and _exists(spark, output):
         raise FileExistsError(f"{output} already exists and is no output of `wildvision spark` (it has no "
                               f"{_RUN_FILE}); remove it or write to another folder")
-    if not noted:  # a new output, or a run killed while noting its identity (one small write: all of it, or none)
+    if not noted:  # a new output, or a run killed while noting its facts (one small write: all of it, or none)
         with closing(file_system.create(note, True)) as sink:
-            sink.write(bytearray(json.dumps(identity).encode()))
-    elif (recorded := json.loads(noted)) != identity:
-        raise ResumeError(f"{output} holds records of {_describe(recorded)}, but this run scores with "
-                          f"{_describe(identity)}; use the same --model, --precision, --match-index and --read-text "
-                          "as before, or another output folder")
+            sink.write(bytearray(json.dumps(facts).encode()))
+    else:
+        check_same_run(json.loads(noted), facts, output)
     return _records(spark, output, layout)
-
-
-def _describe(identity: Mapping) -> str:
-    matching = "with" if identity["match_index"] else "without"
-    text = f"reading text ({identity['read_text']})" if identity.get("read_text") else "without --read-text"
-    return (f"{identity['model']} (labels {', '.join(identity['labels'])}; thresholds {identity['thresholds']}) "
-            f"{matching} --match-index, {text}")
 
 
 def _records(spark: SparkSession, output: str, layout: RecordLayout) -> DataFrame:
