@@ -51,7 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # training/ is 
 from training.backbone import build_model, split_model  # noqa: E402
 from training.calibration import calibrate, softmax  # noqa: E402
 from training.data import Sample, parse_relabel, prepare_samples  # noqa: E402
-from training.fine_tune import train_tail  # noqa: E402
+from training.checkpoint import load_training_state  # noqa: E402
+from training.fine_tune import run_key, train_tail  # noqa: E402
 from training.frozen_features import FeatureCache  # noqa: E402
 from training.head import Head  # noqa: E402
 from training.metrics import auc, fraction  # noqa: E402
@@ -82,7 +83,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         _trained_tail(setting, args.train)
         return
     probe = _probe(setting)
-    tails = {name: _trained_tail(setting, name) for name in TRAINED}
+    unfinished = [name for name in TRAINED if args.skip_unfinished and not _finished(setting, name)]
+    if unfinished:
+        print(f"left out, their training unfinished (run --train NAME to finish it): {', '.join(unfinished)}")
+    tails = {name: _trained_tail(setting, name) for name in TRAINED if name not in unfinished}
     rows = [_measure(name, logits, setting) for name, logits in _candidates(setting, probe, tails)]
     _print_table(rows)
     if args.json:
@@ -98,6 +102,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--train", choices=TRAINED, help="train this candidate only (resumable), then stop")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--json", type=Path, help="also write the table's figures here")
+    parser.add_argument("--skip-unfinished", action="store_true",
+                        help="compare the trained candidates whose training has finished, instead of training the rest")
     return parser.parse_args(argv)
 
 
@@ -130,6 +136,12 @@ def _probe(setting: Setting) -> Head:
     return probe
 
 
+def _finished(setting: Setting, name: str) -> bool:
+    config = replace(setting.config, out=setting.config.out / name)
+    state = config.out / f"training-state-{run_key(config, setting.samples)}.pt"
+    return state.is_file() and load_training_state(state)["epochs_done"] == config.epochs
+
+
 def _trained_tail(setting: Setting, name: str) -> nn.Sequential:
     """The candidate's tail, trained (or resumed, or read back from its finished training state)."""
     config = replace(setting.config, out=setting.config.out / name)
@@ -151,13 +163,14 @@ def _candidates(
     pretrained = _pretrained_tail(setting)
     set_head(pretrained[-1], probe)
     logits = {name: _logits_of(tail, setting) for name, tail in {"linear probe": pretrained, **tails}.items()}
-    rows = [(name, logits[name]) for name in ("fine-tuned", "linear probe", "lp-ft", "l2-sp")]
-    for start in ("fine-tuned", "lp-ft"):
+    rows = [(name, logits[name]) for name in ("fine-tuned", "linear probe", "lp-ft", "l2-sp") if name in logits]
+    starts = [start for start in ("fine-tuned", "lp-ft") if start in tails]
+    for start in starts:
         for share in SHARES:
             mixed = copy.deepcopy(pretrained)
             mixed.load_state_dict(interpolate(pretrained.state_dict(), tails[start].state_dict(), 1 - share))
             rows.append((f"WiSE-FT {start} {share:.2f} ImageNet", _logits_of(mixed.eval(), setting)))
-    for start in ("fine-tuned", "lp-ft"):
+    for start in starts:
         for share in SHARES:
             rows.append((f"two tails {start} + {share:.2f} probe",
                          _mixed(logits[start], logits["linear probe"], share)))
