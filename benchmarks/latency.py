@@ -6,8 +6,8 @@
 For 1-megapixel and 12-megapixel JPEGs (bytes in memory: decoding, preprocessing, inference, calibration, decision),
 with the shipped float32 and int8 models (or the `--models` given), one caller at a time and several callers sharing
 one `Classifier` from their own threads: p50 and p99 milliseconds per photo, and each model's p50 relative to the
-first model's. Run it on an idle machine: the rows are timed one after another, so compare rows of one run, never
-runs of different days.
+first model's. Run it on an idle machine: the rows are timed one after another, in turns
+that alternate the models (so a drift falls on each alike): compare rows of one run, never runs of different days.
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'model':{width}s} {'photo':6s} {'callers':>7s} {'p50 ms':>8s} {'p99 ms':>8s} {'photos/s':>9s} {'p50 ratio':>9s}")
     for callers in args.callers:
         for size_name, data in photos.items():
+            timed = time_interleaved(models, data, args.runs, callers)
             first = None
-            for name, classifier in models.items():
-                latencies, seconds = time_predict(classifier, data, args.runs, callers)
+            for name, (latencies, seconds) in timed.items():
                 p50, p99 = np.percentile(latencies, [50, 99])
                 first = first or p50
                 print(f"{name:{width}s} {size_name:6s} {callers:7d} {p50:8.1f} {p99:8.1f} {args.runs / seconds:9.1f} "
@@ -68,6 +68,19 @@ def listing_jpeg(size: tuple[int, int]) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
+
+
+def time_interleaved(
+    models: dict[str, Classifier], data: bytes, runs: int, callers: int, rounds: int = 10
+) -> dict[str, tuple[list[float], float]]:
+    """`time_predict` for each model, in `rounds` turns of runs / rounds photos each: a drift of the shared machine
+    falls on every model alike, so their ratios hold even where absolute times wander."""
+    timed: dict[str, tuple[list[float], float]] = {name: ([], 0.0) for name in models}
+    for _ in range(rounds):
+        for name, classifier in models.items():
+            latencies, seconds = time_predict(classifier, data, max(1, runs // rounds), callers)
+            timed[name] = (timed[name][0] + latencies, timed[name][1] + seconds)
+    return timed
 
 
 def time_predict(classifier: Classifier, data: bytes, runs: int, callers: int) -> tuple[list[float], float]:

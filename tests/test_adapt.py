@@ -108,7 +108,9 @@ def test_with_nothing_but_labels_adapt_replays_the_shipped_reference_and_keeps_t
 
 
 def test_a_model_that_forgets_the_base_val_is_refused(adapted, shipped_model, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(adapt, "MAX_VAL_FORGETTING", 0.0)  # any loss at all: the drawn `horn` claims real photos
+    # A bound no adapted model can meet (it would have to gain a whole point of val accuracy at its decisions): what is
+    # tested is the refusal, not how much a drawn `horn` happens to cost a given release.
+    monkeypatch.setattr(adapt, "MAX_VAL_FORGETTING", -0.01)
     out = tmp_path / "forgetful.onnx"
     assert adapt.main(["--model", str(shipped_model), "--data", str(adapted["data"]), "--new-label", "horn",
                        "--out", str(out), "--work", str(adapted["work"]), "--stay-close", "0.001",

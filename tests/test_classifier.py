@@ -141,13 +141,20 @@ def test_blank_and_tiny_photos_are_allowed(classifier, image):
 
 
 def ivory_like() -> Image.Image:
-    """A blurred cream disc on dark wood colours: what the shipped model sends to review (0.87 for 1.1.0)."""
+    """A blurred cream disc on dark wood colours: scored well above the blank cover by the shipped model (0.61 ivory
+    for 1.2.0), though below its review threshold; `DISC_FLAGGED` puts review under it."""
     image = Image.new("RGB", (320, 240), (60, 50, 45))
     ImageDraw.Draw(image).ellipse((80, 40, 240, 200), fill=(235, 225, 200))
     return image.filter(ImageFilter.GaussianBlur(3))
 
 
-def test_ivory_on_a_later_frame_of_an_animation_is_seen(classifier):
+# Thresholds at which the cream disc is flagged: the frame tests are about which frame decides, not about where the
+# shipped model's review lies.
+DISC_FLAGGED = {"ivory": OperatingPoint(review=0.3, block=0.999)}
+
+
+def test_ivory_on_a_later_frame_of_an_animation_is_seen(shipped_model):
+    classifier = Classifier(shipped_model, operating_points=DISC_FLAGGED)
     cover = Image.new("RGB", (320, 240), (40, 90, 160))
     ivory = ivory_like()
     assert classifier.predict(cover).decision == "allow" and classifier.predict(ivory).decision != "allow"

@@ -179,3 +179,28 @@ def test_two_tails_train_export_and_keep_both_tails_in_the_graph(tmp_path):
     assert classifier.info.training["config"]["keep_pretrained"] == "two-tails"
     photo = classifier.prepare_images([make_photo("ivory", 7)])
     assert classifier.outputs(photo, ("embedding",))[0].shape == (1, 2 * 1280)
+
+
+def test_the_shipped_model_runs_imagenets_own_tail_beside_the_fine_tuned_one(shipped_model):
+    """The release recipe (`training/configs/ivory.toml`) and the file agree on the mechanism, and both tails are in
+    the graph: the second half of its embedding is exactly what the untouched ImageNet network pools."""
+    import tomllib
+    from pathlib import Path
+
+    from wildvision.classifier import Classifier
+
+    classifier = Classifier(shipped_model)
+    recorded = classifier.info.training["config"]
+    recipe = tomllib.loads((Path(__file__).parent.parent / "training/configs/ivory.toml").read_text())
+    assert recorded["keep_pretrained"] == recipe["keep-pretrained"] == "two-tails"
+    assert recorded["pretrained_share"] == recipe["pretrained-share"]
+    assert classifier.info.version == recipe["version"]
+
+    batch = classifier.prepare_images([make_photo("ivory", 3), make_photo("not_ivory", 4)])
+    embedding = classifier.outputs(batch, ("embedding",))[0]
+    assert embedding.shape == (2, 2 * 1280)
+    imagenet = build_model("tf_efficientnet_lite0", 2).eval()
+    with torch.no_grad():
+        expected = imagenet.forward_features(torch.from_numpy(batch)).mean(dim=(2, 3)).numpy()
+    assert np.abs(embedding[:, 1280:] - expected).max() < 1e-3
+    assert np.abs(embedding[:, :1280] - expected).max() > 1e-2  # the other half is the fine-tuned tail's
