@@ -259,7 +259,7 @@ def test_an_explanation_is_faint_where_the_model_barely_suspects(classifier):
     harmless = Image.new("RGB", (320, 240), (40, 90, 160))
     harmless.paste(photo(size=(100, 80)), (20, 20))
     explanation = classifier.explain(harmless)
-    assert explanation.score < 0.2  # allowed: far below review
+    assert explanation.score < classifier.info.operating_points["ivory"].review  # allowed, whatever the release
     assert explanation.heatmap.max() <= explanation.score + 1e-6  # not a full-strength hot spot
     overlay = np.asarray(explanation.overlay(), dtype=int)
     untinted = np.asarray(explanation.photo, dtype=int)
