@@ -52,7 +52,7 @@ from training.backbone import build_model, split_model  # noqa: E402
 from training.calibration import calibrate, softmax  # noqa: E402
 from training.data import Sample, parse_relabel, prepare_samples  # noqa: E402
 from training.checkpoint import load_training_state  # noqa: E402
-from training.fine_tune import run_key, train_tail  # noqa: E402
+from training.fine_tune import state_path, train_tail  # noqa: E402
 from training.frozen_features import FeatureCache  # noqa: E402
 from training.head import Head  # noqa: E402
 from training.metrics import auc, fraction  # noqa: E402
@@ -138,7 +138,7 @@ def _probe(setting: Setting) -> Head:
 
 def _finished(setting: Setting, name: str) -> bool:
     config = replace(setting.config, out=setting.config.out / name)
-    state = config.out / f"training-state-{run_key(config, setting.samples)}.pt"
+    state = state_path(config, setting.samples)
     return state.is_file() and load_training_state(state)["epochs_done"] == config.epochs
 
 

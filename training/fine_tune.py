@@ -24,7 +24,7 @@ from training.options import weight_settings
 from training.progress import progress
 from training.train_config import TrainConfig
 
-__all__ = ["BalancedLoss", "TrainingState", "label_weights", "run_key", "train_tail"]
+__all__ = ["BalancedLoss", "TrainingState", "label_weights", "run_key", "state_path", "train_tail"]
 
 
 def train_tail(
@@ -46,8 +46,7 @@ def train_tail(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=max(1, total_steps),
                                                    pct_start=0.1)
     generator = torch.Generator().manual_seed(config.seed)
-    path = config.out / f"training-state-{run_key(config, samples)}.pt"
-    state = TrainingState(path, tail, optimiser, schedule, generator)
+    state = TrainingState(state_path(config, samples), tail, optimiser, schedule, generator)
     tail.train()
     for epoch in range(state.resume(), config.epochs):
         order = torch.randperm(len(owners), generator=generator)
@@ -129,6 +128,11 @@ class TrainingState:
             "torch_rng": torch.get_rng_state(), "history": self.history,
         }, partial)
         partial.replace(self.path)  # a kill mid-save leaves the previous epoch's state intact
+
+
+def state_path(config: TrainConfig, samples: list[Sample]) -> Path:
+    """Where a run's training state is kept: one file per run key in the run folder."""
+    return config.out / f"training-state-{run_key(config, samples)}.pt"
 
 
 def run_key(config: TrainConfig, samples: list[Sample]) -> str:
