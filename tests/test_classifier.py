@@ -20,7 +20,8 @@ from wildvision import (
     OperatingPoint,
     OperatingPointError,
 )
-from wildvision.classifier import PreparedPhoto, decide, softmax, twin_path
+from wildvision.classifier import PreparedPhoto, softmax, twin_path
+from wildvision.decision import decide
 from wildvision.hashing import file_sha256
 
 

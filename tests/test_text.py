@@ -16,7 +16,8 @@ from PIL import Image
 from captions import caption, font_for, phrases
 from conftest import EVERYDAY_DATA, SHARED_DATA, make_photo
 from wildvision import Classifier, OperatingPoint
-from wildvision.classifier import Prediction, decide_listing, decide_with_text
+from wildvision.classifier import Prediction
+from wildvision.decision import decide_listing, decide_with_text
 from wildvision.cli import main
 from wildvision.text import Lexicon, LexiconError, TextEvidence, TextLine, TextMatch, TextReader
 

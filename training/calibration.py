@@ -15,6 +15,7 @@ import numpy as np
 
 from training.errors import ConfigError, DataError
 from wildvision.classifier import softmax  # the library's own: training calibrates as inference scores
+from wildvision.decision import flags  # the decision rule itself, vectorised: thresholds are fitted as they decide
 from wildvision.model_info import OperatingPoint
 
 __all__ = ["BaseScores", "ThresholdRule", "calibrate", "choose_operating_point", "expected_calibration_error",
@@ -188,17 +189,6 @@ def _threshold_allowing(negatives_per_group: Sequence[np.ndarray], allowed: Sequ
     thresholds = [float(np.nextafter(negatives[len(negatives) - 1 - count], 1.0)) if count < len(negatives) else 0.0
                   for negatives, count in zip(negatives_per_group, allowed)]
     return min(max(thresholds), 1.0)
-
-
-def flags(
-    probabilities: np.ndarray, labels: Sequence[str], operating_points: Mapping[str, OperatingPoint]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per photo: flagged (review or block for any prohibited label) and blocked, as `decide` decides."""
-    columns = [labels.index(label) for label in operating_points]
-    scores = probabilities[:, columns]
-    reviews = np.array([point.review for point in operating_points.values()])
-    blocks = np.array([point.block for point in operating_points.values()])
-    return (scores >= reviews).any(axis=1), (scores >= blocks).any(axis=1)
 
 
 def flag_rates(

@@ -33,7 +33,8 @@ from training.gallery import escape, figure, page, table
 from training.metrics import auc, fraction
 from training.onnx_head import HeadNotReadable, network_digest, read_head
 from training.reference import ReferenceData, find_reference
-from wildvision.classifier import Classifier, decide
+from wildvision.classifier import Classifier
+from wildvision.decision import decide
 from wildvision.model_info import OperatingPoint, OperatingPointError, read_operating_points
 
 __all__ = ["Comparison", "Scored", "compare_scores", "format_comparison", "main"]

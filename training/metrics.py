@@ -15,7 +15,7 @@ import numpy as np
 
 from training.calibration import expected_calibration_error
 from training.data import Sample
-from wildvision.classifier import decide
+from wildvision.decision import decide
 from wildvision.model_info import OperatingPoint
 
 __all__ = ["Curve", "auc", "format_report", "format_summary", "fraction", "measure", "precision_recall_curve",

@@ -12,13 +12,14 @@ from importlib.metadata import PackageNotFoundError, version
 
 from wildvision.classifier import (
     Classifier,
-    Decision,
+    ListingPrediction,
     ModelIdentity,
     Prediction,
     PreparedPhoto,
     default_model_path,
 )
 from wildvision.client import Client, ServiceError
+from wildvision.decision import Decision, Reason
 from wildvision.errors import WildvisionError
 from wildvision.explain import Explanation
 from wildvision.images import ImageLoadError, load_frames, load_image
@@ -47,9 +48,10 @@ except PackageNotFoundError:  # imported from a checkout that was never installe
     __version__ = "0+unknown"
 
 __all__ = [
-    "Classifier", "Client", "Decision", "Explanation", "ImageLoadError", "IndexFormatError", "KnownItemIndex", "Match",
+    "Classifier", "Client", "Decision", "Explanation", "ImageLoadError", "IndexFormatError", "KnownItemIndex", "ListingPrediction",
+    "Match",
     "MatchRule", "ModelFormatError", "ModelIdentity", "ModelInfo", "OperatingPoint", "OperatingPointError", "Prediction",
-    "PreparedPhoto", "Preprocessing", "ResumeError", "ScanInput", "ScanRecord", "ServiceError", "WildvisionError",
+    "PreparedPhoto", "Preprocessing", "Reason", "ResumeError", "ScanInput", "ScanRecord", "ServiceError", "WildvisionError",
     "__version__",
     "default_model_path", "files_from_list", "find_images", "load_frames", "load_image", "read_operating_points",
     "scan", "scan_to_file",

@@ -33,20 +33,20 @@ from wildvision.model_info import (
     ModelInfo,
     OperatingPoint,
 )
+from wildvision.decision import Decision, ListingDecision, Reason, decide, decide_listing, decide_with_text, rank_of
 from wildvision.preprocess import to_batch
 from wildvision.text import READ_SIDE, Lexicon, TextEvidence, TextReader
+from wildvision.words import listing_words
 
 __all__ = [
-    "BLANK_SPREAD", "DEFAULT_MODEL_FILE", "Classifier", "Decision", "ListingPrediction", "ModelIdentity", "Prediction",
-    "PreparedPhoto", "decide", "decide_listing", "decide_with_text", "default_model_path", "describe_thresholds",
-    "flagged_labels", "rank_of", "read_model_info", "softmax", "twin_path",
+    "BLANK_SPREAD", "DEFAULT_MODEL_FILE", "Classifier", "ListingPrediction", "ModelIdentity", "Prediction",
+    "PreparedPhoto", "default_model_path", "describe_thresholds", "listing_prediction",
+    "read_model_info", "softmax", "twin_path",
 ]
 
-Decision = Literal["allow", "review", "block"]
 Precision = Literal["float32", "int8"]
 DEFAULT_MODEL_FILE = "wildvision-ivory.onnx"
 _PRECISION_SUFFIX = {"float32": ".onnx", "int8": ".int8.onnx"}  # the int8 twin of a model sits next to it
-_DECISION_RANK = {"allow": 0, "review": 1, "block": 2}
 # A frame whose pixels spread less than this (standard deviation, 0-255 levels, in the model's input) shows nothing:
 # a blank, solid or near-uniform image, or a tiny one blown up. Models trained on photos of objects score such input
 # arbitrarily (a solid cream image scored 0.997 ivory), so it is scored by rule: harmless. Sensor noise on a blank
@@ -103,12 +103,16 @@ class Prediction:
 
 @dataclass(frozen=True)
 class ListingPrediction:
-    """A listing's result: the decision of its most prohibited photo (by image or by the words on it), which photo
-    that is (its position), and every photo's own prediction."""
+    """A listing's result (`wildvision.decision.decide_listing`): its decision, the prohibited labels it is flagged
+    for, each label's fused score (photos and words), the evidence that decided (each `Reason` names its source:
+    `photo 2`, `words on photo 3`, `title`, `description`), the photo a reviewer should see first (its position; None
+    without photos), and every photo's own prediction."""
 
     decision: Decision
-    deciding_photo: int
-    labels: tuple[str, ...]  # the prohibited labels any photo is flagged for, by text or image (`flagged_labels`)
+    deciding_photo: int | None
+    labels: tuple[str, ...]
+    scores: dict[str, float]
+    reasons: tuple[Reason, ...]
     photos: tuple[Prediction, ...]
 
     def to_dict(self) -> dict[str, object]:
@@ -156,59 +160,9 @@ def default_model_path(precision: Precision = "float32") -> Path:
     raise FileNotFoundError(f"the default model {name} is not installed; reinstall wildvision or pass a model path")
 
 
-def decide(scores: Mapping[str, float], operating_points: Mapping[str, OperatingPoint]) -> Decision:
-    """`block` if any prohibited label reaches its block threshold, else `review` if any reaches review, else `allow`."""
-    if any(scores[label] >= point.block for label, point in operating_points.items()):
-        return "block"
-    if any(scores[label] >= point.review for label, point in operating_points.items()):
-        return "review"
-    return "allow"
-
-
 def describe_thresholds(operating_points: Mapping[str, OperatingPoint]) -> str:
     """Thresholds as records state them: `ivory=0.8108/0.9908` (review/block), labels joined by `; `."""
     return "; ".join(f"{label}={point.review:.4g}/{point.block:.4g}" for label, point in operating_points.items())
-
-
-def decide_with_text(
-    scores: Mapping[str, float], image_decision: Decision, evidence: TextEvidence,
-    operating_points: Mapping[str, OperatingPoint],
-) -> Decision:
-    """The decision once the words on the photo are weighed: a prohibited product named on the photo sends it at
-    least to `review`, and to `block` where the image model agrees (its score for that label reaches `review`). A label
-    the image model does not know (rhino horn today) is reviewed on the text alone; text never lowers a decision."""
-    decision = image_decision
-    for label in evidence.labels:
-        point = operating_points.get(label)
-        agrees = point is not None and scores.get(label, 0.0) >= point.review
-        decision = max(decision, "block" if agrees else "review", key=_DECISION_RANK.__getitem__)
-    return decision
-
-
-def rank_of(prediction: Prediction, prohibited: Iterable[str]) -> tuple[int, int, float]:
-    """How prohibited a photo's result is, for choosing the one a reviewer must see first: by decision, then by
-    whether its text names a product, then by its highest prohibited score."""
-    named = prediction.text is not None and bool(prediction.text.matches)
-    top = max((prediction.scores.get(label, 0.0) for label in prohibited), default=0.0)
-    return _DECISION_RANK[prediction.decision], int(named), top
-
-
-def decide_listing(
-    predictions: Sequence[Prediction], operating_points: Mapping[str, OperatingPoint]
-) -> ListingPrediction:
-    """A listing decided by its most prohibited photo (`rank_of`), flagged for every label any photo is flagged for."""
-    deciding = max(range(len(predictions)), key=lambda i: rank_of(predictions[i], operating_points))
-    labels = (flagged_labels(p.scores, p.text.labels if p.text else (), operating_points) for p in predictions)
-    return ListingPrediction(predictions[deciding].decision, deciding,
-                             tuple(dict.fromkeys(label for photo in labels for label in photo)), tuple(predictions))
-
-
-def flagged_labels(
-    scores: Mapping[str, float], text_labels: Iterable[str], operating_points: Mapping[str, OperatingPoint]
-) -> tuple[str, ...]:
-    """The prohibited labels a photo is flagged for: named by its text, or scored at least at `review`."""
-    by_image = (label for label, point in operating_points.items() if scores.get(label, 0.0) >= point.review)
-    return tuple(dict.fromkeys([*text_labels, *by_image]))
 
 
 class Classifier:
@@ -238,13 +192,12 @@ class Classifier:
         `ModelInfo.checked_operating_points`); `threads` caps onnxruntime's intra-op threads (default: all cores);
         `max_pixels` and `max_frames` bound what one photo may decode to (`wildvision.images.load_frames`).
         `read_text` also reads the words on every photo (`pip install "wildvision[text]"`) and weighs the products they
-        name (`decide_with_text`), judged by `lexicon` (a `Lexicon` or its TOML file; default: the package's own).
+        name (`decide_with_text`). `lexicon` (a `Lexicon` or its TOML file; default: the package's own) judges those
+        words and a listing's title and description (`predict_listing`).
         """
         if max_pixels < 1 or max_frames < 1:
             raise ValueError(f"max_pixels and max_frames must be at least 1, got {max_pixels} and {max_frames}")
-        if lexicon is not None and not read_text:
-            raise ValueError("a lexicon judges text that is read: pass read_text=True with it")
-        self.lexicon = (lexicon if isinstance(lexicon, Lexicon) else Lexicon.load(lexicon)) if read_text else None
+        self.lexicon = lexicon if isinstance(lexicon, Lexicon) else Lexicon.load(lexicon)
         # One OCR engine per core at most: more threads than that only queue, and each engine holds its own models.
         self.text_reader = TextReader(threads=threads, engines=os.cpu_count() or 1) if read_text else None
         path = Path(model_path) if model_path is not None else default_model_path(precision)
@@ -265,16 +218,20 @@ class Classifier:
         return self.score([self.prepare(image)], operating_points=operating_points)[0]
 
     def predict_listing(
-        self, images: Iterable[ImageSource], *, batch_size: int = 16,
-        operating_points: Mapping[str, OperatingPoint] | None = None,
+        self, images: Iterable[ImageSource] = (), *, title: str | None = None, description: str | None = None,
+        batch_size: int = 16, operating_points: Mapping[str, OperatingPoint] | None = None,
     ) -> ListingPrediction:
-        """Score a listing's photos together: the listing is decided by its most prohibited photo, by image or by the
-        words on it (the promotional photo that names the product is often not the first). An unreadable photo
-        raises `ImageLoadError` naming its position, as in `predict_batch`."""
+        """Decide a listing from its photos and its seller's words (`wildvision.decision.decide_listing`): the title
+        and description are read with the lexicon, the photos are scored (and, with `read_text`, the words on them
+        read). Any of the three may be missing; a listing with words and no photo is decided on its words. An
+        unreadable photo raises `ImageLoadError` naming its position, as in `predict_batch`."""
         predictions = self.predict_batch(images, batch_size=batch_size, operating_points=operating_points)
-        if not predictions:
-            raise ValueError("a listing needs at least one photo")
-        return decide_listing(predictions, self._points(operating_points))
+        words = listing_words(self.lexicon, title=title, description=description,
+                              photo_texts=[prediction.text for prediction in predictions])
+        if not predictions and not (title or description):
+            raise ValueError("a listing needs at least one photo, or a title or description")
+        return listing_prediction(predictions, decide_listing(predictions, self._points(operating_points), words=words,
+                                                              weights=self.lexicon.weights))
 
     def predict_batch(
         self, images: Iterable[ImageSource], *, batch_size: int = 16,
@@ -385,7 +342,7 @@ class Classifier:
 
     def _text_evidence(self, frames: Sequence[Image.Image]) -> TextEvidence:
         """Every line read on the frames, and the lexicon's verdict on them."""
-        assert self.text_reader is not None and self.lexicon is not None
+        assert self.text_reader is not None
         lines = tuple(line for frame in frames for line in self.text_reader.read(frame))
         return TextEvidence(self.lexicon.identity, lines, self.lexicon.find(lines))
 
@@ -454,6 +411,12 @@ class Classifier:
             **self.identity.to_fields(),
             thresholds=thresholds,
         )
+
+
+def listing_prediction(photos: Sequence[Prediction], decided: ListingDecision) -> ListingPrediction:
+    """A listing's decision with its photos' own predictions: what every interface answers for a listing."""
+    return ListingPrediction(decided.decision, decided.deciding_photo, decided.labels, decided.scores, decided.reasons,
+                             tuple(photos))
 
 
 def read_model_info(session: ort.InferenceSession, path: Path) -> ModelInfo:

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence, get_type_hints
 
-from wildvision.classifier import Decision, ModelIdentity, Prediction
+from wildvision.classifier import ModelIdentity, Prediction
+from wildvision.decision import Decision
 from wildvision.errors import WildvisionError
 from wildvision.images import ErrorCategory, ImageLoadError
 from wildvision.known_items import Match

@@ -258,7 +258,7 @@ class ResumeError(WildvisionError, ValueError):
 
 def layout_of(classifier: Classifier, index: KnownItemIndex | None = None) -> RecordLayout:
     """The records' layout of a scan with this classifier (does it read text?) and known-item index."""
-    return RecordLayout(classifier.info.labels, match=index is not None, text=classifier.lexicon is not None)
+    return RecordLayout(classifier.info.labels, match=index is not None, text=classifier.text_reader is not None)
 
 
 def run_facts(classifier: Classifier, layout: RecordLayout) -> dict[str, object]:
@@ -268,7 +268,7 @@ def run_facts(classifier: Classifier, layout: RecordLayout) -> dict[str, object]
     record."""
     return {"model": str(classifier.identity), "thresholds": describe_thresholds(classifier.info.operating_points),
             "labels": list(layout.labels), "match_index": layout.match,
-            "read_text": classifier.lexicon.identity if classifier.lexicon else None}
+            "read_text": classifier.lexicon.identity if classifier.text_reader else None}
 
 
 def check_same_run(earlier: Mapping[str, object], now: Mapping[str, object], output: str | Path) -> None:

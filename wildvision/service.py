@@ -62,9 +62,11 @@ from starlette.datastructures import Headers, MutableHeaders, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from wildvision.classifier import Classifier, Decision, Prediction, PreparedPhoto, decide_listing
+from wildvision.classifier import Classifier, Prediction, PreparedPhoto, listing_prediction
+from wildvision.decision import Decision, Reason, decide_listing
 from wildvision.images import ImageLoadError
 from wildvision.known_items import KnownItemIndex, Match
+from wildvision.words import listing_words
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_DISCARD", "Limits", "create_app"]
 
@@ -143,14 +145,20 @@ class BatchOut(BaseModel):
     results: list[PredictionOut | ErrorOut]  # one per photo, in the order sent
 
 
+ReasonOut = _response_model(Reason, "ReasonOut")
+
+
 class ListingOut(BaseModel):
-    """A listing's decision: that of its most prohibited photo (`deciding_photo`, its position), the prohibited labels
-    any photo was flagged for, and every photo's own answer in the order sent (`ListingPrediction`)."""
+    """A listing's decision from its photos and words (`ListingPrediction`): the decision, the prohibited labels it is
+    flagged for, each label's fused score, the evidence with its source (`reasons`), the photo to see first
+    (`deciding_photo`, its position; null without photos), and every photo's own answer in the order sent."""
 
     decision: Decision
-    deciding_photo: int
+    deciding_photo: int | None
     labels: list[str]
-    photos: list[PredictionOut]
+    scores: dict[str, float]
+    reasons: list[ReasonOut]  # type: ignore[valid-type]
+    photos: list[PredictionOut]  # type: ignore[valid-type]
 
 
 class HealthOut(BaseModel):
@@ -209,11 +217,14 @@ def create_app(
             scored = zip(predictions, index.match_photos(photos, embeddings))
         return [item if isinstance(item, ErrorOut) else next(scored) for item in prepared]
 
-    async def score_sent(request: Request) -> list[tuple[Prediction, Match | None] | ErrorOut]:
-        """The photos of a batch or listing request, each scored or its error, in the order sent (one gate slot)."""
+    async def score_sent(
+        request: Request, *, listing: bool = False
+    ) -> tuple[list[tuple[Prediction, Match | None] | ErrorOut], _Words]:
+        """The photos of a batch or listing request, each scored or its error, in the order sent (one gate slot), and
+        a listing's words."""
         async with gate.slot() as slot:
-            photos = await slot.read(request, _batch_reader(request, limits.max_batch))
-            return await slot.run(score_each, photos)
+            sent = await slot.read(request, _batch_reader(request, limits.max_batch, listing=listing))
+            return (await slot.run(score_each, sent.photos) if sent.photos else []), sent.words
 
     def answer(prediction: Prediction, match: Match | None) -> PredictionOut:
         metrics.photos.labels(prediction.decision, prediction.label).inc()
@@ -254,7 +265,7 @@ def create_app(
         """Score several photos: one result or one error per photo, in the order sent; a bad photo fails only itself."""
         _require_content_type(request, _BATCH_TYPES, "send a multipart form of photo files, or a JSON list of "
                                                      "base64-encoded photos")
-        outcomes = await score_sent(request)
+        outcomes, _ = await score_sent(request)
         results = [outcome if isinstance(outcome, ErrorOut) else answer(*outcome) for outcome in outcomes]
         for result in results:
             if isinstance(result, ErrorOut):
@@ -265,21 +276,26 @@ def create_app(
     @app.post("/predict/listing", response_model=ListingOut, response_model_exclude_unset=True, responses=errors,
               dependencies=guarded, openapi_extra={"requestBody": {"required": True, "content": _BATCH_BODIES}})
     async def predict_listing(request: Request) -> ListingOut:
-        """Score a listing's photos together (sent as for /predict/batch): the listing is decided by its most
-        prohibited photo, by image or by the words on it (`--read-text`). A photo that cannot be read fails the
-        listing, naming the photo: a listing decided without one of its photos could be wrongly allowed."""
-        _require_content_type(request, _BATCH_TYPES, "send a multipart form of the listing's photo files, or a JSON "
-                                                     "list of base64-encoded photos")
-        outcomes = await score_sent(request)
+        """Decide a listing from its photos and its seller's words, as `Classifier.predict_listing` does: photos sent
+        as for /predict/batch, with `title` and `description` as form fields (or, in JSON, an object with `photos`,
+        `title` and `description`). Any of the three may be missing; a listing with words and no photo is decided on
+        its words. A photo that cannot be read fails the listing, naming the photo: a listing decided without one of
+        its photos could be wrongly allowed."""
+        _require_content_type(request, _BATCH_TYPES, "send a multipart form of the listing's photo files (and title "
+                                                     "and description fields), or a JSON object of them")
+        outcomes, words = await score_sent(request, listing=True)
         for position, outcome in enumerate(outcomes):
             if isinstance(outcome, ErrorOut):
                 raise _error(_STATUS_BY_CATEGORY.get(outcome.category, 422), outcome.category,
                              f"photo {position}: {outcome.error}")
         scored = [outcome for outcome in outcomes if not isinstance(outcome, ErrorOut)]
-        listing = decide_listing([prediction for prediction, _ in scored], classifier.info.operating_points)
+        predictions = [prediction for prediction, _ in scored]
+        found = listing_words(classifier.lexicon, title=words.title, description=words.description,
+                              photo_texts=[prediction.text for prediction in predictions])
+        listing = listing_prediction(predictions, decide_listing(predictions, classifier.info.operating_points,
+                                                                 words=found, weights=classifier.lexicon.weights))
         request.state.decision = listing.decision
-        return ListingOut(decision=listing.decision, deciding_photo=listing.deciding_photo, labels=list(listing.labels),
-                          photos=[answer(*outcome) for outcome in scored])
+        return ListingOut(**{**listing.to_dict(), "photos": [answer(*outcome) for outcome in scored]})
 
     return app
 
@@ -395,38 +411,73 @@ async def _joined(chunks: AsyncIterator[bytes]) -> bytes:
     return b"".join([chunk async for chunk in chunks])
 
 
-def _batch_reader(request: Request, max_batch: int) -> Callable[[AsyncIterator[bytes]], Awaitable[list[bytes | ErrorOut]]]:
-    """The photos of a batch body, each its bytes or, where the JSON item is not base64, that item's error."""
+@dataclass(frozen=True)
+class _Words:
+    """A listing's own words, as sent with its photos."""
 
-    async def read(chunks: AsyncIterator[bytes]) -> list[bytes | ErrorOut]:
+    title: str | None = None
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class _Sent:
+    photos: list[bytes | ErrorOut]  # each its bytes or, where the JSON item is not base64, that item's error
+    words: _Words
+
+
+def _batch_reader(
+    request: Request, max_batch: int, *, listing: bool
+) -> Callable[[AsyncIterator[bytes]], Awaitable[_Sent]]:
+    """The photos of a batch or listing body and, for a listing, its title and description."""
+
+    async def read(chunks: AsyncIterator[bytes]) -> _Sent:
         if request.headers["content-type"].startswith("multipart/form-data"):
-            photos = await _form_files(request, chunks, max_batch)
+            sent = await _form_parts(request, chunks, max_batch)
         else:
-            photos = _json_photos(await _joined(chunks), max_batch)
-        if not photos:
-            raise _error(400, "empty", "the batch holds no photos")
-        return photos
+            sent = _json_body(await _joined(chunks), max_batch, listing=listing)
+        if not listing and (sent.words.title or sent.words.description):
+            raise _error(400, "malformed", "title and description are a listing's: send them to /predict/listing")
+        if not sent.photos and not (sent.words.title or sent.words.description):
+            raise _error(400, "empty", "the listing has no photo, title or description" if listing
+                         else "the batch holds no photos")
+        return sent
 
     return read
 
 
-async def _form_files(request: Request, chunks: AsyncIterator[bytes], max_batch: int) -> list[bytes | ErrorOut]:
-    """Every file part of a multipart form, in order (Starlette's parser: parts over 1 MiB spool to disk)."""
+async def _form_parts(request: Request, chunks: AsyncIterator[bytes], max_batch: int) -> _Sent:
+    """Every file part of a multipart form, in order, and its `title` and `description` fields (Starlette's parser:
+    parts over 1 MiB spool to disk)."""
     try:
         form = await MultiPartParser(request.headers, chunks, max_files=max_batch, max_fields=max_batch).parse()
     except MultiPartException as error:
         raise _error(400, "malformed", f"not a usable multipart form: {error.message}") from None
     try:
-        return [await part.read() for _, part in form.multi_items() if isinstance(part, UploadFile)]
+        photos: list[bytes | ErrorOut] = [await part.read() for _, part in form.multi_items()
+                                          if isinstance(part, UploadFile)]
+        words = {name: value for name, value in form.multi_items() if isinstance(value, str)}
+        return _Sent(photos, _Words(words.get("title"), words.get("description")))
     finally:
         await form.close()
 
 
-def _json_photos(body: bytes, max_batch: int) -> list[bytes | ErrorOut]:
+def _json_body(body: bytes, max_batch: int, *, listing: bool) -> _Sent:
+    """A JSON list of base64-encoded photos or, for a listing, also an object with `photos`, `title`, `description`."""
     try:
-        items = json.loads(body)
+        value = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise _error(400, "malformed", f"not JSON: {error}") from None
+    if listing and isinstance(value, dict):
+        unknown = sorted(set(value) - {"photos", "title", "description"})
+        words = [value.get(name) for name in ("title", "description")]
+        if unknown or not all(word is None or isinstance(word, str) for word in words):
+            raise _error(400, "malformed", "a listing is a JSON object of photos (a list of base64-encoded photos), "
+                         f"title and description (text){f'; unknown: {unknown}' if unknown else ''}")
+        return _Sent(_json_photos(value.get("photos", []), max_batch), _Words(*words))
+    return _Sent(_json_photos(value, max_batch), _Words())
+
+
+def _json_photos(items: object, max_batch: int) -> list[bytes | ErrorOut]:
     if not isinstance(items, list):
         raise _error(400, "malformed", "send a JSON list of base64-encoded photos")
     if len(items) > max_batch:

@@ -131,7 +131,7 @@ class Reading:
     @classmethod
     def of(cls, classifier: Classifier) -> Reading:
         return cls(tuple(classifier.info.operating_points.items()), classifier.max_pixels, classifier.max_frames,
-                   classifier.lexicon)
+                   classifier.lexicon if classifier.text_reader is not None else None)
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,16 @@ calls harmless often names the product outright. This module has the two halves 
 - `TextReader` finds and reads lines of text with PP-OCRv4 (detection and recognition, Chinese and English, run by
   onnxruntime from the `rapidocr-onnxruntime` wheel, which ships the models: nothing is downloaded).
 - `Lexicon` decides which lines name a product: phrases per label and language from a TOML file (the package's own
-  `lexicon.toml`, or a platform's), with the contexts that do not count ("ivory white", Côte d'Ivoire).
+  `lexicon.toml`, or a platform's), with the contexts that do not count ("ivory white", Côte d'Ivoire, a list of
+  colours). It also holds what a listing's own words are weighed by (`wildvision.words`): sale cues, prices, and the
+  words of news and advocacy, which name a product without selling it.
 
-`wildvision.classifier` combines the two with the image model's scores (see `decide_with_text`).
+`wildvision.decision` combines the words with the image model's scores (see `decide_with_text`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import queue
@@ -31,8 +34,8 @@ from PIL import Image
 from wildvision.errors import WildvisionError
 
 __all__ = [
-    "DETECT_SIDE", "LANGUAGES", "MAX_LINES", "READ_SIDE", "Lexicon", "LexiconError", "TextEvidence", "TextLine", "TextMatch", "TextReader",
-    "default_lexicon_path",
+    "DETECT_SIDE", "LANGUAGES", "MAX_LINES", "READ_SIDE", "Lexicon", "LexiconError", "ListingWeights", "TextEvidence",
+    "TextLine", "TextMatch", "TextReader", "default_lexicon_path",
 ]
 
 # The languages of the trade a lexicon may name (BCP 47 tags). PP-OCRv4's bundled recogniser reads Chinese and
@@ -106,6 +109,20 @@ class TextEvidence:
 
 
 @dataclass(frozen=True)
+class ListingWeights:
+    """How a listing's words weigh in its fused score (`wildvision.decision.listing_score`): log-odds of a logistic
+    model over the words' state, fitted on the fitting part of a development set (`benchmarks/listing_words.py`), and
+    the score at which a listing goes to review."""
+
+    intercept: float  # nothing named
+    for_sale: float  # a product named with a sale cue (a price, "for sale", "DM")
+    named: float  # a product named, with neither a sale cue nor a reporting word
+    reported: float  # a product named among the words of news, law or advocacy, and no sale cue
+    mixed: float  # a product named with both a sale cue and a reporting word ("pre-ban ivory for sale")
+    review: float  # the fused score from which a listing goes at least to review
+
+
+@dataclass(frozen=True)
 class _Phrase:
     label: str
     language: str
@@ -147,6 +164,11 @@ class Lexicon:
         self._words = _Alternation(phrases)
         self._run_ons = _Alternation([p.run_on for p in phrases if p.spaced])
         self._ignored = {label: _Alternation([p.run_on for p in ignored if p.label == label]) for label in self.labels}
+        sale, self._price, reporting, colours, joiners, self.weights = _parse_listing_tables(document, name)
+        self._sale, self._reporting = _Alternation(sale), _Alternation(reporting)
+        self._colours = frozenset(phrase.text for phrase in colours)
+        self._joiners = re.compile("|".join(rf"(?<!\w){re.escape(p.text)}(?!\w)" if p.spaced else re.escape(p.text)
+                                            for p in joiners) or "(?!)")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> Lexicon:
@@ -168,12 +190,29 @@ class Lexicon:
 
     def find(self, lines: Sequence[TextLine]) -> tuple[TextMatch, ...]:
         """Every phrase that names a product in `lines`, the longest at each place, minus ignored contexts."""
-        matches = []
-        for line in lines:
-            found = self._found(_normalise(line.text))
-            matches += [TextMatch(phrase.label, phrase.spelled or phrase.text, phrase.language, line.text, line.box)
-                        for phrase in found]
-        return tuple(matches)
+        return tuple(TextMatch(label, phrase, language, line.text, line.box)
+                     for line in lines for label, phrase, language in self.products(line.text))
+
+    def products(self, text: str) -> list[tuple[str, str, str]]:
+        """The products one line of text names, as (label, phrase as the lexicon spells it, language): the longest
+        phrase at each place, minus ignored contexts and items of a list of colours ("Peach, Blush, Ivory"), each
+        hashtag judged on its own."""
+        found = [(phrase.label, phrase.spelled or phrase.text, phrase.language)
+                 for part in _HASHTAG.split(text) for phrase in self._found(_normalise(part))]
+        return [named for named in found if not self._in_colour_list(named[1], text)]
+
+    def sale_cues(self, text: str) -> list[str]:
+        """What in `text` offers something for sale: sale words ("for sale", "DM", 出售) and prices ("$950", "3000元")."""
+        words = [self._sale.phrase_of(found).text for found in self._sale.regex.finditer(_normalise(text))]
+        return words + [found.group().strip() for found in self._price.finditer(unicodedata.normalize("NFKC", text))]
+
+    def reporting(self, text: str) -> list[str]:
+        """The words of news, law or advocacy in `text` ("seized", "poaching", "ban"): a product named among them is
+        reported on, not offered, unless a sale cue says otherwise."""
+        normalised = _normalise(text)
+        sale = [found.span() for found in self._sale.regex.finditer(normalised)]  # "cần bán" is no "ban"
+        return [self._reporting.phrase_of(found).text for found in self._reporting.regex.finditer(normalised)
+                if not _overlaps(found.span(), sale)]
 
     def _found(self, text: str) -> list[_Phrase]:
         """The phrases named in one normalised line: as words, and where OCR lost the spaces between words, with the
@@ -191,6 +230,14 @@ class Lexicon:
         # that OCR lost) still cancel what they contain.
         return [phrase for phrase, start, end in found
                 if not self._ignored[phrase.label].covers(squashed, (kept.index(start), kept.index(end - 1) + 1))]
+
+    def _in_colour_list(self, phrase: str, text: str) -> bool:
+        """Whether `phrase` stands alone as an item of a list in `text` (split at commas, slashes and "or"/"and")
+        beside a colour word: "Peach, Blush, Ivory, Champagne" lists colours, "Netsuke, ivory, 19th century" does not."""
+        if not _LIST_SEPARATORS.search(text):
+            return False
+        items = [item.strip() for part in _LIST_SEPARATORS.split(text) for item in self._joiners.split(_normalise(part))]
+        return phrase in items and any(item in self._colours for item in items if item != phrase)
 
 
 class TextReader:
@@ -275,7 +322,7 @@ def _bounds(quad: np.ndarray, size: tuple[int, int]) -> tuple[int, int, int, int
 
 def _parse(document: Mapping[str, Any], name: str) -> tuple[str, tuple[str, ...], list[_Phrase], list[_Phrase]]:
     """The lexicon's version, labels, phrases and ignored phrases, checked as strictly as operating points."""
-    _only_keys(document, {"version", "labels"}, name)
+    _only_keys(document, {"version", "labels", "sale", "reporting", "colours", "listing"}, name)
     version, labels = document.get("version"), document.get("labels")
     if not isinstance(version, str) or not version:
         raise LexiconError(f"{name}: 'version' must be a non-empty string")
@@ -294,6 +341,47 @@ def _parse(document: Mapping[str, Any], name: str) -> tuple[str, tuple[str, ...]
         phrases += _phrases(label, table.get("terms"), f"{where}.terms", required=True)
         ignored += _phrases(label, table.get("ignore", {}), f"{where}.ignore", required=False)
     return version, tuple(labels), phrases, ignored
+
+
+def _parse_listing_tables(
+    document: Mapping[str, Any], name: str
+) -> tuple[list[_Phrase], re.Pattern[str], list[_Phrase], list[_Phrase], list[_Phrase], ListingWeights]:
+    """The tables a listing's words are weighed by: sale words and currencies, reporting words, colours and the words
+    that join a list, and the fitted weights (`ListingWeights`)."""
+    sale = document.get("sale", {})
+    if not isinstance(sale, dict):
+        raise LexiconError(f"{name}: 'sale' must be a table with 'words' and 'currencies'")
+    _only_keys(sale, {"words", "currencies"}, f"{name}: sale")
+    currencies = sale.get("currencies", [])
+    if not isinstance(currencies, list) or not all(isinstance(c, str) and c.strip() for c in currencies):
+        raise LexiconError(f"{name}: sale.currencies must be a list of non-empty strings")
+    colours = document.get("colours", {})
+    if not isinstance(colours, dict):
+        raise LexiconError(f"{name}: 'colours' must be a table with 'words' and 'joiners'")
+    _only_keys(colours, {"words", "joiners"}, f"{name}: colours")
+    listing = document.get("listing", {})
+    if not isinstance(listing, dict):
+        raise LexiconError(f"{name}: 'listing' must be a table of weights")
+    weights = [field.name for field in dataclasses.fields(ListingWeights)]
+    _only_keys(listing, set(weights), f"{name}: listing")
+    if listing and not all(isinstance(listing.get(w), (int, float)) for w in weights):
+        raise LexiconError(f"{name}: listing needs every weight as a number: {', '.join(weights)}")
+    return (_phrases("sale", sale.get("words", {}), f"{name}: sale.words", required=False), _price_regex(currencies),
+            _phrases("reporting", document.get("reporting", {}), f"{name}: reporting", required=False),
+            _phrases("colour", colours.get("words", {}), f"{name}: colours.words", required=False),
+            _phrases("joiner", colours.get("joiners", {}), f"{name}: colours.joiners", required=False),
+            ListingWeights(**{w: float(listing[w]) for w in weights}) if listing else _NO_WEIGHTS)
+
+
+def _price_regex(currencies: Sequence[str]) -> re.Pattern[str]:
+    """A price: a currency (symbol, code or word) next to a number, either side ("$950", "950 USD", "3.000.000đ")."""
+    marks = sorted({unicodedata.normalize("NFKC", c).strip() for c in currencies}, key=len, reverse=True)
+    if not marks:
+        return re.compile("(?!)")
+    # A currency in letters ("RM", "USD", "euros") must not be part of a longer word ("ARMY 50", "Rome 3").
+    mark = "|".join(rf"(?<![^\W\d_]){re.escape(m)}(?![^\W\d_])" if m[-1].isalpha() else re.escape(m) for m in marks)
+    number = r"\d[\d.,' ]*\d|\d"
+    return re.compile(rf"(?:{mark})\s?(?:{number})|(?:{number})\s?(?:{mark})", re.IGNORECASE)
 
 
 def _phrases(label: str, table: Any, where: str, *, required: bool) -> list[_Phrase]:
@@ -315,6 +403,13 @@ def _only_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
         raise LexiconError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
 
 
+# Without a `[listing]` table a lexicon names products but weighs no listing words (a platform's older lexicon).
+_NO_WEIGHTS = ListingWeights(intercept=0.0, for_sale=0.0, named=0.0, reported=0.0, mixed=0.0, review=1.0)
+# What separates the items of a list in a line of text: "blue, white, ivory", "Peach / Blush", "黑色、象牙色".
+_LIST_SEPARATORS = re.compile(r"\s*[,/;|·、，；]\s*")
+# A hashtag is a word of its own: "#Ivory #RoseBrooch" is not "ivory rose" (flowers, ignored), so a line is judged
+# hashtag by hashtag.
+_HASHTAG = re.compile(r"(?=#)")
 _SPACES = re.compile(r" +")
 # PP-OCR often drops the spaces between Latin words ("Braceletivoiredemammouth"): in a token of at least this many
 # letters, which few real words reach, a phrase is looked for inside the token too. Shorter tokens keep word edges, so
