@@ -263,13 +263,12 @@ def test_without_the_text_extra_reading_text_names_the_extra(shipped_model, monk
     assert 'pip install "wildvision[text]"' in capsys.readouterr().err
 
 
-def test_a_bad_lexicon_file_is_one_line_and_lexicon_needs_read_text(shipped_model, tmp_path, capsys):
+def test_a_bad_lexicon_file_is_one_line_for_every_command(shipped_model, tmp_path, capsys):
     bad = tmp_path / "mine.toml"
     bad.write_text('version = "1"\n[labels.ivory]\ndescription = "x"\n[labels.ivory.terms]\nklingon = ["x"]\n')
-    assert main(["--model", str(shipped_model), "info", "--lexicon", str(bad)]) == 2
-    assert "unknown language 'klingon'" in capsys.readouterr().err
-    assert main(["--model", str(shipped_model), "predict", "x.jpg", "--lexicon", str(bad)]) == 2
-    assert "--read-text" in capsys.readouterr().err
+    for command in (["info"], ["predict", "x.jpg"], ["scan", str(tmp_path), "-o", str(tmp_path / "r.jsonl")]):
+        assert main(["--model", str(shipped_model), *command, "--lexicon", str(bad)]) == 2
+        assert "unknown language 'klingon'" in capsys.readouterr().err
 
 
 def test_info_lists_the_lexicons_labels_and_languages(shipped_model, capsys):

@@ -26,8 +26,7 @@ from wildvision.images import (
 from wildvision.known_items import KnownItemIndex
 from wildvision.model_info import read_operating_points
 from wildvision.listings import (
-    ListingOf,
-    listing_per_folder,
+    Listings,
     listings_from_csv,
     listings_path,
     summarise_listings,
@@ -54,12 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         points = read_operating_points(args.operating_points) if args.operating_points else None
-        if args.lexicon is not None and not args.read_text and args.command is not _info:
-            raise _UsageError("--lexicon judges the text that --read-text reads: give both")
         classifier = Classifier(args.model, precision=args.precision, operating_points=points,
                                 threads=getattr(args, "threads", None), max_pixels=args.max_pixels,
                                 max_frames=args.max_frames, read_text=args.read_text,
-                                lexicon=args.lexicon if args.read_text else None)
+                                lexicon=args.lexicon)
         return args.command(args, classifier)
     # Bad input, files or extras become one line; anything else is a bug and keeps its traceback.
     except (WildvisionError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError) as error:
@@ -85,7 +82,7 @@ def _scan(args: argparse.Namespace, classifier: Classifier) -> int:
     else:
         inputs = files_from_list(args.files_from.open(encoding="utf-8"))
     index = KnownItemIndex(args.match_index, classifier) if args.match_index else None
-    listing_of = _listing_of(args)  # a bad listings file fails now, before any photo is scored
+    listings = _listings(args)  # a bad listings file fails now, before any photo is scored
     summary = scan_to_file(
         inputs, args.output, classifier, batch_size=args.batch_size, workers=args.workers,
         scorers=max(1, (os.cpu_count() or 1) // args.threads), progress=progress, index=index,
@@ -93,23 +90,24 @@ def _scan(args: argparse.Namespace, classifier: Classifier) -> int:
     progress.finish()
     summary.skipped = skipped
     print(f"{args.output}: {summary}", file=sys.stderr)
-    if listing_of is not None:
-        listings = summarise_listings(read_records(args.output), listing_of, classifier.info.operating_points)
-        write_listings(listings, listings_path(args.output))
-        decisions = Counter(str(listing.decision) for listing in listings)
-        print(f"{listings_path(args.output)}: {len(listings)} listings; decisions: "
+    if listings is not None:
+        decided = summarise_listings(read_records(args.output), listings, classifier.info.operating_points,
+                                     classifier.lexicon)
+        write_listings(decided, listings_path(args.output))
+        decisions = Counter(str(listing.decision) for listing in decided)
+        print(f"{listings_path(args.output)}: {len(decided)} listings; decisions: "
               f"{', '.join(f'{name} {count}' for name, count in sorted(decisions.items()))}", file=sys.stderr)
     return 0
 
 
-def _listing_of(args: argparse.Namespace) -> ListingOf | None:
+def _listings(args: argparse.Namespace) -> Listings | None:
     if args.listings is not None and args.listing_folders:
         raise _UsageError("give either --listings CSV or --listing-folders, not both")
     if args.listing_folders and args.folder is None:
         raise _UsageError("--listing-folders needs a FOLDER to scan (its sub-folders are the listings)")
     if args.listings is not None:
         return listings_from_csv(args.listings)
-    return listing_per_folder if args.listing_folders else None
+    return Listings() if args.listing_folders else None
 
 
 def _predict(args: argparse.Namespace, classifier: Classifier) -> int:
@@ -291,8 +289,8 @@ def _add_model_options(parser: argparse.ArgumentParser, *, suppress: bool) -> No
                         help="also read the words on every photo; a product they name sends it to review "
                              '(needs wildvision[text]; about 10x the time per photo)')
     parser.add_argument("--lexicon", type=Path, metavar="FILE", default=default(None),
-                        help="with --read-text: your own lexicon (TOML, the shipped lexicon.toml's format) instead of "
-                             "the shipped one")
+                        help="your own lexicon (TOML, the shipped lexicon.toml's format) instead of the shipped one, "
+                             "for the words on photos (--read-text) and listings' titles and descriptions (--listings)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -316,8 +314,8 @@ def _parser() -> argparse.ArgumentParser:
     scan.add_argument("--match-index", type=Path, metavar="INDEX",
                       help="a known-item index (see `index add`): every record gets a `match` field")
     scan.add_argument("--listings", type=Path, metavar="CSV", help="which listing each photo is in (columns path, "
-                      "listing): also write one record per listing, decided by its most prohibited photo, to "
-                      "OUTPUT's name with .listings.jsonl")
+                      "relative to FOLDER or as listed, and listing; optional title and description): also write one "
+                      "record per listing, decided by its photos and its words, to OUTPUT's name with .listings.jsonl")
     scan.add_argument("--listing-folders", action="store_true",
                       help="each sub-folder of FOLDER is one listing (as --listings, from the folders)")
     scan.set_defaults(command=_scan)

@@ -135,10 +135,9 @@ class _Phrase:
         return all(char < "ɏ" or unicodedata.category(char).startswith("M") for char in self.text)
 
     @property
-    def pattern(self) -> str:
-        """The phrase as a regex, bounded by word edges where its script has spaces (but not in a run-on token)."""
-        bounded = self.spaced and not self.spelled
-        return rf"(?<!\w){re.escape(self.text)}(?!\w)" if bounded else re.escape(self.text)
+    def bounded(self) -> bool:
+        """Matched at word edges only: in a script with spaces, and not inside a run-on token."""
+        return self.spaced and not self.spelled
 
     @property
     def run_on(self) -> _Phrase:
@@ -157,13 +156,14 @@ class Lexicon:
     """
 
     def __init__(self, document: Mapping[str, Any], *, name: str) -> None:
-        self.version, self.labels, phrases, ignored = _parse(document, name)
+        self.version, self.labels, phrases, ignored, lookalike = _parse(document, name)
         self.languages = tuple(language for language in LANGUAGES if any(p.language == language for p in phrases))
         canonical = repr(sorted((k, repr(v)) for k, v in document.items())).encode()
         self.identity = f"{name} {self.version} sha256:{hashlib.sha256(canonical).hexdigest()[:12]}"
         self._words = _Alternation(phrases)
         self._run_ons = _Alternation([p.run_on for p in phrases if p.spaced])
         self._ignored = {label: _Alternation([p.run_on for p in ignored if p.label == label]) for label in self.labels}
+        self._lookalike = {label: _Alternation([p for p in lookalike if p.label == label]) for label in self.labels}
         sale, self._price, reporting, colours, joiners, self.weights = _parse_listing_tables(document, name)
         self._sale, self._reporting = _Alternation(sale), _Alternation(reporting)
         self._colours = frozenset(phrase.text for phrase in colours)
@@ -195,10 +195,15 @@ class Lexicon:
 
     def products(self, text: str) -> list[tuple[str, str, str]]:
         """The products one line of text names, as (label, phrase as the lexicon spells it, language): the longest
-        phrase at each place, minus ignored contexts and items of a list of colours ("Peach, Blush, Ivory"), each
-        hashtag judged on its own."""
-        found = [(phrase.label, phrase.spelled or phrase.text, phrase.language)
-                 for part in _HASHTAG.split(text) for phrase in self._found(_normalise(part))]
+        phrase at each place, minus ignored contexts, items of a list of colours ("Peach, Blush, Ivory") and phrases
+        with a label's look-alike word close by ("IVORY WICKER HEART", "Shark-Fin-Antenne"). A hashtag is judged on
+        its own, as a run-on word ("#gadinggajah")."""
+        found = []
+        for part in _HASHTAG.split(text):
+            normalised = _normalise(part)
+            found += [(phrase.label, phrase.spelled or phrase.text, phrase.language)
+                      for phrase, start, end in self._found(normalised, part.startswith("#"))
+                      if not self._lookalike[phrase.label].regex.search(_near(normalised, start, end, phrase))]
         return [named for named in found if not self._in_colour_list(named[1], text)]
 
     def sale_cues(self, text: str) -> list[str]:
@@ -214,21 +219,24 @@ class Lexicon:
         return [self._reporting.phrase_of(found).text for found in self._reporting.regex.finditer(normalised)
                 if not _overlaps(found.span(), sale)]
 
-    def _found(self, text: str) -> list[_Phrase]:
+    def _found(self, text: str, hashtag: bool = False) -> list[tuple[_Phrase, int, int]]:
         """The phrases named in one normalised line: as words, and where OCR lost the spaces between words, with the
-    spaces gone, touching a run-on word (`_RUN_ON`). A place judged as words is not judged again."""
+        spaces gone, touching a run-on word (`_RUN_ON`, or the line's first word when it is a hashtag). A place judged
+        as words is not judged again."""
         squashed = text.replace(" ", "")
         kept = [position for position, char in enumerate(text) if char != " "]  # squashed position -> text position
         found = [(self._words.phrase_of(match), match.start(), match.end())
                  for match in self._words.regex.finditer(text)]
         run_ons = [token.span() for token in _RUN_ON.finditer(text)]
+        if hashtag and (first := _FIRST_WORD.match(text)):
+            run_ons.append(first.span())
         for match in self._run_ons.regex.finditer(squashed):
             start, end = kept[match.start()], kept[match.end() - 1] + 1
             if _overlaps((start, end), run_ons) and not _overlaps((start, end), [(a, b) for _, a, b in found]):
                 found.append((self._run_ons.phrase_of(match), start, end))
         # An ignored context is looked for with the spaces gone, so that "Color:Ivory" or "turtleplushtoy" (spaces
         # that OCR lost) still cancel what they contain.
-        return [phrase for phrase, start, end in found
+        return [(phrase, start, end) for phrase, start, end in found
                 if not self._ignored[phrase.label].covers(squashed, (kept.index(start), kept.index(end - 1) + 1))]
 
     def _in_colour_list(self, phrase: str, text: str) -> bool:
@@ -236,8 +244,13 @@ class Lexicon:
         beside a colour word: "Peach, Blush, Ivory, Champagne" lists colours, "Netsuke, ivory, 19th century" does not."""
         if not _LIST_SEPARATORS.search(text):
             return False
-        items = [item.strip() for part in _LIST_SEPARATORS.split(text) for item in self._joiners.split(_normalise(part))]
-        return phrase in items and any(item in self._colours for item in items if item != phrase)
+        items = [item.strip().split(" ") for part in _LIST_SEPARATORS.split(text)
+                 for item in self._joiners.split(_normalise(part))]
+        words = phrase.split(" ")
+        # The phrase's own item may carry a colour's finish ("elfenbein matt"); another item must be colour words
+        # only ("gris perle", "coloris noir").
+        own = [item for item in items if item[: len(words)] == words and set(item[len(words):]) <= self._colours]
+        return bool(own) and any(set(item) <= self._colours for item in items if item and item not in own)
 
 
 class TextReader:
@@ -320,27 +333,31 @@ def _bounds(quad: np.ndarray, size: tuple[int, int]) -> tuple[int, int, int, int
     return (max(0, int(left)), max(0, int(top)), min(size[0], int(right)), min(size[1], int(bottom)))
 
 
-def _parse(document: Mapping[str, Any], name: str) -> tuple[str, tuple[str, ...], list[_Phrase], list[_Phrase]]:
-    """The lexicon's version, labels, phrases and ignored phrases, checked as strictly as operating points."""
+def _parse(
+    document: Mapping[str, Any], name: str
+) -> tuple[str, tuple[str, ...], list[_Phrase], list[_Phrase], list[_Phrase]]:
+    """The lexicon's version, labels, and its phrases, ignored phrases and look-alike words, checked as strictly as
+    operating points."""
     _only_keys(document, {"version", "labels", "sale", "reporting", "colours", "listing"}, name)
     version, labels = document.get("version"), document.get("labels")
     if not isinstance(version, str) or not version:
         raise LexiconError(f"{name}: 'version' must be a non-empty string")
     if not isinstance(labels, dict) or not labels:
         raise LexiconError(f"{name}: '[labels.<label>]' tables are missing")
-    phrases, ignored = [], []
+    phrases, ignored, lookalike = [], [], []
     for label, table in labels.items():
         where = f"{name}: labels.{label}"
         if not re.fullmatch(r"[a-z][a-z0-9_]*", label):
             raise LexiconError(f"{where}: a label is lower-case letters, digits and '_'")
         if not isinstance(table, dict):
-            raise LexiconError(f"{where}: must be a table with 'description', 'terms' and 'ignore'")
-        _only_keys(table, {"description", "terms", "ignore"}, where)
+            raise LexiconError(f"{where}: must be a table with 'description', 'terms', 'ignore' and 'lookalike'")
+        _only_keys(table, {"description", "terms", "ignore", "lookalike"}, where)
         if not isinstance(table.get("description"), str):
             raise LexiconError(f"{where}: 'description' must be a string")
         phrases += _phrases(label, table.get("terms"), f"{where}.terms", required=True)
         ignored += _phrases(label, table.get("ignore", {}), f"{where}.ignore", required=False)
-    return version, tuple(labels), phrases, ignored
+        lookalike += _phrases(label, table.get("lookalike", {}), f"{where}.lookalike", required=False)
+    return version, tuple(labels), phrases, ignored, lookalike
 
 
 def _parse_listing_tables(
@@ -410,6 +427,9 @@ _LIST_SEPARATORS = re.compile(r"\s*[,/;|·、，；]\s*")
 # A hashtag is a word of its own: "#Ivory #RoseBrooch" is not "ivory rose" (flowers, ignored), so a line is judged
 # hashtag by hashtag.
 _HASHTAG = re.compile(r"(?=#)")
+_FIRST_WORD = re.compile(r"\w+")
+_LOOKALIKE_WORDS = 3  # words either side of a phrase in a script with spaces
+_LOOKALIKE_REACH_UNSPACED = 6  # characters either side in Chinese, Japanese and Thai
 _SPACES = re.compile(r" +")
 # PP-OCR often drops the spaces between Latin words ("Braceletivoiredemammouth"): in a token of at least this many
 # letters, which few real words reach, a phrase is looked for inside the token too. Shorter tokens keep word edges, so
@@ -439,23 +459,36 @@ def _separates(char: str) -> bool:
     return unicodedata.category(char)[0] in "ZPSC"
 
 
+def _near(text: str, start: int, end: int, phrase: _Phrase) -> str:
+    """The text around a phrase where a look-alike word shows what it names: three words either side in a script
+    with spaces (a material or a kind is written next to the colour: "IVORY WICKER HEART"), a few characters
+    in Chinese, Japanese and Thai. Farther words describe other things ("ivory with traces of paint")."""
+    if not phrase.spaced:
+        return text[max(0, start - _LOOKALIKE_REACH_UNSPACED) : end + _LOOKALIKE_REACH_UNSPACED]
+    before, after = text[:start].split(" "), text[end:].split(" ")
+    return " ".join([*before[-_LOOKALIKE_WORDS:], text[start:end], *after[: _LOOKALIKE_WORDS + 1]])
+
+
 def _overlaps(span: tuple[int, int], others: Sequence[tuple[int, int]]) -> bool:
     return any(span[0] < other_end and other_start < span[1] for other_start, other_end in others)
 
 
 class _Alternation:
-    """One regex for many phrases, each its own group, longest first so that the most specific phrase wins."""
+    """One regex for many phrases, built as a trie of their letters (a plain alternation of hundreds of phrases tries
+    each one at every position: 1-2 ms for a listing's description, against microseconds this way). At each place the
+    longest phrase wins, so the most specific one is reported. Latin-script phrases match at word edges only."""
 
     def __init__(self, phrases: Sequence[_Phrase]) -> None:
-        self.phrases: dict[str, _Phrase] = {}
+        self.phrases: dict[tuple[str, bool], _Phrase] = {}
         for phrase in sorted(phrases, key=lambda p: len(p.text), reverse=True):
-            self.phrases.setdefault(phrase.pattern, phrase)  # a phrase of two languages (象牙) reports the first
-        self._order = list(self.phrases.values())
-        self.regex = re.compile("|".join(f"(?P<p{i}>{p.pattern})" for i, p in enumerate(self._order)) or "(?!)")
+            self.phrases.setdefault((phrase.text, phrase.bounded), phrase)  # 象牙 of two languages reports the first
+        bounded, anywhere = ([text for text, edges in self.phrases if edges == wanted] for wanted in (True, False))
+        parts = ([rf"(?<!\w)(?:{_trie(bounded)})(?!\w)"] if bounded else []) + ([_trie(anywhere)] if anywhere else [])
+        self.regex = re.compile("|".join(parts) or "(?!)")
 
     def phrase_of(self, found: re.Match[str]) -> _Phrase:
-        """The phrase whose group matched."""
-        return self._order[int((found.lastgroup or "p0")[1:])]
+        """The phrase that matched."""
+        return self.phrases.get((found.group(), True)) or self.phrases[(found.group(), False)]
 
     def covers(self, text: str, span: tuple[int, int]) -> bool:
         """Whether a match starting anywhere in `text` covers `span` (matches may overlap one another)."""
@@ -465,3 +498,22 @@ class _Alternation:
                 return True
             position = found.start() + 1
         return False
+
+
+def _trie(texts: Sequence[str]) -> str:
+    """A regex matching any of `texts`, the longest first where one is the start of another (a greedy `?`)."""
+    root: dict[str, dict] = {}
+    for text in texts:
+        node = root
+        for char in text:
+            node = node.setdefault(char, {})
+        node[""] = {}  # a phrase ends here
+
+    def pattern(node: dict[str, dict]) -> str:
+        branches = [re.escape(char) + pattern(child) for char, child in sorted(node.items()) if char]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else f"(?:{'|'.join(branches)})"
+        return f"(?:{body})?" if "" in node else body
+
+    return pattern(root)
