@@ -137,7 +137,7 @@ def write_weights(weights: ListingWeights) -> None:
 def decision(listing: Listing, lexicon: Lexicon) -> str:
     """The decision the library gives a listing of these words and no photo."""
     words = listing_words(lexicon, title=listing.title, description=listing.description)
-    return decide_listing([], {}, words=words, weights=lexicon.weights).decision if words else "allow"
+    return decide_listing([], {}, words=words, weights=lexicon.weights).decision
 
 
 def print_figures(listings: list[Listing], lexicon: Lexicon) -> None:

@@ -34,7 +34,7 @@ import uuid
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Mapping, Union
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -127,12 +127,20 @@ class Client:
                 predictions.append(_from_json(Prediction, result))
         return predictions
 
-    def predict_listing(self, images: Iterable[ImageSource], *, request_id: str | None = None) -> ListingPrediction:
-        """Score a listing's photos together (one request, at most the service's `--max-batch` photos): decided by its
-        most prohibited photo, as `Classifier.predict_listing` decides. A photo the service cannot read raises an
+    def predict_listing(
+        self, images: Iterable[ImageSource] = (), *, title: str | None = None, description: str | None = None,
+        request_id: str | None = None,
+    ) -> ListingPrediction:
+        """Decide a listing from its photos and its seller's words in one request (at most the service's
+        `--max-batch` photos), as `Classifier.predict_listing` decides. A photo the service cannot read raises an
         `ImageLoadError` naming its position."""
         _, photos = _numbered_photos(images)
-        form, content_type = _multipart(photos)
+        for name, value in (("title", title), ("description", description)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"a listing's {name} must be text (str), got {type(value).__name__}")
+        if not photos and not (title or description):
+            raise ValueError("a listing needs at least one photo, or a title or description")
+        form, content_type = _multipart(photos, {"title": title, "description": description})
         try:
             answer = json.loads(self._call("/predict/listing", form, content_type, request_id).body)
         except ServiceError as error:
@@ -280,12 +288,16 @@ def _photo_bytes(image: ImageSource, source: str) -> bytes:
                          "image or an array", "unsupported_input")
 
 
-def _multipart(photos: list[bytes]) -> tuple[bytes, str]:
-    """A multipart form of photo files, as /predict/batch takes it: raw bytes, a third smaller than base64 in JSON."""
+def _multipart(photos: list[bytes], fields: Mapping[str, str | None] | None = None) -> tuple[bytes, str]:
+    """A multipart form of photo files, as /predict/batch takes it (raw bytes, a third smaller than base64 in JSON),
+    and text `fields` (a listing's title and description; None leaves a field out)."""
     boundary = uuid.uuid4().hex
     parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="photos"; filename="{number}"\r\n'
              f"Content-Type: application/octet-stream\r\n\r\n".encode() + photo + b"\r\n"
              for number, photo in enumerate(photos)]
+    parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n'
+              f"Content-Type: text/plain; charset=utf-8\r\n\r\n{value}\r\n".encode()
+              for name, value in (fields or {}).items() if value is not None]
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 

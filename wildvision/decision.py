@@ -150,8 +150,6 @@ def decide_listing(
     score (`listing_score`) reaches the lexicon's review threshold; `block` where, in addition, a photo's score for
     that label reaches its review threshold (two signals: the words and the image). With no words given, a listing is
     decided by its most prohibited photo, as before listings had words."""
-    if not photos and not words:
-        raise ValueError("a listing needs at least one photo, or a title or description")
     reasons = (*_photo_reasons(photos, operating_points), *words)
     named = tuple(dict.fromkeys(r.label for r in reasons if r.signal == "product" and r.label is not None))
     flagged = [label for photo in photos
