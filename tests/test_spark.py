@@ -433,3 +433,40 @@ def test_without_pyspark_the_command_says_what_to_install(tmp_path, capsys, monk
     monkeypatch.delitem(sys.modules, "wildvision.spark")
     assert main(["spark", str(tmp_path), "-o", str(tmp_path / "o")]) == 2
     assert "pip install 'wildvision[spark]'" in capsys.readouterr().err
+
+
+def test_listings_are_decided_on_spark_as_scan_decides_them(spark, shipped_model, tmp_path, capsys):
+    """`spark --listings`: a listing table's photos and words give the listing records `scan --listings` gives."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, seed in (("a.jpg", 1), ("b.jpg", 2), ("c.jpg", 3)):
+        make_photo("not_ivory", seed, size=(320, 240)).save(folder / name, quality=90)
+    rows = [("a.jpg", "L1", "Ivory bangle for sale", ""), ("b.jpg", "L1", "", "Genuine elephant ivory, shipping"),
+            ("c.jpg", "L2", "Blue ceramic bowl", ""), ("", "L3", "Carved mammoth ivory netsuke $900", "")]
+
+    def table(uri: bool) -> Path:
+        path = tmp_path / f"listings-{uri}.csv"
+        lines = [f"{f'file:{folder / name}' if uri and name else name},{listing},{title},{description}"
+                 for name, listing, title, description in rows]
+        path.write_text("\n".join(["path,listing,title,description", *lines]) + "\n", encoding="utf-8")
+        return path
+
+    assert main(["--model", str(shipped_model), "scan", str(folder), "-o", str(tmp_path / "scan.jsonl"),
+                 "--listings", str(table(uri=False))]) == 0
+    output = tmp_path / "spark.parquet"
+    assert main(["--model", str(shipped_model), "spark", str(folder), "-o", str(output),
+                 "--listings", str(table(uri=True))]) == 0
+    assert "spark.listings.parquet: 3 listings" in capsys.readouterr().err
+    by_spark = {row["listing"]: row.asDict() for row in spark.read.parquet(str(tmp_path / "spark.listings.parquet"))
+                .collect()}
+    by_scan = {row["listing"]: row for row in map(json.loads, (tmp_path / "scan.listings.jsonl").open())}
+    assert set(by_spark) == set(by_scan) == {"L1", "L2", "L3"}
+    for listing, expected in by_scan.items():
+        got = by_spark[listing]
+        assert (got["decision"], list(got["labels"]), dict(got["scores"]), got["photos"]) == (
+            expected["decision"], expected["labels"], expected["scores"], expected["photos"])
+        assert [(r["source"], r["signal"], r["phrase"]) for r in got["reasons"]] == [
+            (r["source"], r["signal"], r["phrase"]) for r in expected["reasons"]]
+    assert main(["--model", str(shipped_model), "spark", str(folder), "-o", str(output),
+                 "--listings", str(tmp_path / "absent.csv")]) == 2
+    assert "no listing table there" in capsys.readouterr().err

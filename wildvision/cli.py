@@ -26,6 +26,7 @@ from wildvision.images import (
 from wildvision.known_items import KnownItemIndex
 from wildvision.model_info import read_operating_points
 from wildvision.listings import (
+    ListingError,
     Listings,
     listings_from_csv,
     listings_path,
@@ -221,15 +222,43 @@ def _api_keys(path: Path | None) -> list[str]:
 
 
 def _spark(args: argparse.Namespace, classifier: Classifier) -> int:
-    from wildvision.spark import Reading, score_archive, session  # pyspark is imported by this command only
+    from wildvision.spark import (  # pyspark is imported by this command only
+        Reading, listings_output, score_archive, score_listings, session,
+    )
 
     if args.match_index:
         KnownItemIndex(args.match_index, classifier)  # a missing index, or another model's, is named before Spark starts
-    summary = score_archive(session(args.master), args.source, args.output, model=classifier.model_path,
+    spark = session(args.master)
+    listings = _listing_table(spark, args.listings) if args.listings else None  # a bad table fails before scoring
+    summary = score_archive(spark, args.source, args.output, model=classifier.model_path,
                             match_index=args.match_index, batch_size=args.batch_size, partitions=args.partitions,
                             reading=Reading.of(classifier))
     print(f"{args.output}: {summary}", file=sys.stderr)
+    if listings is not None:
+        records = spark.read.parquet(args.output)
+        decided = score_listings(records, listings, operating_points=classifier.info.operating_points,
+                                 lexicon=classifier.lexicon)
+        decided.write.mode("overwrite").parquet(listings_output(args.output))  # derived anew from all the records
+        counts = {row["decision"]: row["count"] for row in decided.groupBy("decision").count().collect()}
+        print(f"{listings_output(args.output)}: {sum(counts.values())} listings; decisions: "
+              f"{', '.join(f'{name} {count}' for name, count in sorted(counts.items(), key=str))}", file=sys.stderr)
     return 0
+
+
+def _listing_table(spark, source: str):
+    """A listing table for `spark --listings`: Parquet, or CSV with a header row, on any file system Spark reads."""
+    from pyspark.errors import AnalysisException
+
+    reader = spark.read.parquet if source.rstrip("/").endswith(".parquet") else spark.read.option("header", True).csv
+    try:
+        table = reader(source)
+    except AnalysisException as error:
+        raise FileNotFoundError(f"{source}: no listing table there ({error.getCondition()})") from None
+    missing = {"path", "listing"} - set(table.columns)
+    if missing:
+        raise ListingError(f"{source}: a listing table needs 'path' and 'listing' columns, it has "
+                           f"{', '.join(table.columns) or 'none'}")
+    return table
 
 
 def _info(args: argparse.Namespace, classifier: Classifier) -> int:
@@ -378,6 +407,9 @@ def _parser() -> argparse.ArgumentParser:
     spark.add_argument("--partitions", type=_positive_int, help="about how many tasks score the archive, each writing one "
                        "Parquet file (default: Spark's split, about 30 photos per task)")
     spark.add_argument("--batch-size", type=_positive_int, default=16)
+    spark.add_argument("--listings", metavar="TABLE", help="a listing table, CSV or Parquet, as scan --listings takes "
+                       "it (path as the records name it, listing, optional title and description): also write one "
+                       "record per listing to OUTPUT's name with .listings.parquet")
     spark.add_argument("--match-index", type=Path, metavar="INDEX",
                        help="a known-item index (see `index add`), shipped to the executors: adds the match_* columns")
     spark.set_defaults(command=_spark)

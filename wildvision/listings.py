@@ -16,7 +16,7 @@ import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 from wildvision.classifier import Prediction
 from wildvision.decision import Decision, decide_listing
@@ -25,8 +25,8 @@ from wildvision.model_info import OperatingPoint
 from wildvision.text import Lexicon, TextEvidence
 from wildvision.words import WORD_SOURCES, listing_words
 
-__all__ = ["ListingError", "ListingRecord", "Listings", "listing_per_folder", "listings_from_csv", "listings_path",
-           "summarise_listings", "write_listings"]
+__all__ = ["ListingError", "ListingRecord", "Listings", "listing_per_folder", "listing_record", "listings_from_csv",
+           "listings_path", "summarise_listings", "write_listings"]
 
 
 class ListingError(WildvisionError, ValueError):
@@ -117,7 +117,7 @@ def summarise_listings(
                            "are relative to the scanned folder, or as listed in --files-from")
     for listing in listings.words:
         members.setdefault(listing, [])
-    return [_listing(listing, photos, listings.words.get(listing, {}), operating_points, lexicon)
+    return [listing_record(listing, photos, listings.words.get(listing, {}), operating_points, lexicon)
             for listing, photos in members.items()]
 
 
@@ -134,12 +134,14 @@ def write_listings(listings: Iterable[ListingRecord], path: Path) -> None:
     os.replace(partial, path)
 
 
-def _listing(
-    listing: str, records: list[Mapping], words: Mapping[str, str], operating_points: Mapping[str, OperatingPoint],
-    lexicon: Lexicon,
+def listing_record(
+    listing: str, records: Sequence[Mapping], words: Mapping[str, str | None],
+    operating_points: Mapping[str, OperatingPoint], lexicon: Lexicon,
 ) -> ListingRecord:
+    """One listing's record from its photos' finished records (`RecordLayout.to_dict`) and its words (`title`,
+    `description`): what `scan --listings` and `wildvision spark --listings` write."""
     scored = [record for record in records if record["error"] is None]
-    model = records[0] if records else {"model_name": None, "model_version": None}
+    model = records[0] if records else {"model_name": None, "model_version": None}  # a listing of words alone
     photos = [_prediction(record) for record in scored]
     found = listing_words(lexicon, title=words.get("title"), description=words.get("description"),
                           photo_texts=[photo.text for photo in photos])

@@ -23,7 +23,7 @@ import sys
 import time
 from collections import Counter
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -36,7 +36,9 @@ try:
     from pyspark.errors import AnalysisException
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql import functions as F
-    from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
+    from pyspark.sql.types import (
+        ArrayType, DoubleType, LongType, MapType, StringType, StructField, StructType,
+    )
 except ImportError as error:
     raise ImportError(f"Spark scoring needs the spark extra ({error.name} is missing): "
                       "pip install 'wildvision[spark]'") from None
@@ -44,16 +46,31 @@ except ImportError as error:
 from wildvision.classifier import Classifier, ModelIdentity, default_model_path
 from wildvision.images import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS, ImageLoadError
 from wildvision.known_items import KnownItemIndex
+from wildvision.listings import ListingError, listing_record
 from wildvision.model_info import OperatingPoint
 from wildvision.records import RecordLayout, ScanRecord
 from wildvision.scan import (
     IMAGE_SUFFIXES, ScanInput, ScanSummary, check_same_run, find_images, layout_of, run_facts, scan,
 )
 from wildvision.text import Lexicon
+from wildvision.words import WORD_SOURCES
 
-__all__ = ["Reading", "read_photos", "record_schema", "score_archive", "score_photos", "session"]
+__all__ = ["LISTING_SCHEMA", "Reading", "listings_output", "read_photos", "record_schema", "score_archive",
+           "score_listings", "score_photos", "session"]
 
 _SPARK_TYPES = {str: StringType(), float: DoubleType(), int: LongType()}
+# `wildvision.listings.ListingRecord` as Spark columns; `reasons` are `wildvision.decision.Reason`s.
+_STRINGS = ArrayType(StringType())
+LISTING_SCHEMA = StructType([
+    StructField("listing", StringType()), StructField("decision", StringType()),
+    StructField("deciding_path", StringType()), StructField("labels", _STRINGS),
+    StructField("scores", MapType(StringType(), DoubleType())),
+    StructField("reasons", ArrayType(StructType([
+        StructField("source", StringType()), StructField("label", StringType()), StructField("signal", StringType()),
+        StructField("phrase", StringType()), StructField("score", DoubleType())]))),
+    StructField("paths", _STRINGS), StructField("photos", LongType()), StructField("failed", LongType()),
+    StructField("model_name", StringType()), StructField("model_version", StringType()),
+])
 # Hadoop glob patterns are case-sensitive: `*.{[jJ][pP][gG],...}` matches scan's suffixes in any case, as scan does.
 _IMAGE_GLOB = "*.{" + ",".join(
     "".join(f"[{c.lower()}{c.upper()}]" for c in suffix[1:]) for suffix in sorted(IMAGE_SUFFIXES)
@@ -197,6 +214,55 @@ def score_archive(
     summary.already_done = sum(before.values())
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def score_listings(
+    records: DataFrame, listings: DataFrame, *, operating_points: Mapping[str, OperatingPoint], lexicon: Lexicon,
+) -> DataFrame:
+    """One listing record per listing (`wildvision.listings.ListingRecord`, in `LISTING_SCHEMA`), decided as `scan
+    --listings` decides, from the records of a run and a listing table: `path` (as the records name it) and `listing`
+    columns, with optional `title` and `description` (a row without a path gives a listing's words alone; where a
+    listing's rows differ, the first non-empty title or description counts). Each listing is decided on one executor
+    with `operating_points` and `lexicon` (it travels as data), so a listing table of any size never enters the
+    driver."""
+    missing = {"path", "listing"} - set(listings.columns)
+    if missing:
+        raise ListingError(f"a listing table needs 'path' and 'listing' columns; it lacks {', '.join(sorted(missing))}")
+    words = [F.col(source) if source in listings.columns else F.lit(None).cast("string").alias(source)
+             for source in WORD_SOURCES]
+    table = listings.select(F.col("path").cast("string"), F.col("listing").cast("string"), *words)
+    layout = RecordLayout.of_columns(records.columns)
+    points = tuple(operating_points.items())
+
+    def decide(frame: pd.DataFrame) -> pd.DataFrame:  # a function, not a partial: Spark reads its type hints
+        return _decide_listing(frame, layout=layout, points=points, lexicon=lexicon)
+
+    return (table.where(F.col("listing").isNotNull()).join(records, "path", "left")
+            .groupBy("listing").applyInPandas(decide, LISTING_SCHEMA))
+
+
+def listings_output(output: str) -> str:
+    """Where `wildvision spark --listings` writes the listing records of `output`: `records.parquet` ->
+    `records.listings.parquet`, beside it."""
+    stem = output.rstrip("/")
+    return f"{stem.removesuffix('.parquet')}.listings.parquet"
+
+
+def _decide_listing(
+    frame: pd.DataFrame, *, layout: RecordLayout, points: tuple[tuple[str, OperatingPoint], ...], lexicon: Lexicon,
+) -> pd.DataFrame:
+    """One listing's rows (its table rows joined to their records) as its listing record."""
+    rows = [{name: (None if _is_null(value) else value) for name, value in row.items()}
+            for row in frame.to_dict("records")]
+    words = {source: next((row[source] for row in rows if row[source]), None) for source in WORD_SOURCES}
+    records = [layout.nested({name: row[name] for name in layout.column_names})
+               for row in rows if row["path"] is not None and row.get("model_name") is not None]
+    decided = listing_record(rows[0]["listing"], records, words, dict(points), lexicon)
+    return pd.DataFrame([asdict(decided)])
+
+
+def _is_null(value: object) -> bool:
+    return value is None or (isinstance(value, float) and value != value)  # pandas turns a null number into NaN
 
 
 def _score(photos: DataFrame, job: _Job) -> DataFrame:
