@@ -16,6 +16,7 @@ calls harmless often names the product outright. This module has the two halves 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import queue
@@ -396,8 +397,10 @@ def _price_regex(currencies: Sequence[str]) -> re.Pattern[str]:
     if not marks:
         return re.compile("(?!)")
     # A currency in letters ("RM", "USD", "euros") must not be part of a longer word ("ARMY 50", "Rome 3").
-    mark = "|".join(rf"(?<![^\W\d_]){re.escape(m)}(?![^\W\d_])" if m[-1].isalpha() else re.escape(m) for m in marks)
-    number = r"\d[\d.,' ]*\d|\d"
+    letters, symbols = [m for m in marks if m[-1].isalpha()], [m for m in marks if not m[-1].isalpha()]
+    mark = "|".join(([rf"(?<![^\W\d_])(?:{_trie(letters)})(?![^\W\d_])"] if letters else [])
+                    + ([_trie(symbols)] if symbols else []))
+    number = r"\d+(?:[.,' ]\d+)*"  # 950, 1,200, 3.000.000, 12 000: groups, each tried once (no backtracking)
     return re.compile(rf"(?:{mark})\s?(?:{number})|(?:{number})\s?(?:{mark})", re.IGNORECASE)
 
 
@@ -437,6 +440,7 @@ _SPACES = re.compile(r" +")
 _RUN_ON = re.compile(r"[^\W\d_]{12,}")
 
 
+@functools.lru_cache(maxsize=4096)  # a listing's text is normalised by each of the lexicon's readers in turn
 def _normalise(text: str) -> str:
     """Case-folded NFKC text, punctuation, symbols and white space as one space, Latin letters without accents (OCR
     drops them, and `đ` is a separate letter that no decomposition removes)."""
