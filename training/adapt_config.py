@@ -75,8 +75,8 @@ class AdaptConfig:
                "--max-forgetting", changes_weights=True)
     base_photos: int = option(1000, "base training photos replayed at most", changes_weights=True, bounds=AT_LEAST_0)
     anchor_photos: int = option(
-        1000, "with --base-data and no reference: other base training photos (not replayed) on which the pull towards "
-              "the base head is chosen (with a reference, its calib vectors are)", changes_weights=True,
+        1000, "with --base-data and no reference: other base training photos (not replayed) that judge forgetting "
+              "(with a reference, its calib vectors do)", changes_weights=True,
         bounds=AT_LEAST_0)
     max_forgetting: float = option(
         DEFAULT_MAX_FORGETTING, "accuracy at its decisions the adapted model may lose on the base's calib vectors "
@@ -85,8 +85,9 @@ class AdaptConfig:
     check_photos: int = option(1000, "base val photos on which forgetting is measured the same way and reported (held "
                                      "out of every choice)", changes_weights=False, bounds=AT_LEAST_0)
     stay_close: float | None = option(
-        None, f"a fixed pull towards the base head's weights instead of the search (default without anchor photos: "
-              f"{DEFAULT_STAY_CLOSE_ALONE})", changes_weights=True, bounds=POSITIVE)
+        None, f"a fixed pull towards the base head's weights instead of the search over pulls (the mixes with the base "
+              f"head are still tried; default with nothing to judge by: {DEFAULT_STAY_CLOSE_ALONE})",
+        changes_weights=True, bounds=POSITIVE)
     work: Path | None = option(None, "feature cache, kept for reruns (default: OUT's folder/.adapt-cache)",
                                changes_weights=False)
     parity_photos: int = option(16, "labelled photos the written model is checked on", changes_weights=False,
