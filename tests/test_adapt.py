@@ -550,6 +550,34 @@ def test_a_model_the_search_accepts_is_never_refused_afterwards(seed, tolerance,
     assert relaxed.verdict(fitted.head, fitted.temperature, fitted.operating_points).accepted
 
 
+def test_the_fitting_set_weighs_the_platforms_photos_and_the_replayed_ones_the_same_in_total():
+    replay = adapt.BaseVectors(np.ones((1000, 4), np.float16), np.array(["not_ivory"] * 1000), np.full(1000, "met"),
+                               np.arange(1000).astype(str))
+    fit = adapt.assemble(np.zeros((30, 4)), np.zeros(30, np.int64), [str(i) for i in range(30)], replay, LABELS_2)
+    assert fit.platform == 30 and len(fit.targets) == 1030 and fit.embeddings.dtype == np.float32
+    assert fit.weights[:30].sum() == pytest.approx(1.0) == fit.weights[30:].sum()
+    assert fit.bounds[:30] == [adapt.PLATFORM] * 30 and fit.bounds[30] == "base:met" and fit.groups[30] == "base:0"
+    weighted = adapt.assemble(np.zeros((2, 4)), np.zeros(2, np.int64), ["a", "b"], replay, LABELS_2,
+                              weights=np.array([3.0, 1.0]))
+    assert weighted.weights[:2] == pytest.approx([0.75, 0.25])  # a caller's weights keep their shape, not their sum
+
+
+def test_the_adapt_benchmark_assembles_and_searches_with_the_functions_that_ship():
+    """benchmarks/adapt_simulation.py once re-implemented the assembly and weighted it otherwise; it must call
+    adapt's own `assemble` and `fit_adapted`, so that the figures it prints are the command's."""
+    import ast
+
+    from conftest import REPO
+
+    tree = ast.parse((REPO / "benchmarks" / "adapt_simulation.py").read_text(encoding="utf-8"))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and node.module == "training.adapt" for alias in node.names}
+    called = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+    assert {"assemble", "fit_adapted", "Judge"} <= imported and {"assemble", "fit_adapted"} <= called
+    defined = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+    assert "_with_replay" not in defined  # its own assembly, weighted /2 and 0.5/m, is gone
+
+
 def test_the_judge_allows_for_how_few_photos_measure_it():
     # The same share lost: on 200 photos it can be chance, on 20,000 it cannot.
     few = adapt.Change("met", 200, 180, lost=9, gained=2)  # -0.035: what vetoed a better model on real posts
