@@ -1,0 +1,5 @@
+import sys
+
+from training.adapt.command import main
+
+sys.exit(main())
