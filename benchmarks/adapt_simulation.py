@@ -55,7 +55,8 @@ from training.adapt import (  # noqa: E402
     FitSet, Judge, OpenWorld, Search, Thresholding, assemble, fit_adapted, reference_vectors, start_head,
 )
 from training.backbone import IMAGENET_MEAN, IMAGENET_STD, build_model  # noqa: E402
-from training.calibration import ThresholdRule, calibrate, flag_rates, flags, softmax  # noqa: E402
+from training.calibration import ThresholdRule, calibrate, flag_rates, softmax  # noqa: E402
+from wildvision.decision import flags  # noqa: E402
 from training.compare import Comparison, Scored, auc, compare_scores  # noqa: E402
 from training.data import Sample, load_samples  # noqa: E402
 from training.export import write_onnx  # noqa: E402

@@ -15,11 +15,11 @@ import numpy as np
 
 from training.errors import ConfigError, DataError
 from wildvision.classifier import softmax  # the library's own: training calibrates as inference scores
-from wildvision.decision import flags  # the decision rule itself, vectorised: thresholds are fitted as they decide
+from wildvision.decision import flags  # the decision rule itself, vectorised: thresholds are measured as it decides
 from wildvision.model_info import OperatingPoint
 
 __all__ = ["BaseScores", "ThresholdRule", "calibrate", "choose_operating_point", "expected_calibration_error",
-           "fit_temperature", "flag_rates", "flags", "softmax"]
+           "fit_temperature", "flag_rates", "softmax"]
 
 
 @dataclass(frozen=True)

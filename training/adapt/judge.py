@@ -23,8 +23,9 @@ import numpy as np
 
 from training.adapt.inputs import BaseCalibration, BaseVectors
 from training.adapt_config import DEFAULT_MAX_FORGETTING
-from training.calibration import flags, softmax
+from training.calibration import softmax
 from training.head import Head
+from wildvision.decision import flags  # the decision rule itself, vectorised
 from wildvision.model_info import OperatingPoint
 
 __all__ = ["CONFIDENCE_Z", "DEFAULT_MAX_FORGETTING", "MIN_SOURCE_PHOTOS", "Change", "Judge", "Verdict"]
