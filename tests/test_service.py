@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import pytest
-from captions import caption
+from captions import caption, skip_without_font
 from conftest import REPO, make_photo
 from PIL import Image
 
@@ -751,6 +751,7 @@ def test_a_service_that_reads_text_answers_with_the_words_and_decides_listings_b
     """`serve --read-text`: every answer carries what was read; /predict/listing and `Client.predict_listing` decide
     a listing by the photo whose words name the product, as `Classifier.predict_listing` does."""
     pytest.importorskip("rapidocr_onnxruntime", reason="reading text needs the text extra")
+    skip_without_font("en")
     reader = Classifier(tiny_run["model"], read_text=True, threads=1)
     plain = make_photo("not_ivory", 3, size=(480, 360))
     promo = caption(make_photo("not_ivory", 4, size=(480, 360)), "Genuine rhino horn cup", "en")[0]
