@@ -171,13 +171,14 @@ def test_cli_index_add_then_scan_with_matches(folders, tiny_run, tmp_path, capsy
     assert "4 known items" in capsys.readouterr().err
     for suffix in (".jsonl", ".csv"):
         output = tmp_path / f"scan{suffix}"
-        assert main(["--model", model, "scan", str(listings), "-o", str(output), "--match-index", str(index)]) == 0
+        status = main(["--model", model, "scan", str(listings), "-o", str(output), "--match-index", str(index)])
+        assert status == 1  # broken.jpg is not a photo
         matches = {r["path"]: r["match"] for r in read_records(output)}
         assert {path: match and match["reference"] for path, match in matches.items()} == {
             "broken.jpg": None, "unrelated.jpg": None,
             "repost1.jpg": (known / "seized1.jpg").as_posix(), "repost2.png": (known / "seized2.jpg").as_posix()}
     plain = tmp_path / "plain.jsonl"
-    assert main(["--model", model, "scan", str(listings), "-o", str(plain)]) == 0
+    assert main(["--model", model, "scan", str(listings), "-o", str(plain)]) == 1
     assert all("match" not in json.loads(line) for line in plain.read_text().splitlines())
     capsys.readouterr()
     assert main(["--model", model, "scan", str(listings), "-o", str(plain), "--match-index", str(index)]) == 2

@@ -346,7 +346,7 @@ class Classifier:
         frame = photos[chosen]
         heatmap = heatmap_on_photo(activation[chosen, index], frame, self.info.preprocessing, score=score)
         text = self._text_evidence([frame]) if self.text_reader is not None else None
-        return Explanation(label, score, heatmap, frame, text)
+        return Explanation(label, score, heatmap, frame, text, chosen)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """The model's raw, uncalibrated outputs for an NCHW batch."""

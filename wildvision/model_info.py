@@ -161,8 +161,9 @@ def read_operating_points(path: str | Path) -> dict[str, OperatingPoint]:
     except OSError as error:
         raise OperatingPointError(f"{path}: cannot read the thresholds file ({error.strerror or error})") from None
     except (ValueError, tomllib.TOMLDecodeError) as error:
+        # A .yaml file is read as JSON too (JSON is the default), so say which formats there are, not only the one tried.
         raise OperatingPointError(f"{path}: not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'} "
-                                  f"({error})") from None
+                                  f"({error}); thresholds files are JSON, or TOML when named .toml") from None
     if not isinstance(document, dict) or not all(isinstance(point, dict) for point in document.values()):
         raise OperatingPointError(f'{path}: expected {{"label": {{"review": 0.8, "block": 0.99}}, ...}}')
     points = {}
