@@ -209,9 +209,8 @@ def test_cli_predict_explain_writes_an_overlay_per_photo(folders, tiny_run, tmp_
     assert [Path(r["explanation"]).name for r in results] == ["repost1.jpg.explain.png", "unrelated.jpg.explain.png"]
     for result, photo in zip(results, photos):
         with Image.open(result["explanation"]) as overlay, Image.open(photo) as original:
-            # the photo as the model saw it: large JPEGs are decoded at reduced scale, never below the input size
-            assert overlay.format == "PNG" and overlay.width / overlay.height == pytest.approx(original.width / original.height)
-            assert min(overlay.size) >= 64
+            # at the photo's own size, though a large JPEG is scored at reduced scale: a reviewer sees the detail
+            assert overlay.format == "PNG" and overlay.size == original.size
     (tmp_path / "other").mkdir()
     listing_photo("horn", 1).save(tmp_path / "other" / "repost1.jpg")
     assert main(["--model", str(tiny_run["model"]), "predict", str(photos[0]), str(tmp_path / "other" / "repost1.jpg"),
