@@ -131,14 +131,14 @@ def test_an_index_answers_only_to_the_model_that_built_it(known, tiny_run):
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
 def test_records_with_matches_round_trip(tmp_path, suffix):
     scores = {"horn": 0.1, "ivory": 0.8, "not_ivory": 0.1}
-    base = {"label": "ivory", "decision": "block", "model_name": "m", "model_version": "1", "model_precision": "int8",
+    base = {"label": "ivory", "top_label": "ivory", "decision": "block", "model_name": "m", "model_version": "1", "model_precision": "int8",
             "model_digest": "sha256:0123456789abcdef", "thresholds": "ivory=0.8/0.99", "error": None,
             "error_category": None}
     records = [
         {"path": "a.jpg", "scores": scores, **base,
          "match": {"id": 3, "reference": "case-3", "hash_distance": 4, "cosine": 0.93}},
         {"path": "b.jpg", "scores": scores, **base, "match": None},
-        {"path": "c.jpg", "scores": None, **{**base, "label": None, "decision": None, "error": "empty input",
+        {"path": "c.jpg", "scores": None, **{**base, "label": None, "top_label": None, "decision": None, "error": "empty input",
                                               "error_category": "empty"}, "match": None},
     ]
     path = tmp_path / f"records{suffix}"

@@ -79,6 +79,8 @@ def test_one_record_per_image_file_with_errors_as_records(archive, classifier, t
         category = expected[record["path"]]
         if category is None:
             assert record["error"] is None and record["decision"] in ("allow", "review", "block")
+            assert (record["label"] is None) == (record["decision"] == "allow"), "label agrees with decision"
+            assert record["top_label"] == max(record["scores"], key=record["scores"].get)
             assert sum(record["scores"].values()) == pytest.approx(1.0)
         else:
             assert record["error_category"] == category and record["error"] and record["scores"] is None

@@ -16,7 +16,7 @@ from PIL import Image
 from captions import caption, phrases, skip_without_font
 from conftest import EVERYDAY_DATA, SHARED_DATA, make_photo
 from wildvision import Classifier, OperatingPoint
-from wildvision.classifier import Prediction, decide_listing, decide_with_text
+from wildvision.classifier import Prediction, decide_listing, decide_with_text, decided_label
 from wildvision.cli import main
 from wildvision.text import Lexicon, LexiconError, TextEvidence, TextLine, TextMatch, TextReader
 
@@ -112,8 +112,9 @@ def test_text_sends_to_review_and_blocks_only_where_the_image_agrees(ivory_score
 
 
 def prediction(ivory: float, decision: str, text: TextEvidence | None = None) -> Prediction:
-    return Prediction({"ivory": ivory, "not_ivory": 1 - ivory}, "ivory" if ivory > 0.5 else "not_ivory", decision,
-                      "m", "1", "float32", "sha256:0", "ivory=0.5/0.9", text)
+    scores = {"ivory": ivory, "not_ivory": 1 - ivory}
+    return Prediction(scores, decided_label(scores, decision, text.labels if text else (), IVORY),
+                      max(scores, key=scores.get), decision, "m", "1", "float32", "sha256:0", "ivory=0.5/0.9", text)
 
 
 def test_a_listing_is_decided_by_its_worst_photo_by_image_or_by_words():

@@ -39,7 +39,7 @@ from wildvision.text import READ_SIDE, Lexicon, TextEvidence, TextReader
 __all__ = [
     "BLANK_SPREAD", "DEFAULT_MODEL_FILE", "Classifier", "Decision", "ListingPrediction", "ModelIdentity", "Prediction",
     "PreparedPhoto", "decide", "decide_listing", "decide_with_text", "default_model_path", "describe_thresholds",
-    "flagged_labels", "rank_of", "read_model_info", "softmax", "twin_path",
+    "decided_label", "flagged_labels", "rank_of", "read_model_info", "softmax", "twin_path",
 ]
 
 Decision = Literal["allow", "review", "block"]
@@ -80,15 +80,19 @@ class ModelIdentity:
 
 @dataclass(frozen=True)
 class Prediction:
-    """One photo's result: every label's calibrated probability, the top label, the decision they lead to, the
-    thresholds that decided (`label=review/block`, `; `-separated) and the model file that scored it.
+    """One photo's result: every label's calibrated probability, the decision they lead to and the prohibited label
+    it is about, the top-scoring label, the thresholds that decided (`label=review/block`, `; `-separated) and the
+    model file that scored it.
 
-    For an animated or multi-page file, the result of its most prohibited frame. With text reading on, `text` holds
-    what was read on the photo (every frame) and the phrases that counted; `decision` weighs both
-    (`decide_with_text`)."""
+    `label` agrees with `decision`, so that a filter on it finds what was flagged: the prohibited label the photo is
+    sent to review or blocked for (`decided_label`), None when it is allowed. `top_label` is the most probable label,
+    whatever was decided (an allowed photo may score ivory highest, below ivory's review threshold). For an animated
+    or multi-page file, the result of its most prohibited frame. With text reading on, `text` holds what was read on
+    the photo (every frame) and the phrases that counted; `decision` and `label` weigh both (`decide_with_text`)."""
 
     scores: dict[str, float]
-    label: str
+    label: str | None
+    top_label: str
     decision: Decision
     model_name: str
     model_version: str
@@ -201,6 +205,26 @@ def decide_listing(
     labels = (flagged_labels(p.scores, p.text.labels if p.text else (), operating_points) for p in predictions)
     return ListingPrediction(predictions[deciding].decision, deciding,
                              tuple(dict.fromkeys(label for photo in labels for label in photo)), tuple(predictions))
+
+
+def decided_label(
+    scores: Mapping[str, float], decision: Decision, text_labels: Iterable[str],
+    operating_points: Mapping[str, OperatingPoint],
+) -> str | None:
+    """The prohibited label a decision is about (`Prediction.label`): None for `allow`; else, of the labels the photo
+    is flagged for (`flagged_labels`), the one its image score takes furthest (block, then review), then one its text
+    names, then the highest score: a label that alone reaches the decision."""
+    if decision == "allow":
+        return None
+    named = set(text_labels)
+    flagged = flagged_labels(scores, named, operating_points)
+
+    def strength(label: str) -> tuple[int, int, float]:
+        point, score = operating_points.get(label), scores.get(label, 0.0)
+        by_image = decide({label: score}, {label: point}) if point is not None else "allow"
+        return _DECISION_RANK[by_image], int(label in named), score
+
+    return max(flagged, key=strength, default=None)
 
 
 def flagged_labels(
@@ -437,7 +461,8 @@ class Classifier:
     ) -> Prediction:
         evidence = self._text_evidence(photo.frames)
         decision = decide_with_text(prediction.scores, prediction.decision, evidence, points)
-        return replace(prediction, text=evidence, decision=decision)
+        label = decided_label(prediction.scores, decision, evidence.labels, points)
+        return replace(prediction, text=evidence, decision=decision, label=label)
 
     def _how_prohibited(self, prediction: Prediction) -> tuple[int, int, float]:
         """Order frames by decision, then by their highest prohibited score: the frame a reviewer must see first."""
@@ -447,10 +472,12 @@ class Classifier:
         self, probabilities: np.ndarray, operating_points: Mapping[str, OperatingPoint], thresholds: str
     ) -> Prediction:
         scores = {label: float(p) for label, p in zip(self.info.labels, probabilities)}
+        decision = decide(scores, operating_points)
         return Prediction(
             scores=scores,
-            label=self.info.labels[int(np.argmax(probabilities))],
-            decision=decide(scores, operating_points),
+            label=decided_label(scores, decision, (), operating_points),
+            top_label=self.info.labels[int(np.argmax(probabilities))],
+            decision=decision,
             **self.identity.to_fields(),
             thresholds=thresholds,
         )

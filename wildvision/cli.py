@@ -197,7 +197,8 @@ def _predict(args: argparse.Namespace, classifier: Classifier) -> int:
         else:
             scores = "  ".join(f"{label} {score:.3f}" for label, score in prediction.scores.items())
             notes = "".join(f"  {name}: {value}" for name, value in extra.items())
-            print(f"{path}: {prediction.decision.upper():<6} {prediction.label}  ({scores}){notes}{_words(prediction)}")
+            about = prediction.label or f"(top: {prediction.top_label})"  # an allowed photo is flagged for nothing
+            print(f"{path}: {prediction.decision.upper():<6} {about}  ({scores}){notes}{_words(prediction)}")
     return 1 if failures else 0
 
 

@@ -216,7 +216,7 @@ def create_app(
             return await slot.run(score_each, photos)
 
     def answer(prediction: Prediction, match: Match | None) -> PredictionOut:
-        metrics.photos.labels(prediction.decision, prediction.label).inc()
+        metrics.photos.labels(prediction.decision, prediction.label or "").inc()  # "": allowed, nothing flagged
         result = PredictionOut(**prediction.to_dict())
         if index is not None:
             result.match = MatchOut(**match.to_dict()) if match else None  # set, so it is sent even when null
@@ -236,7 +236,8 @@ def create_app(
               dependencies=guarded, openapi_extra={"requestBody": {"required": True, "content": {
                   "image/*": _BINARY_BODY, "application/octet-stream": _BINARY_BODY}}})
     async def predict(request: Request) -> PredictionOut:
-        """Score the photo in the request body: every label's probability, the top label and the decision."""
+        """Score the photo in the request body: every label's probability, the decision and the label it is about,
+        and the top label."""
         _require_content_type(request, _IMAGE_TYPES, "send the photo's bytes as the body with an image Content-Type "
                                                      "(image/jpeg, image/png, ...)")
         async with gate.slot() as slot:
@@ -294,8 +295,9 @@ class _Metrics:
                                 ["route", "status"], registry=registry)
         self.latency = Histogram("wildvision_http_request_duration_seconds", "Arrival to the last byte of the answer",
                                  ["route"], buckets=_LATENCY_BUCKETS, registry=registry)
-        self.photos = Counter("wildvision_photos", "Photos scored, by decision and top label", ["decision", "label"],
-                              registry=registry)
+        # `label` as in every answer: the label decided about, so that label="ivory" never counts allowed photos
+        self.photos = Counter("wildvision_photos", "Photos scored, by decision and the prohibited label it is about "
+                              "(empty when allowed)", ["decision", "label"], registry=registry)
         self.errors = Counter("wildvision_errors", "Errors answered (a request's, or one photo's in a batch), by "
                               "category", ["category"], registry=registry)
         self.queued = Gauge("wildvision_queue_depth", "Requests waiting for a slot", registry=registry)
