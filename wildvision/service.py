@@ -40,10 +40,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, fields
 from typing import (
-    Annotated, Any, AsyncIterator, Awaitable, Callable, Literal, Optional, Sequence, TypeVar, get_type_hints,
+    Annotated, Any, AsyncIterator, Awaitable, Callable, Literal, Mapping, Optional, Sequence, TypeVar, get_type_hints,
 )
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -65,6 +65,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from wildvision.classifier import Classifier, Decision, Prediction, PreparedPhoto, decide_listing
 from wildvision.images import ImageLoadError
 from wildvision.known_items import KnownItemIndex, Match
+from wildvision.model_info import OperatingPoint, OperatingPointError, operating_points_of
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_DISCARD", "Limits", "create_app"]
 
@@ -78,6 +79,12 @@ _IMAGE_TYPES = ("image/", "application/octet-stream")
 _BATCH_TYPES = ("multipart/form-data", "application/json")
 # Why a photo could not be scored -> HTTP status: the client's request was at fault in every case (4xx).
 _STATUS_BY_CATEGORY = {"empty": 400, "too_large": 413, "not_an_image": 422, "corrupt": 422}
+Points = Optional[Mapping[str, OperatingPoint]]  # a call's own thresholds; None: the service's
+# A call's own thresholds, as `Classifier.predict(operating_points=...)` takes them: JSON in the query, in the
+# thresholds file's format, so that `Client` takes what `Classifier` takes.
+_OPERATING_POINTS = Query(None, description='this call\'s thresholds instead of the service\'s, as JSON: '
+                          '{"ivory": {"review": 0.8, "block": 0.99}}; labels left out keep the service\'s',
+                          examples=['{"ivory": {"review": 0.8, "block": 0.99}}'])
 _BINARY_BODY = {"schema": {"type": "string", "format": "binary"}}
 _BATCH_BODIES = {  # for the OpenAPI schema: the route reads its body itself, to bound it
     "multipart/form-data": {"schema": {"type": "object", "properties": {
@@ -115,17 +122,19 @@ class Limits:
                 raise ValueError(f"{name} must be {'at least 0' if name == 'max_queue' else 'positive'}, got {value}")
 
 
-def _response_model(source: type, name: str, **extra: Any) -> type[BaseModel]:
+def _response_model(source: type, model_name: str, **extra: Any) -> type[BaseModel]:
     """A response model with the fields and types of the library's dataclass `source`, so an answer's schema is
     stated once, in the library (`Prediction`, `Match`), and the OpenAPI document follows it."""
     hints = get_type_hints(source)
     described = {field.name: (hints[field.name], ...) for field in fields(source)}
-    return create_model(name, __doc__=source.__doc__, **described, **extra)
+    return create_model(model_name, __doc__=source.__doc__, **described, **extra)
 
 
 MatchOut = _response_model(Match, "MatchOut")
-# `Prediction.to_dict()`, plus `match` when the service runs with a known-item index.
-PredictionOut = _response_model(Prediction, "PredictionOut", match=(Optional[MatchOut], None))
+# `Prediction.to_dict()`, plus `match` when the service runs with a known-item index, and in a batch's answers the
+# `name` its photo was sent under, so that a caller never has to match answers to photos by their order alone.
+PredictionOut = _response_model(Prediction, "PredictionOut", match=(Optional[MatchOut], None),
+                                name=(Optional[str], None))
 
 
 class ErrorOut(BaseModel):
@@ -139,8 +148,14 @@ class _ErrorBody(BaseModel):
     detail: ErrorOut
 
 
+class BatchErrorOut(ErrorOut):
+    """Why one photo of a batch was not scored, and the name it was sent under."""
+
+    name: str
+
+
 class BatchOut(BaseModel):
-    results: list[PredictionOut | ErrorOut]  # one per photo, in the order sent
+    results: list[PredictionOut | BatchErrorOut]  # one per photo, in the order sent, each with its photo's name
 
 
 class ListingOut(BaseModel):
@@ -190,12 +205,14 @@ def create_app(
     guarded = [Depends(_token_check(api_keys))] if api_keys else []
     errors = _documented_errors(limits)
 
-    def score(body: bytes) -> tuple[Prediction, Match | None]:
+    def score(body: bytes, points: Points) -> tuple[Prediction, Match | None]:
         if index is not None:
-            return index.predict_and_match(body)
-        return classifier.predict(body), None
+            return index.predict_and_match(body, operating_points=points)
+        return classifier.predict(body, operating_points=points), None
 
-    def score_each(bodies: list[bytes | ErrorOut]) -> list[tuple[Prediction, Match | None] | ErrorOut]:
+    def score_each(
+        bodies: list[bytes | ErrorOut], points: Points = None
+    ) -> list[tuple[Prediction, Match | None] | ErrorOut]:
         """A batch's photos in one forward pass; a photo that cannot be read fails only itself."""
         prepared = [body if isinstance(body, ErrorOut) else _prepared_or_error(classifier, body, index is not None)
                     for body in bodies]
@@ -203,21 +220,30 @@ def create_app(
         if not photos:
             return prepared  # type: ignore[return-value]  # errors only
         if index is None:
-            scored = zip(classifier.score(photos), [None] * len(photos))
+            scored = zip(classifier.score(photos, operating_points=points), [None] * len(photos))
         else:
-            predictions, embeddings = classifier.score_and_embed(photos)
+            predictions, embeddings = classifier.score_and_embed(photos, operating_points=points)
             scored = zip(predictions, index.match_photos(photos, embeddings))
         return [item if isinstance(item, ErrorOut) else next(scored) for item in prepared]
 
-    async def score_sent(request: Request) -> list[tuple[Prediction, Match | None] | ErrorOut]:
-        """The photos of a batch or listing request, each scored or its error, in the order sent (one gate slot)."""
+    async def score_named(
+        request: Request, points: Points = None
+    ) -> tuple[list[str], list[tuple[Prediction, Match | None] | ErrorOut]]:
+        """The photos of a batch or listing request, each scored or its error, in the order sent (one gate slot), and
+        the name each was sent under (`_batch_reader`)."""
         async with gate.slot() as slot:
-            photos = await slot.read(request, _batch_reader(request, limits.max_batch))
-            return await slot.run(score_each, photos)
+            named = await slot.read(request, _batch_reader(request, limits.max_batch))
+            names, photos = [name for name, _ in named], [photo for _, photo in named]
+            return names, await slot.run(score_each, photos, points)
 
-    def answer(prediction: Prediction, match: Match | None) -> PredictionOut:
+    async def score_sent(request: Request) -> list[tuple[Prediction, Match | None] | ErrorOut]:
+        return (await score_named(request))[1]
+
+    def answer(prediction: Prediction, match: Match | None, name: str | None = None) -> PredictionOut:
         metrics.photos.labels(prediction.decision, prediction.label or "").inc()  # "": allowed, nothing flagged
         result = PredictionOut(**prediction.to_dict())
+        if name is not None:  # a batch's answers, each with the name its photo was sent under
+            result.name = name
         if index is not None:
             result.match = MatchOut(**match.to_dict()) if match else None  # set, so it is sent even when null
         return result
@@ -235,15 +261,16 @@ def create_app(
     @app.post("/predict", response_model=PredictionOut, response_model_exclude_unset=True, responses=errors,
               dependencies=guarded, openapi_extra={"requestBody": {"required": True, "content": {
                   "image/*": _BINARY_BODY, "application/octet-stream": _BINARY_BODY}}})
-    async def predict(request: Request) -> PredictionOut:
+    async def predict(request: Request, operating_points: str | None = _OPERATING_POINTS) -> PredictionOut:
         """Score the photo in the request body: every label's probability, the decision and the label it is about,
         and the top label."""
         _require_content_type(request, _IMAGE_TYPES, "send the photo's bytes as the body with an image Content-Type "
                                                      "(image/jpeg, image/png, ...)")
+        points = _call_points(classifier, operating_points)
         async with gate.slot() as slot:
             body = await slot.read(request, _joined)
             try:
-                prediction, match = await slot.run(score, body)
+                prediction, match = await slot.run(score, body, points)
             except ImageLoadError as error:
                 raise _error(_STATUS_BY_CATEGORY.get(error.category, 422), error.category, error.reason) from None
         request.state.decision = prediction.decision
@@ -251,12 +278,14 @@ def create_app(
 
     @app.post("/predict/batch", response_model=BatchOut, response_model_exclude_unset=True, responses=errors,
               dependencies=guarded, openapi_extra={"requestBody": {"required": True, "content": _BATCH_BODIES}})
-    async def predict_batch(request: Request) -> BatchOut:
-        """Score several photos: one result or one error per photo, in the order sent; a bad photo fails only itself."""
+    async def predict_batch(request: Request, operating_points: str | None = _OPERATING_POINTS) -> BatchOut:
+        """Score several photos: one result or one error per photo, in the order sent, each with the name its photo
+        was sent under (a multipart part's filename, else its position); a bad photo fails only itself."""
         _require_content_type(request, _BATCH_TYPES, "send a multipart form of photo files, or a JSON list of "
                                                      "base64-encoded photos")
-        outcomes = await score_sent(request)
-        results = [outcome if isinstance(outcome, ErrorOut) else answer(*outcome) for outcome in outcomes]
+        names, outcomes = await score_named(request, _call_points(classifier, operating_points))
+        results = [BatchErrorOut(**outcome.model_dump(), name=name) if isinstance(outcome, ErrorOut)
+                   else answer(*outcome, name=name) for name, outcome in zip(names, outcomes)]
         for result in results:
             if isinstance(result, ErrorOut):
                 metrics.errors.labels(result.category).inc()
@@ -373,6 +402,22 @@ def _error(status: int, category: str, reason: str, headers: dict[str, str] | No
     return HTTPException(status, {"error": reason, "category": category}, headers)
 
 
+def _call_points(classifier: Classifier, text: str | None) -> Points:
+    """A request's own thresholds (`operating_points` in the query), checked as `Classifier` checks them; None when
+    it sends none. Bad thresholds are the caller's error (422 `bad_operating_points`), refused before the body is
+    read."""
+    if text is None:
+        return None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise _error(422, "bad_operating_points", f"operating_points: not JSON ({error})") from None
+    try:
+        return classifier.info.checked_operating_points(operating_points_of(document, "operating_points"))
+    except OperatingPointError as error:
+        raise _error(422, "bad_operating_points", str(error)) from None
+
+
 def _require_content_type(request: Request, accepted: tuple[str, ...], hint: str) -> None:
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith(accepted):
@@ -397,14 +442,20 @@ async def _joined(chunks: AsyncIterator[bytes]) -> bytes:
     return b"".join([chunk async for chunk in chunks])
 
 
-def _batch_reader(request: Request, max_batch: int) -> Callable[[AsyncIterator[bytes]], Awaitable[list[bytes | ErrorOut]]]:
-    """The photos of a batch body, each its bytes or, where the JSON item is not base64, that item's error."""
+_Named = list[tuple[str, bytes | ErrorOut]]  # a batch's photos, each with the name it was sent under
 
-    async def read(chunks: AsyncIterator[bytes]) -> list[bytes | ErrorOut]:
+
+def _batch_reader(request: Request, max_batch: int) -> Callable[[AsyncIterator[bytes]], Awaitable[_Named]]:
+    """The photos of a batch body, each with its name and its bytes or, where the JSON item is not base64, that
+    item's error. A multipart part is named by its filename (the caller's name or id for it), a JSON item, or a part
+    without a filename, by its position ("0", "1", ...): every answer says which photo it is about."""
+
+    async def read(chunks: AsyncIterator[bytes]) -> _Named:
         if request.headers["content-type"].startswith("multipart/form-data"):
             photos = await _form_files(request, chunks, max_batch)
         else:
-            photos = _json_photos(await _joined(chunks), max_batch)
+            photos = [(str(position), photo)
+                      for position, photo in enumerate(_json_photos(await _joined(chunks), max_batch))]
         if not photos:
             raise _error(400, "empty", "the batch holds no photos")
         return photos
@@ -412,14 +463,16 @@ def _batch_reader(request: Request, max_batch: int) -> Callable[[AsyncIterator[b
     return read
 
 
-async def _form_files(request: Request, chunks: AsyncIterator[bytes], max_batch: int) -> list[bytes | ErrorOut]:
-    """Every file part of a multipart form, in order (Starlette's parser: parts over 1 MiB spool to disk)."""
+async def _form_files(request: Request, chunks: AsyncIterator[bytes], max_batch: int) -> _Named:
+    """Every file part of a multipart form, in order, with its filename (Starlette's parser: parts over 1 MiB spool
+    to disk)."""
     try:
         form = await MultiPartParser(request.headers, chunks, max_files=max_batch, max_fields=max_batch).parse()
     except MultiPartException as error:
         raise _error(400, "malformed", f"not a usable multipart form: {error.message}") from None
     try:
-        return [await part.read() for _, part in form.multi_items() if isinstance(part, UploadFile)]
+        parts = [part for _, part in form.multi_items() if isinstance(part, UploadFile)]
+        return [(part.filename or str(position), await part.read()) for position, part in enumerate(parts)]
     finally:
         await form.close()
 
