@@ -1,8 +1,12 @@
 """Sellers' captions rendered onto photos, in the script each language needs: the text-evidence tests and
 `benchmarks/text_evidence.py` draw the phrases of `tests/text_phrases.toml` this way.
 
-Fonts come from Debian's packages (`.ci/run` installs fonts-noto-cjk and fonts-noto-core); `font_for` is None where a
-script's font is missing, so callers skip with a reason rather than draw boxes of tofu.
+Fonts for Chinese, Japanese and Thai come from Debian's packages (`.ci/run` installs fonts-noto-cjk and
+fonts-noto-core); `font_for` is None where a script's font is missing, so callers skip with a reason naming the package
+(`skip_without_font`) rather than draw boxes of tofu. Latin captions need no system package: where Debian's Noto Sans
+Bold is absent they are drawn in the Noto Sans that the `fontpkg-noto-sans` wheel ships (the test extra), so the
+README's test command reads them on a bare machine too. Not DejaVu Sans, which many machines have: the OCR reads its
+capital I as a lower-case l ("Mammoth lvory Netsuke"), and the caption then names nothing.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 PHRASES_FILE = Path(__file__).with_name("text_phrases.toml")
-_LATIN = [Path("/usr/share/fonts/truetype/noto/NotoSans-Bold.ttf"),
-          Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")]
+_LATIN = Path("/usr/share/fonts/truetype/noto/NotoSans-Bold.ttf")  # Debian's fonts-noto-core, where CI has it
+_BOLD = 700  # the weight of the wheel's variable Noto Sans that matches Debian's static Bold
 _CJK = Path("/usr/share/fonts/opentype/noto/NotoSansCJK-Bold.ttc")
 _CJK_FACE = {"ja": 0, "zh-Hans": 2, "zh-Hant": 3}  # faces of the Noto Sans CJK collection: JP, KR, SC, TC, HK
 _THAI = Path("/usr/share/fonts/truetype/noto/NotoSansThai-Bold.ttf")
@@ -43,8 +47,32 @@ def font_for(language: str, size: int) -> ImageFont.FreeTypeFont | None:
         return ImageFont.truetype(str(_CJK), size, index=_CJK_FACE[language]) if _CJK.is_file() else None
     if language == "th":
         return ImageFont.truetype(str(_THAI), size) if _THAI.is_file() else None
-    latin = next((path for path in _LATIN if path.is_file()), None)
-    return ImageFont.truetype(str(latin), size) if latin else None
+    if _LATIN.is_file():
+        return ImageFont.truetype(str(_LATIN), size)
+    try:
+        import fontpkg
+    except ImportError:
+        return None
+    font = ImageFont.truetype(str(fontpkg.path("Noto Sans")), size)  # variable: width and weight axes
+    font.set_variation_by_axes([100, _BOLD])  # full width, bold
+    return font
+
+
+def package_of(language: str) -> str:
+    """What to install for a language's font: the message of a skipped test."""
+    if language in _CJK_FACE:
+        return "apt-get install fonts-noto-cjk (.ci/run installs it)"
+    if language == "th":
+        return "apt-get install fonts-noto-core (.ci/run installs it)"
+    return "pip install fontpkg-noto-sans (the test extra), or apt-get install fonts-noto-core"
+
+
+def skip_without_font(language: str) -> None:
+    """Skip the calling test, naming the package to install, where no font for the language's script is installed."""
+    if font_for(language, 20) is None:
+        import pytest
+
+        pytest.skip(f"no font for {language}: {package_of(language)}")
 
 
 def caption(photo: Image.Image, text: str, language: str, *, seed: int = 0) -> tuple[Image.Image, tuple[int, ...]]:
@@ -55,7 +83,7 @@ def caption(photo: Image.Image, text: str, language: str, *, seed: int = 0) -> t
     size = max(14, round(image.height * rng.uniform(0.07, 0.1)))
     font = font_for(language, size)
     if font is None:
-        raise LookupError(f"no font for {language} installed (fonts-noto-cjk, fonts-noto-core)")
+        raise LookupError(f"no font for {language} installed: {package_of(language)}")
     draw = ImageDraw.Draw(image)
     while draw.textlength(text, font=font) > image.width * 0.92 and size > 10:  # one line, inside the photo
         size -= 1

@@ -21,7 +21,7 @@ from wildvision import (
     OperatingPointError,
 )
 from wildvision.classifier import PreparedPhoto, softmax, twin_path
-from wildvision.decision import decide
+from wildvision.decision import decide, decided_label
 from wildvision.hashing import file_sha256
 
 
@@ -52,8 +52,9 @@ def test_prediction_is_calibrated_complete_and_versioned(classifier, photo_file)
     info = classifier.info
     assert set(prediction.scores) == set(info.labels)
     assert sum(prediction.scores.values()) == pytest.approx(1.0)
-    assert prediction.label == max(prediction.scores, key=prediction.scores.get)
+    assert prediction.top_label == max(prediction.scores, key=prediction.scores.get)
     assert prediction.decision == decide(prediction.scores, info.operating_points)
+    assert (prediction.label is None) == (prediction.decision == "allow")
     assert (prediction.model_name, prediction.model_version) == (info.name, info.version)
     side = info.preprocessing.input_size
     batch = np.random.default_rng(0).normal(0, 1, (1, 3, side, side)).astype(np.float32)
@@ -189,6 +190,30 @@ def test_decide_takes_the_most_severe_label():
     assert decide({"ivory": 0.1, "horn": 0.1, "other": 0.8}, points) == "allow"
     assert decide({"ivory": 0.35, "horn": 0.1, "other": 0.55}, points) == "review"
     assert decide({"ivory": 0.35, "horn": 0.85, "other": 0.0}, points) == "block"
+
+
+def test_label_is_what_was_decided_about_and_top_label_the_most_probable(shipped_model, photo_file):
+    """A filter on `label` finds only flagged photos: an allowed photo that scores a prohibited label highest (below
+    its review threshold) has no `label`, and keeps that label as `top_label`."""
+    prohibited = next(iter(Classifier(shipped_model).info.operating_points))
+    never = Classifier(shipped_model, operating_points={prohibited: OperatingPoint(review=1.0, block=1.0)})
+    always = Classifier(shipped_model, operating_points={prohibited: OperatingPoint(review=0.0, block=0.0)})
+    allowed, blocked = never.predict(photo_file), always.predict(photo_file)
+    assert (allowed.decision, allowed.label) == ("allow", None)
+    assert allowed.top_label == blocked.top_label == max(allowed.scores, key=allowed.scores.get)
+    assert (blocked.decision, blocked.label) == ("block", prohibited)
+
+
+def test_the_decided_label_is_one_that_alone_reaches_the_decision():
+    points = {"ivory": OperatingPoint(0.3, 0.9), "horn": OperatingPoint(0.2, 0.4)}
+    assert decided_label({"ivory": 0.25, "horn": 0.1, "other": 0.65}, "allow", (), points) is None
+    assert decided_label({"ivory": 0.35, "horn": 0.1, "other": 0.55}, "review", (), points) == "ivory"
+    # horn is blocked at 0.45 though ivory scores higher at review: the block is about horn
+    assert decided_label({"ivory": 0.5, "horn": 0.45, "other": 0.05}, "block", (), points) == "horn"
+    # a product the image model does not know, named on the photo
+    assert decided_label({"ivory": 0.1, "horn": 0.1, "other": 0.8}, "review", ("rhino_horn",), points) == "rhino_horn"
+    # named, with the image agreeing (review), it is blocked: over an image-only review of another label
+    assert decided_label({"ivory": 0.35, "horn": 0.25, "other": 0.4}, "block", ("horn",), points) == "horn"
 
 
 def test_unreadable_photo_names_the_file(classifier, tmp_path):

@@ -51,6 +51,18 @@ def test_overlay_is_the_photo_with_heat_blended_in():
     assert hot[0] > cold[0] and hot[1] > cold[1] and cold[2] > hot[2]  # yellow where hot, blue where cold
 
 
+def test_an_overlay_drawn_on_the_full_size_photo_keeps_the_heat_where_it_was():
+    """A large JPEG is scored at reduced scale; a reviewer gets the overlay at the photo's own size."""
+    scored = Image.new("RGB", (80, 40), (128, 128, 128))
+    heatmap = np.zeros((40, 80), np.float32)
+    heatmap[:, 40:] = 1.0
+    full = Image.new("RGB", (320, 160), (128, 128, 128))
+    overlay = np.asarray(Explanation("ivory", 0.9, heatmap, scored).overlay(full), dtype=int)
+    assert overlay.shape == (160, 320, 3)
+    cold, hot = overlay[80, 40], overlay[80, 280]
+    assert hot[0] > cold[0] and cold[2] > hot[2]
+
+
 @pytest.mark.slow
 def test_explain_and_embed_on_a_real_model(tiny_run):
     classifier = Classifier(tiny_run["model"])

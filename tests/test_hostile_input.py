@@ -225,6 +225,13 @@ def test_an_unsafe_thresholds_file_is_refused_with_a_message(tmp_path, capsys, c
     assert message in capsys.readouterr().err
 
 
+def test_a_thresholds_file_in_a_format_not_read_names_the_formats_that_are(tmp_path, capsys):
+    thresholds = tmp_path / "policy.yaml"
+    thresholds.write_text("ivory:\n  review: 0.8\n  block: 0.99\n")
+    assert main(["info", "--operating-points", str(thresholds)]) == 2
+    assert "thresholds files are JSON, or TOML when named .toml" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("option, value", [("--max-pixels", "0"), ("--max-pixels", "-1"), ("--max-frames", "0"),
                                            ("--max-frames", "lots")])
 def test_numeric_limits_are_validated(capsys, option, value):
@@ -251,7 +258,7 @@ def test_the_pixel_limit_applies_to_scan(tmp_path, capsys):
     folder.mkdir()
     photo(size=(200, 100)).save(folder / "a.png")
     output = tmp_path / "out.jsonl"
-    assert main(["scan", str(folder), "-o", str(output), "--max-pixels", "10000"]) == 0
+    assert main(["scan", str(folder), "-o", str(output), "--max-pixels", "10000"]) == 1  # the one photo is refused
     assert json.loads(output.read_text())["error_category"] == "too_large"
 
 

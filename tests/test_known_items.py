@@ -131,14 +131,14 @@ def test_an_index_answers_only_to_the_model_that_built_it(known, tiny_run):
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
 def test_records_with_matches_round_trip(tmp_path, suffix):
     scores = {"horn": 0.1, "ivory": 0.8, "not_ivory": 0.1}
-    base = {"label": "ivory", "decision": "block", "model_name": "m", "model_version": "1", "model_precision": "int8",
+    base = {"label": "ivory", "top_label": "ivory", "decision": "block", "model_name": "m", "model_version": "1", "model_precision": "int8",
             "model_digest": "sha256:0123456789abcdef", "thresholds": "ivory=0.8/0.99", "error": None,
             "error_category": None}
     records = [
         {"path": "a.jpg", "scores": scores, **base,
          "match": {"id": 3, "reference": "case-3", "hash_distance": 4, "cosine": 0.93}},
         {"path": "b.jpg", "scores": scores, **base, "match": None},
-        {"path": "c.jpg", "scores": None, **{**base, "label": None, "decision": None, "error": "empty input",
+        {"path": "c.jpg", "scores": None, **{**base, "label": None, "top_label": None, "decision": None, "error": "empty input",
                                               "error_category": "empty"}, "match": None},
     ]
     path = tmp_path / f"records{suffix}"
@@ -171,13 +171,14 @@ def test_cli_index_add_then_scan_with_matches(folders, tiny_run, tmp_path, capsy
     assert "4 known items" in capsys.readouterr().err
     for suffix in (".jsonl", ".csv"):
         output = tmp_path / f"scan{suffix}"
-        assert main(["--model", model, "scan", str(listings), "-o", str(output), "--match-index", str(index)]) == 0
+        status = main(["--model", model, "scan", str(listings), "-o", str(output), "--match-index", str(index)])
+        assert status == 1  # broken.jpg is not a photo
         matches = {r["path"]: r["match"] for r in read_records(output)}
         assert {path: match and match["reference"] for path, match in matches.items()} == {
             "broken.jpg": None, "unrelated.jpg": None,
             "repost1.jpg": (known / "seized1.jpg").as_posix(), "repost2.png": (known / "seized2.jpg").as_posix()}
     plain = tmp_path / "plain.jsonl"
-    assert main(["--model", model, "scan", str(listings), "-o", str(plain)]) == 0
+    assert main(["--model", model, "scan", str(listings), "-o", str(plain)]) == 1
     assert all("match" not in json.loads(line) for line in plain.read_text().splitlines())
     capsys.readouterr()
     assert main(["--model", model, "scan", str(listings), "-o", str(plain), "--match-index", str(index)]) == 2
@@ -208,9 +209,8 @@ def test_cli_predict_explain_writes_an_overlay_per_photo(folders, tiny_run, tmp_
     assert [Path(r["explanation"]).name for r in results] == ["repost1.jpg.explain.png", "unrelated.jpg.explain.png"]
     for result, photo in zip(results, photos):
         with Image.open(result["explanation"]) as overlay, Image.open(photo) as original:
-            # the photo as the model saw it: large JPEGs are decoded at reduced scale, never below the input size
-            assert overlay.format == "PNG" and overlay.width / overlay.height == pytest.approx(original.width / original.height)
-            assert min(overlay.size) >= 64
+            # at the photo's own size, though a large JPEG is scored at reduced scale: a reviewer sees the detail
+            assert overlay.format == "PNG" and overlay.size == original.size
     (tmp_path / "other").mkdir()
     listing_photo("horn", 1).save(tmp_path / "other" / "repost1.jpg")
     assert main(["--model", str(tiny_run["model"]), "predict", str(photos[0]), str(tmp_path / "other" / "repost1.jpg"),

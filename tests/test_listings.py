@@ -13,7 +13,7 @@ import pytest
 from conftest import make_photo
 from wildvision import Classifier, OperatingPoint, Prediction
 from wildvision.cli import main
-from wildvision.decision import decide, decide_listing, flags
+from wildvision.decision import decide, decide_listing, decided_label, flags
 from wildvision.text import Lexicon, LexiconError
 from wildvision.words import listing_words
 
@@ -31,8 +31,9 @@ def classifier(shipped_model) -> Classifier:
 
 
 def photo(ivory: float) -> Prediction:
-    decision = decide({"ivory": ivory}, IVORY)
-    return Prediction({"ivory": ivory, "not_ivory": 1 - ivory}, "ivory" if ivory > 0.5 else "not_ivory", decision,
+    scores = {"ivory": ivory, "not_ivory": 1 - ivory}
+    decision = decide(scores, IVORY)
+    return Prediction(scores, decided_label(scores, decision, (), IVORY), max(scores, key=scores.get), decision,
                       "m", "1", "float32", "sha256:0", "ivory=0.5/0.9")
 
 

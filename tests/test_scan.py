@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,8 @@ from wildvision import Classifier
 from wildvision.cli import main
 from wildvision.records import OPTIONAL_PARTS, read_records, write_records
 from wildvision.scan import (
-    ResumeError, ScanRecord, check_same_run, files_from_list, find_images, layout_of, run_facts, scan, scan_to_file,
+    ResumeError, ScanRecord, TerminalProgress, check_same_run, files_from_list, find_images, layout_of, run_facts, scan,
+    scan_to_file,
 )
 
 # A plain scan's records: every field but the optional parts (match, text) that only some scans add.
@@ -77,6 +79,8 @@ def test_one_record_per_image_file_with_errors_as_records(archive, classifier, t
         category = expected[record["path"]]
         if category is None:
             assert record["error"] is None and record["decision"] in ("allow", "review", "block")
+            assert (record["label"] is None) == (record["decision"] == "allow"), "label agrees with decision"
+            assert record["top_label"] == max(record["scores"], key=record["scores"].get)
             assert sum(record["scores"].values()) == pytest.approx(1.0)
         else:
             assert record["error_category"] == category and record["error"] and record["scores"] is None
@@ -199,7 +203,7 @@ def test_finding_images_ignores_other_files_and_loops(archive):
 def test_cli_scan_predict_and_info(archive, model, tmp_path, capsys, monkeypatch):
     root, _ = archive
     output = tmp_path / "cli.parquet"
-    assert main(["--model", str(model), "scan", str(root), "-o", str(output)]) == 0
+    assert main(["--model", str(model), "scan", str(root), "-o", str(output)]) == 1  # 3 photos failed
     assert "scored 9, failed 3" in capsys.readouterr().err
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"{root / 'item0.png'}\n"))
     assert main(["--model", str(model), "scan", "--files-from", "-", "-o", str(tmp_path / "stdin.csv")]) == 0
@@ -242,3 +246,79 @@ def test_cli_refuses_a_file_that_is_not_a_model(tmp_path, capsys):
     not_a_model.write_text("nope")
     assert main(["--model", str(not_a_model), "info"]) == 2
     assert "not a readable ONNX model" in capsys.readouterr().err
+
+
+def test_scan_exits_1_when_any_photo_failed_and_0_when_all_scored(model, tmp_path, capsys):
+    good = tmp_path / "good"
+    good.mkdir()
+    make_photo("ivory", 1).save(good / "a.png")
+    assert main(["--model", str(model), "scan", str(good), "-o", str(tmp_path / "good.jsonl")]) == 0
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    make_photo("ivory", 1).save(bad / "a.png")
+    (bad / "b.jpg").write_text("not a photo")
+    assert main(["--model", str(model), "scan", str(bad), "-o", str(tmp_path / "bad.jsonl")]) == 1
+    assert "scored 1, failed 1 (not_an_image 1)" in capsys.readouterr().err
+    assert len(jsonl(tmp_path / "bad.jsonl")) == 2, "the failed photo has its record all the same"
+
+
+@pytest.mark.parametrize("source, message", [
+    ("folder", "no image files under"),
+    ("list", "holds no paths"),
+])
+def test_an_empty_folder_or_an_empty_list_is_an_error_that_writes_nothing(model, tmp_path, capsys, source, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no photo here")
+    (tmp_path / "list.txt").write_text("\n")
+    given = [str(tmp_path / "notes")] if source == "folder" else ["--files-from", str(tmp_path / "list.txt")]
+    output = tmp_path / "o.jsonl"
+    assert main(["--model", str(model), "scan", *given, "-o", str(output)]) == 2
+    assert message in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_a_list_that_matches_no_file_is_an_error_that_says_urls_are_not_fetched(model, tmp_path, capsys):
+    listed = tmp_path / "urls.txt"
+    listed.write_text("https://example.com/a.jpg\nhttps://example.com/b.jpg\n")
+    assert main(["--model", str(model), "scan", "--files-from", str(listed), "-o", str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "2 listed paths are URLs, which scan does not fetch" in err
+    assert "none of the 2 listed paths could be read" in err
+
+
+def test_a_mistyped_option_is_refused_under_its_commands_usage_with_the_closest_option(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["scan", str(tmp_path), "-o", str(tmp_path / "o.jsonl"), "--read-txt"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: wildvision scan"), err
+    assert "unrecognized arguments: --read-txt (did you mean --read-text?)" in err
+
+
+def test_every_exit_status_is_stated_in_the_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "exit statuses:" in out
+    assert all(re.search(rf"^  {status}\b", out, re.MULTILINE) for status in (0, 1, 2, 141))
+
+
+def test_info_into_a_pipe_that_closes_ends_quietly(model):
+    """`wildvision info | head -5`: the reader closes the pipe before everything is written."""
+    process = subprocess.Popen([sys.executable, "-m", "wildvision", "--model", str(model), "info"], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before the command writes a line: every write meets a closed pipe
+    _, err = process.communicate(timeout=60)
+    assert err.decode() == ""
+    assert process.returncode == 141
+
+
+def test_progress_on_a_terminal_counts_of_the_total_with_a_rate_and_an_eta(monkeypatch, capsys):
+    clock = iter([0.0, 10.0])
+    monkeypatch.setattr(sys.modules["wildvision.scan"], "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
+    progress = TerminalProgress(total=1000)
+    progress.enabled = True
+    progress(100)  # an earlier run's 84 records and this run's first batch of 16
+    progress(600)  # 500 more in 10 s: 50/s, 400 to go
+    assert capsys.readouterr().err.split("\r")[-1].strip() == "600/1000 photos  50.0/s  ETA 8s"

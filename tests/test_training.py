@@ -237,7 +237,7 @@ def test_exported_model_describes_itself_and_runs_without_torch_code(tiny_run):
     assert info.metrics["split"] == "val" and info.temperature > 0
     assert info.training["data"]["by_split"]["val"]
     prediction = classifier.predict(make_photo("ivory", 500))
-    assert prediction.model_version == "0.0.1" and prediction.label in info.labels
+    assert prediction.model_version == "0.0.1" and prediction.top_label in info.labels
 
 
 def test_export_refuses_a_model_that_disagrees(tiny_run, tmp_path, capsys):

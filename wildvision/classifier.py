@@ -33,7 +33,9 @@ from wildvision.model_info import (
     ModelInfo,
     OperatingPoint,
 )
-from wildvision.decision import Decision, ListingDecision, Reason, decide, decide_listing, decide_with_text, rank_of
+from wildvision.decision import (
+    Decision, ListingDecision, Reason, decide, decide_listing, decide_with_text, decided_label, rank_of,
+)
 from wildvision.preprocess import to_batch
 from wildvision.text import READ_SIDE, Lexicon, TextEvidence, TextReader
 from wildvision.words import listing_words
@@ -80,15 +82,19 @@ class ModelIdentity:
 
 @dataclass(frozen=True)
 class Prediction:
-    """One photo's result: every label's calibrated probability, the top label, the decision they lead to, the
-    thresholds that decided (`label=review/block`, `; `-separated) and the model file that scored it.
+    """One photo's result: every label's calibrated probability, the decision they lead to and the prohibited label
+    it is about, the top-scoring label, the thresholds that decided (`label=review/block`, `; `-separated) and the
+    model file that scored it.
 
-    For an animated or multi-page file, the result of its most prohibited frame. With text reading on, `text` holds
-    what was read on the photo (every frame) and the phrases that counted; `decision` weighs both
-    (`decide_with_text`)."""
+    `label` agrees with `decision`, so that a filter on it finds what was flagged: the prohibited label the photo is
+    sent to review or blocked for (`decided_label`), None when it is allowed. `top_label` is the most probable label,
+    whatever was decided (an allowed photo may score ivory highest, below ivory's review threshold). For an animated
+    or multi-page file, the result of its most prohibited frame. With text reading on, `text` holds what was read on
+    the photo (every frame) and the phrases that counted; `decision` and `label` weigh both (`decide_with_text`)."""
 
     scores: dict[str, float]
-    label: str
+    label: str | None
+    top_label: str
     decision: Decision
     model_name: str
     model_version: str
@@ -303,7 +309,7 @@ class Classifier:
         frame = photos[chosen]
         heatmap = heatmap_on_photo(activation[chosen, index], frame, self.info.preprocessing, score=score)
         text = self._text_evidence([frame]) if self.text_reader is not None else None
-        return Explanation(label, score, heatmap, frame, text)
+        return Explanation(label, score, heatmap, frame, text, chosen)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """The model's raw, uncalibrated outputs for an NCHW batch."""
@@ -394,7 +400,8 @@ class Classifier:
     ) -> Prediction:
         evidence = self._text_evidence(photo.frames)
         decision = decide_with_text(prediction.scores, prediction.decision, evidence, points)
-        return replace(prediction, text=evidence, decision=decision)
+        label = decided_label(prediction.scores, decision, evidence.labels, points)
+        return replace(prediction, text=evidence, decision=decision, label=label)
 
     def _how_prohibited(self, prediction: Prediction) -> tuple[int, int, float]:
         """Order frames by decision, then by their highest prohibited score: the frame a reviewer must see first."""
@@ -404,10 +411,12 @@ class Classifier:
         self, probabilities: np.ndarray, operating_points: Mapping[str, OperatingPoint], thresholds: str
     ) -> Prediction:
         scores = {label: float(p) for label, p in zip(self.info.labels, probabilities)}
+        decision = decide(scores, operating_points)
         return Prediction(
             scores=scores,
-            label=self.info.labels[int(np.argmax(probabilities))],
-            decision=decide(scores, operating_points),
+            label=decided_label(scores, decision, (), operating_points),
+            top_label=self.info.labels[int(np.argmax(probabilities))],
+            decision=decision,
             **self.identity.to_fields(),
             thresholds=thresholds,
         )

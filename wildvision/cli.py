@@ -4,6 +4,8 @@ known items, `serve` over HTTP, and `spark`: score an archive on Apache Spark.""
 from __future__ import annotations
 
 import argparse
+import difflib
+import itertools
 import json
 import logging
 import math
@@ -20,7 +22,9 @@ from wildvision.errors import WildvisionError
 from wildvision.images import (
     DEFAULT_MAX_FRAMES,
     DEFAULT_MAX_PIXELS,
+    IMAGE_SUFFIXES,
     ImageLoadError,
+    load_frames,
     load_image,
 )
 from wildvision.known_items import KnownItemIndex
@@ -43,31 +47,68 @@ from wildvision.scan import (
 )
 from wildvision.text import Lexicon
 
-__all__ = ["main", "run"]
+__all__ = ["EXIT_STATUSES", "main", "run"]
 
 _ADD_CHUNK = 64  # photos embedded and written per transaction by `index add`
 _API_KEYS_VARIABLE = "WILDVISION_API_KEYS"  # `serve`: bearer tokens, comma-separated
+_BROKEN_PIPE = 141  # the status of a command that SIGPIPE ends (128 + 13), as `head` leaves `cat`
+# What every command's exit status means; `wildvision --help` prints it and docs/cli.md's table states it per command.
+EXIT_STATUSES = {
+    0: "every photo was scored (scan, spark, predict, index add), the service stopped cleanly, or info printed",
+    1: "some photos could not be scored: each has its record or line with the error (scan, spark, predict, "
+       "index add)",
+    2: "a usage, input or model error, said in one line: an unknown option, a missing folder, a folder with no "
+       "image file, a list with no readable path, a bad model or thresholds file",
+    _BROKEN_PIPE: "the reader of stdout closed it (`wildvision info | head`): stopped quietly",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 some photos failed, 2 usage or model error)."""
-    args = _parser().parse_args(argv)
+    """Run the command line; returns the exit status (`EXIT_STATUSES`)."""
+    args = _parse(argv)
     try:
         points = read_operating_points(args.operating_points) if args.operating_points else None
         classifier = Classifier(args.model, precision=args.precision, operating_points=points,
                                 threads=getattr(args, "threads", None), max_pixels=args.max_pixels,
                                 max_frames=args.max_frames, read_text=args.read_text,
                                 lexicon=args.lexicon)
-        return args.command(args, classifier)
+        status = args.command(args, classifier)
+        sys.stdout.flush()  # here, where a closed pipe is caught, rather than at exit, where it prints a traceback
+        return status
     # Bad input, files or extras become one line; anything else is a bug and keeps its traceback.
     except (WildvisionError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError) as error:
         print(f"wildvision: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `wildvision info | head -5`: the reader has what it wanted, so stop without a word
+        _discard_stdout()
+        return _BROKEN_PIPE
 
 
 def run() -> None:
     """Console-script entry point."""
     sys.exit(main())
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The options; an unknown one is refused under the usage of the command it was given to, with the closest
+    option that command has (argparse alone names the top-level usage)."""
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command: argparse.ArgumentParser = getattr(args, "parser", parser)
+        known = [option for action in command._actions for option in action.option_strings]
+        guesses = difflib.get_close_matches(unknown[0].split("=")[0], known, n=1)
+        hint = f" (did you mean {guesses[0]}?)" if guesses else ""
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    return args
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush at exit meets no closed pipe either."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # a stdout with no file descriptor (a test's capture)
+        pass
 
 
 def _scan(args: argparse.Namespace, classifier: Classifier) -> int:
@@ -78,19 +119,29 @@ def _scan(args: argparse.Namespace, classifier: Classifier) -> int:
     skipped: Counter = Counter()
     if args.files_from is None:
         inputs = find_images(args.folder, skipped=skipped)
+        source = f"no image files under {args.folder} (suffixes {', '.join(sorted(IMAGE_SUFFIXES))})"
+        if progress.enabled:  # a second walk of the folder, for a total and an ETA on a person's terminal only
+            progress.total = sum(1 for _ in find_images(args.folder))
     elif str(args.files_from) == "-":
-        inputs = files_from_list(sys.stdin)
+        inputs, source = files_from_list(sys.stdin), "the list on stdin holds no paths"
     else:
-        inputs = files_from_list(args.files_from.open(encoding="utf-8"))
+        inputs, source = files_from_list(args.files_from.open(encoding="utf-8")), f"{args.files_from} holds no paths"
     index = KnownItemIndex(args.match_index, classifier) if args.match_index else None
     listings = _listings(args)  # a bad listings file fails now, before any photo is scored
+    first = next(inputs, None)
+    if first is None:  # nothing to scan is a mistake (a wrong folder, an empty list), not a success
+        raise _NothingToScan(f"{source}; nothing scanned, {args.output} left as it was")
+    urls: Counter = Counter()
     summary = scan_to_file(
-        inputs, args.output, classifier, batch_size=args.batch_size, workers=args.workers,
-        scorers=max(1, (os.cpu_count() or 1) // args.threads), progress=progress, index=index,
+        _noting_urls(itertools.chain([first], inputs), urls), args.output, classifier, batch_size=args.batch_size,
+        workers=args.workers, scorers=max(1, (os.cpu_count() or 1) // args.threads), progress=progress, index=index,
     )
     progress.finish()
     summary.skipped = skipped
     print(f"{args.output}: {summary}", file=sys.stderr)
+    if urls:
+        print(f"wildvision: {urls['url']} listed paths are URLs, which scan does not fetch: download the photos "
+              "first, or read them with `wildvision spark` (hdfs://, s3a://, file://)", file=sys.stderr)
     if listings is not None:
         decided = summarise_listings(read_records(args.output), listings, classifier.info.operating_points,
                                      classifier.lexicon)
@@ -98,7 +149,19 @@ def _scan(args: argparse.Namespace, classifier: Classifier) -> int:
         decisions = Counter(str(listing.decision) for listing in decided)
         print(f"{listings_path(args.output)}: {len(decided)} listings; decisions: "
               f"{', '.join(f'{name} {count}' for name, count in sorted(decisions.items()))}", file=sys.stderr)
-    return 0
+    if summary.failed and not summary.scored and set(summary.failures) == {"unreadable"} and args.files_from:
+        print(f"wildvision: none of the {summary.failed} listed paths could be read; nothing was scored",
+              file=sys.stderr)
+        return 2
+    return 1 if summary.failed else 0
+
+
+def _noting_urls(inputs: Iterator[ScanInput], urls: Counter) -> Iterator[ScanInput]:
+    """`inputs` unchanged, counting in `urls` the names that are URLs (a list of links, not of files)."""
+    for item in inputs:
+        if "://" in item.name:
+            urls["url"] += 1
+        yield item
 
 
 def _listings(args: argparse.Namespace) -> Listings | None:
@@ -118,8 +181,10 @@ def _predict(args: argparse.Namespace, classifier: Classifier) -> int:
     for path in args.images:
         try:
             prediction, match = index.predict_and_match(path) if index else (classifier.predict(path), None)
-            if args.explain:
-                classifier.explain(path).overlay().save(overlays[path])
+            if args.explain:  # at the photo's own size: the scored copy of a large JPEG is a quarter as wide
+                explanation = classifier.explain(path)
+                photo = load_frames(path, max_pixels=classifier.max_pixels, max_frames=classifier.max_frames)
+                explanation.overlay(photo[explanation.frame]).save(overlays[path])
         except ImageLoadError as error:
             failures += 1
             print(f"{path}: error: {error.reason}")
@@ -131,7 +196,8 @@ def _predict(args: argparse.Namespace, classifier: Classifier) -> int:
         else:
             scores = "  ".join(f"{label} {score:.3f}" for label, score in prediction.scores.items())
             notes = "".join(f"  {name}: {value}" for name, value in extra.items())
-            print(f"{path}: {prediction.decision.upper():<6} {prediction.label}  ({scores}){notes}{_words(prediction)}")
+            about = prediction.label or f"(top: {prediction.top_label})"  # an allowed photo is flagged for nothing
+            print(f"{path}: {prediction.decision.upper():<6} {about}  ({scores}){notes}{_words(prediction)}")
     return 1 if failures else 0
 
 
@@ -172,6 +238,8 @@ def _index_add(args: argparse.Namespace, classifier: Classifier) -> int:
     if photos:
         index.add(photos, references)
         added += len(photos)
+    if not added and not failures:
+        raise _NothingToScan(f"no image files in {', '.join(map(str, args.photos))}; {args.index} left as it was")
     print(f"{args.index}: added {added} photos, {failures} failed; {len(index)} known items", file=sys.stderr)
     return 1 if failures else 0
 
@@ -242,7 +310,7 @@ def _spark(args: argparse.Namespace, classifier: Classifier) -> int:
         counts = {row["decision"]: row["count"] for row in decided.groupBy("decision").count().collect()}
         print(f"{listings_output(args.output)}: {sum(counts.values())} listings; decisions: "
               f"{', '.join(f'{name} {count}' for name, count in sorted(counts.items(), key=str))}", file=sys.stderr)
-    return 0
+    return 1 if summary.failed else 0
 
 
 def _listing_table(spark, source: str):
@@ -294,6 +362,10 @@ class _UsageError(WildvisionError):
     """Options that contradict each other."""
 
 
+class _NothingToScan(WildvisionError):
+    """A folder with no image file, or a list with no path: a wrong path rather than an empty archive."""
+
+
 def _add_model_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     """Which model and how it reads photos: accepted before the command and after it (`scan DIR --precision int8`).
 
@@ -323,7 +395,10 @@ def _add_model_options(parser: argparse.ArgumentParser, *, suppress: bool) -> No
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wildvision", description="Spot illegal wildlife products in listing photos.")
+    statuses = "\n".join(f"  {status:<4} {meaning}" for status, meaning in EXIT_STATUSES.items())
+    parser = argparse.ArgumentParser(prog="wildvision", description="Spot illegal wildlife products in listing photos.",
+                                     epilog=f"exit statuses:\n{statuses}",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_model_options(parser, suppress=False)
     # Every command that loads a model takes the model options after it too, as a parent parser's copies.
     model_options = argparse.ArgumentParser(add_help=False)
@@ -347,7 +422,7 @@ def _parser() -> argparse.ArgumentParser:
                       "record per listing, decided by its photos and its words, to OUTPUT's name with .listings.jsonl")
     scan.add_argument("--listing-folders", action="store_true",
                       help="each sub-folder of FOLDER is one listing (as --listings, from the folders)")
-    scan.set_defaults(command=_scan)
+    scan.set_defaults(parser=scan, command=_scan)
 
     predict = commands.add_parser("predict", parents=[model_options],
                                   help="score photos and print the results")
@@ -356,7 +431,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--explain", type=Path, metavar="DIR",
                          help="write a heat-map overlay per photo to DIR/<photo name>.explain.png for a reviewer")
     predict.add_argument("--match-index", type=Path, metavar="INDEX", help="also say which known item each photo re-posts")
-    predict.set_defaults(command=_predict)
+    predict.set_defaults(parser=predict, command=_predict)
 
     index = commands.add_parser("index", help="the known-item index: photos already confirmed as illegal")
     index_commands = index.add_subparsers(required=True, metavar="ACTION")
@@ -365,7 +440,7 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("index", type=Path, help="the index file (SQLite), e.g. known-items.sqlite")
     add.add_argument("photos", nargs="+", type=Path, help="photo files, or folders scanned recursively; the path is "
                      "the item's reference, and adding a path again replaces its item")
-    add.set_defaults(command=_index_add)
+    add.set_defaults(parser=add, command=_index_add)
 
     serve = commands.add_parser("serve", parents=[model_options],
                                 help="an HTTP service: POST photos to /predict (needs wildvision[serve])")
@@ -395,7 +470,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key-file", type=Path, metavar="FILE", help="require `Authorization: Bearer <key>` "
                        f"with a key from FILE (one a line); keys in ${_API_KEYS_VARIABLE} (comma-separated) are "
                        "required and accepted too; /health stays open")
-    serve.set_defaults(command=_serve)
+    serve.set_defaults(parser=serve, command=_serve)
 
     spark = commands.add_parser("spark", parents=[model_options],
                                 help="score an archive on Apache Spark into a Parquet folder "
@@ -412,12 +487,12 @@ def _parser() -> argparse.ArgumentParser:
                        "record per listing to OUTPUT's name with .listings.parquet")
     spark.add_argument("--match-index", type=Path, metavar="INDEX",
                        help="a known-item index (see `index add`), shipped to the executors: adds the match_* columns")
-    spark.set_defaults(command=_spark)
+    spark.set_defaults(parser=spark, command=_spark)
 
     info = commands.add_parser("info", parents=[model_options],
                                help="what the model is: labels, thresholds, measured accuracy, notes")
     info.add_argument("--json", action="store_true", help="the model's full metadata")
-    info.set_defaults(command=_info)
+    info.set_defaults(parser=info, command=_info)
     return parser
 
 

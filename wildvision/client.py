@@ -35,7 +35,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Union
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import numpy as np
 from PIL import Image
@@ -43,6 +43,7 @@ from PIL import Image
 from wildvision.classifier import ListingPrediction, Prediction
 from wildvision.errors import WildvisionError
 from wildvision.images import ERROR_CATEGORIES, ImageLoadError, ImageSource, describe_source, load_image
+from wildvision.model_info import OperatingPoint, OperatingPointError
 
 __all__ = ["Client", "ServiceError"]
 
@@ -98,30 +99,49 @@ class Client:
         self._connections: weakref.WeakSet[http.client.HTTPConnection] = weakref.WeakSet()
         self._lock = threading.Lock()
 
-    def predict(self, image: ImageSource, *, request_id: str | None = None) -> Prediction:
+    def predict(self, image: ImageSource, *, operating_points: Mapping[str, OperatingPoint] | None = None,
+                request_id: str | None = None) -> Prediction:
         """Score one photo given as a path, bytes, a binary file, a PIL image or a numpy array (the last two are sent
-        as lossless PNG). Raises `ImageLoadError` when the service cannot read it, `ServiceError` otherwise."""
+        as lossless PNG). `operating_points` replaces the service's thresholds for this call only, as
+        `Classifier.predict`'s does. Raises `ImageLoadError` when the service cannot read it, `OperatingPointError`
+        for thresholds it refuses, `ServiceError` otherwise."""
         source = describe_source(image)
+        path = _with_points("/predict", operating_points)
         try:
-            answer = self._call("/predict", _photo_bytes(image, source), "application/octet-stream", request_id)
+            answer = self._call(path, _photo_bytes(image, source), "application/octet-stream", request_id)
         except ServiceError as error:
             if error.category in ERROR_CATEGORIES:  # the photo's fault: as Classifier.predict would say
                 raise ImageLoadError(source, error.reason, error.category) from error  # type: ignore[arg-type]
+            _refused_points(error)
             raise
         return _from_json(Prediction, json.loads(answer.body))
 
     def predict_batch(self, images: Iterable[ImageSource], *, batch_size: int = 16,
+                      operating_points: Mapping[str, OperatingPoint] | None = None,
                       request_id: str | None = None) -> list[Prediction]:
-        """Score several photos, `batch_size` to a request (at most the service's `--max-batch`); a photo the service
-        cannot read raises an `ImageLoadError` naming its position and source, as `Classifier.predict_batch` does."""
+        """Score several photos, `batch_size` to a request (at most the service's `--max-batch`), with
+        `operating_points` for these calls as `predict`; a photo the service cannot read raises an `ImageLoadError`
+        naming its position and source, as `Classifier.predict_batch` does. Each photo is sent named by its position,
+        and every answer must carry that name back: an answer that names another photo raises `ServiceError` rather
+        than being taken for the wrong photo's."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         sources, photos = _numbered_photos(images)
+        path = _with_points("/predict/batch", operating_points)
         predictions: list[Prediction] = []
         for start in range(0, len(photos), batch_size):
-            form, content_type = _multipart(photos[start : start + batch_size])
-            results = json.loads(self._call("/predict/batch", form, content_type, request_id).body)["results"]
+            form, content_type = _multipart(photos[start : start + batch_size], first=start)
+            try:
+                answer = self._call(path, form, content_type, request_id)
+            except ServiceError as error:
+                _refused_points(error)
+                raise
+            results = json.loads(answer.body)["results"]
             for position, result in enumerate(results, start):
+                if result.get("name", str(position)) != str(position):  # a service too old to name answers: by order
+                    raise ServiceError(f"the answer for photo {position} names photo {result['name']!r}",
+                                       status=answer.status, category="mismatched_answer", request_id=request_id or "(made per call)",
+                                       attempts=1)
                 if "error" in result:
                     raise ImageLoadError(f"photo {position} ({sources[position]})", result["error"], result["category"])
                 predictions.append(_from_json(Prediction, result))
@@ -129,11 +149,11 @@ class Client:
 
     def predict_listing(
         self, images: Iterable[ImageSource] = (), *, title: str | None = None, description: str | None = None,
-        request_id: str | None = None,
+        operating_points: Mapping[str, OperatingPoint] | None = None, request_id: str | None = None,
     ) -> ListingPrediction:
         """Decide a listing from its photos and its seller's words in one request (at most the service's
-        `--max-batch` photos), as `Classifier.predict_listing` decides. A photo the service cannot read raises an
-        `ImageLoadError` naming its position."""
+        `--max-batch` photos), as `Classifier.predict_listing` decides; `operating_points` as for `predict`. A photo
+        the service cannot read raises an `ImageLoadError` naming its position."""
         _, photos = _numbered_photos(images)
         for name, value in (("title", title), ("description", description)):
             if value is not None and not isinstance(value, str):
@@ -142,10 +162,12 @@ class Client:
             raise ValueError("a listing needs at least one photo, or a title or description")
         form, content_type = _multipart(photos, {"title": title, "description": description})
         try:
-            answer = json.loads(self._call("/predict/listing", form, content_type, request_id).body)
+            answer = json.loads(self._call(_with_points("/predict/listing", operating_points), form, content_type,
+                                           request_id).body)
         except ServiceError as error:
             if error.category in ERROR_CATEGORIES:
                 raise ImageLoadError(error.reason.split(":")[0], error.reason, error.category) from error  # type: ignore[arg-type]
+            _refused_points(error)
             raise
         return _from_json(ListingPrediction, answer)
 
@@ -288,17 +310,35 @@ def _photo_bytes(image: ImageSource, source: str) -> bytes:
                          "image or an array", "unsupported_input")
 
 
-def _multipart(photos: list[bytes], fields: Mapping[str, str | None] | None = None) -> tuple[bytes, str]:
+def _multipart(
+    photos: list[bytes], fields: Mapping[str, str | None] | None = None, *, first: int = 0
+) -> tuple[bytes, str]:
     """A multipart form of photo files, as /predict/batch takes it (raw bytes, a third smaller than base64 in JSON),
-    and text `fields` (a listing's title and description; None leaves a field out)."""
+    and text `fields` (a listing's title and description; None leaves a field out). Each file is named by its position
+    in the whole call (from `first`), which the service echoes in its answer."""
     boundary = uuid.uuid4().hex
     parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="photos"; filename="{number}"\r\n'
              f"Content-Type: application/octet-stream\r\n\r\n".encode() + photo + b"\r\n"
-             for number, photo in enumerate(photos)]
+             for number, photo in enumerate(photos, first)]
     parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n'
               f"Content-Type: text/plain; charset=utf-8\r\n\r\n{value}\r\n".encode()
               for name, value in (fields or {}).items() if value is not None]
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _with_points(path: str, operating_points: Mapping[str, OperatingPoint] | None) -> str:
+    """`path` with a call's own thresholds in the query, as the service reads them (JSON, the thresholds file's
+    format); `path` itself when the call has none."""
+    if operating_points is None:
+        return path
+    document = {label: {"review": point.review, "block": point.block} for label, point in operating_points.items()}
+    return f"{path}?{urlencode({'operating_points': json.dumps(document)})}"
+
+
+def _refused_points(error: ServiceError) -> None:
+    """Thresholds the service refused raise the `OperatingPointError` that `Classifier` raises for them."""
+    if error.category == "bad_operating_points":
+        raise OperatingPointError(error.reason) from error
 
 
 def _from_json(kind: Any, value: Any) -> Any:

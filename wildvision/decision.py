@@ -24,7 +24,8 @@ from wildvision.model_info import OperatingPoint
 from wildvision.text import ListingWeights, TextEvidence
 
 __all__ = [
-    "DECISION_RANK", "Decision", "ListingDecision", "Reason", "decide", "decide_listing", "decide_with_text", "flags",
+    "DECISION_RANK", "Decision", "ListingDecision", "Reason", "decide", "decide_listing", "decide_with_text",
+    "decided_label", "flags",
     "flagged_labels", "listing_score", "rank_of", "stricter", "words_state",
 ]
 
@@ -121,6 +122,25 @@ def flagged_labels(
     """The prohibited labels a photo is flagged for: named by its text, or scored at least at `review`."""
     by_image = (label for label, point in operating_points.items() if scores.get(label, 0.0) >= point.review)
     return tuple(dict.fromkeys([*text_labels, *by_image]))
+
+
+def decided_label(
+    scores: Mapping[str, float], decision: Decision, text_labels: Iterable[str],
+    operating_points: Mapping[str, OperatingPoint],
+) -> str | None:
+    """The prohibited label a decision is about (`Prediction.label`): None for `allow`; else, of the labels the photo
+    is flagged for (`flagged_labels`), the one its image score takes furthest (block, then review), then one its text
+    names, then the highest score: a label that alone reaches the decision."""
+    if decision == "allow":
+        return None
+    named = set(text_labels)
+
+    def strength(label: str) -> tuple[int, int, float]:
+        point, score = operating_points.get(label), scores.get(label, 0.0)
+        by_image = decide({label: score}, {label: point}) if point is not None else "allow"
+        return DECISION_RANK[by_image], int(label in named), score
+
+    return max(flagged_labels(scores, named, operating_points), key=strength, default=None)
 
 
 def listing_score(

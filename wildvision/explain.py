@@ -36,19 +36,28 @@ class Explanation:
     heatmap: np.ndarray
     photo: Image.Image  # the upright RGB photo as scored (a large JPEG is decoded at reduced scale, as for `predict`)
     text: TextEvidence | None = None  # the words read on the photo, when the classifier reads text
+    frame: int = 0  # which frame of an animated or multi-page file `photo` is: the one that decided its prediction
 
-    def overlay(self) -> Image.Image:
+    def overlay(self, photo: Image.Image | None = None) -> Image.Image:
         """The photo with the heat map blended over it where there is evidence, captioned with label and score, for a
-        human reviewer; each line of text that named a product is framed and tagged with its label."""
-        positions = self.heatmap * (len(_RAMP) - 1)
-        low = np.minimum(positions.astype(int), len(_RAMP) - 2)
+        human reviewer; each line of text that named a product is framed and tagged with its label.
+
+        `photo` draws it on another copy of the same photo, e.g. at full resolution (`load_image(path)`): the scored
+        `photo` of a large JPEG is decoded at reduced scale (a 1200x1178 photo is scored at 300x295), too small for a
+        reviewer. The map is coarse (one cell per 32 model pixels), so drawing it larger loses nothing."""
+        base = self.photo if photo is None else photo.convert("RGB")
+        heatmap = self.heatmap
+        if base.size != self.photo.size:
+            heatmap = np.asarray(Image.fromarray(heatmap, "F").resize(base.size, Image.Resampling.BILINEAR))
+        positions = heatmap * (len(_RAMP) - 1)
+        low = np.clip(positions.astype(int), 0, len(_RAMP) - 2)
         fraction = (positions - low)[..., np.newaxis]
         colours = _RAMP[low] * (1 - fraction) + _RAMP[low + 1] * fraction
-        pixels = np.asarray(self.photo, dtype=np.float32)
-        opacity = (self.heatmap * _OVERLAY_OPACITY)[..., np.newaxis]  # untouched where there is no evidence
+        pixels = np.asarray(base, dtype=np.float32)
+        opacity = (np.clip(heatmap, 0, 1) * _OVERLAY_OPACITY)[..., np.newaxis]  # untouched where there is no evidence
         overlay = Image.fromarray((pixels * (1 - opacity) + colours * opacity).round().astype(np.uint8), "RGB")
         if self.text is not None:
-            _mark_words(overlay, self.text)
+            _mark_words(overlay, self.text, scale=base.width / self.photo.width)
         _caption(overlay, f"{self.label} {self.score:.3f}")
         return overlay
 
@@ -63,15 +72,17 @@ def _caption(image: Image.Image, text: str) -> None:
     draw.text((height // 4, height // 10), text, fill=(255, 255, 255), font=font)
 
 
-def _mark_words(image: Image.Image, text: TextEvidence) -> None:
-    """A frame around each line that named a product, its label on a band beneath it."""
+def _mark_words(image: Image.Image, text: TextEvidence, *, scale: float = 1.0) -> None:
+    """A frame around each line that named a product, its label on a band beneath it; `scale`: the image's size over
+    that of the photo the text was read on (its boxes' coordinates)."""
     draw = ImageDraw.Draw(image)
     width = max(2, round(min(image.size) / 200))
     height = max(12, round(min(image.size) * _CAPTION_HEIGHT * 0.8))
     font = ImageFont.load_default(size=height * 0.8)
     for match in {match.box: match for match in text.matches}.values():  # one frame per line
-        left, top, right, bottom = match.box
-        draw.rectangle(match.box, outline=_WORD_COLOUR, width=width)
+        box = tuple(round(value * scale) for value in match.box)
+        left, top, right, bottom = box
+        draw.rectangle(box, outline=_WORD_COLOUR, width=width)
         tag = f"text: {match.label}"
         band_top = min(bottom, image.height - height)
         draw.rectangle((left, band_top, left + round(draw.textlength(tag, font=font)) + height // 2, band_top + height),

@@ -35,7 +35,7 @@ from contextlib import closing
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -44,6 +44,7 @@ from wildvision.classifier import Classifier, ModelIdentity, Prediction, Prepare
 from wildvision.errors import WildvisionError
 from wildvision.hashing import HASH_BYTES, difference_hash, hamming_distances
 from wildvision.images import ImageSource, load_image
+from wildvision.model_info import OperatingPoint
 
 __all__ = ["FORMAT_VERSION", "IndexFormatError", "KnownItemIndex", "Match", "MatchRule", "variant_hashes"]
 
@@ -149,10 +150,13 @@ class KnownItemIndex:
         """The known item `image` re-posts, or None."""
         return self.predict_and_match(image)[1]
 
-    def predict_and_match(self, image: ImageSource) -> tuple[Prediction, Match | None]:
-        """The classifier's prediction for `image` and the known item it re-posts, from one forward pass."""
+    def predict_and_match(
+        self, image: ImageSource, *, operating_points: Mapping[str, OperatingPoint] | None = None
+    ) -> tuple[Prediction, Match | None]:
+        """The classifier's prediction for `image` (with a call's own thresholds, as `Classifier.predict`) and the
+        known item it re-posts, from one forward pass."""
         photo = self.classifier.prepare(image, with_hashes=True)
-        predictions, embeddings = self.classifier.score_and_embed([photo])
+        predictions, embeddings = self.classifier.score_and_embed([photo], operating_points=operating_points)
         return predictions[0], self.match_photos([photo], embeddings)[0]
 
     def match_photos(self, photos: Sequence[PreparedPhoto], embeddings: Sequence[np.ndarray]) -> list[Match | None]:

@@ -17,7 +17,7 @@ from wildvision.errors import WildvisionError
 
 __all__ = [
     "FORMAT_VERSION", "METADATA_KEY", "OUTPUT_NAMES", "ModelFormatError", "ModelInfo", "OperatingPoint",
-    "OperatingPointError", "Preprocessing", "read_operating_points",
+    "OperatingPointError", "Preprocessing", "operating_points_of", "read_operating_points",
 ]
 
 # The graph's outputs, by name: `logits` (N, labels); `embedding` (N, features), the pooled features the classifier
@@ -161,13 +161,21 @@ def read_operating_points(path: str | Path) -> dict[str, OperatingPoint]:
     except OSError as error:
         raise OperatingPointError(f"{path}: cannot read the thresholds file ({error.strerror or error})") from None
     except (ValueError, tomllib.TOMLDecodeError) as error:
+        # A .yaml file is read as JSON too (JSON is the default), so say which formats there are, not only the one tried.
         raise OperatingPointError(f"{path}: not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'} "
-                                  f"({error})") from None
+                                  f"({error}); thresholds files are JSON, or TOML when named .toml") from None
+    return operating_points_of(document, str(path))
+
+
+def operating_points_of(document: object, source: str) -> dict[str, OperatingPoint]:
+    """Thresholds from a parsed JSON or TOML document, `{"ivory": {"review": 0.8, "block": 0.99}}`: a thresholds file
+    (`read_operating_points`), or the `operating_points` a service caller sends with a request; `source` names it in
+    errors."""
     if not isinstance(document, dict) or not all(isinstance(point, dict) for point in document.values()):
-        raise OperatingPointError(f'{path}: expected {{"label": {{"review": 0.8, "block": 0.99}}, ...}}')
+        raise OperatingPointError(f'{source}: expected {{"label": {{"review": 0.8, "block": 0.99}}, ...}}')
     points = {}
     for label, point in document.items():
         if set(point) != {"review", "block"}:
-            raise OperatingPointError(f"{path}: {label!r} needs exactly `review` and `block`, got {sorted(point)}")
+            raise OperatingPointError(f"{source}: {label!r} needs exactly `review` and `block`, got {sorted(point)}")
         points[label] = OperatingPoint(point["review"], point["block"])
     return points

@@ -47,7 +47,8 @@ class ScanRecord:
     (`TextEvidence.to_dict()`, scans with `--read-text`)."""
 
     path: str
-    label: str | None
+    label: str | None  # the prohibited label the decision is about; null when allowed or not scored
+    top_label: str | None  # the most probable label, whatever was decided; null when not scored
     decision: Decision | None
     scores: dict[str, float] | None  # flattened to one `score_<label>` column per label
     model_name: str
@@ -67,7 +68,7 @@ class ScanRecord:
 
     @classmethod
     def failed(cls, path: str, error: ImageLoadError, identity: ModelIdentity) -> ScanRecord:
-        return cls(path=path, label=None, decision=None, scores=None, **identity.to_fields(), thresholds=None,
+        return cls(path=path, label=None, top_label=None, decision=None, scores=None, **identity.to_fields(), thresholds=None,
                    error=error.reason, error_category=error.category)
 
 

@@ -149,7 +149,8 @@ def scan_to_file(
     """Scan into `output` (`.jsonl`, `.csv` or `.parquet`), continuing an interrupted or earlier run of the same scan.
 
     With `index`, every record gets a `match` field. An earlier output must come from the same model file, thresholds
-    and matching, else a `ResumeError` says so before anything is scored.
+    and matching, else a `ResumeError` says so before anything is scored. `progress` is called after each batch with
+    the number of records the output holds so far, those of an earlier run included.
     """
     layout = layout_of(classifier, index)
     started = time.monotonic()
@@ -171,7 +172,7 @@ def scan_to_file(
             if count % batch_size == 0:
                 sink.flush()  # a killed run keeps every record of every finished batch
                 if progress:
-                    progress(count)
+                    progress(summary.already_done + count)
     write_records(_journal_records(journal), output, layout)
     journal.unlink()
     summary.seconds = time.monotonic() - started
@@ -179,24 +180,38 @@ def scan_to_file(
 
 
 class TerminalProgress:
-    """A one-line progress report (count, rate, ETA when the total is known) on stderr, only on a terminal."""
+    """A one-line progress report on stderr, only on a terminal: records so far, of `total` when it is known (set it
+    once the inputs are counted), the rate of this run and an ETA."""
 
     def __init__(self, total: int | None = None) -> None:
         self.total = total
-        self.started = time.monotonic()
         self.enabled = sys.stderr.isatty()
+        self._first: tuple[int, float] | None = None  # the first report: an earlier run's records are not this run's rate
 
     def __call__(self, done: int) -> None:
         if not self.enabled:
             return
-        rate = done / max(1e-6, time.monotonic() - self.started)
-        eta = f"  ETA {(self.total - done) / rate:.0f}s" if self.total and rate else ""
+        now = time.monotonic()
+        if self._first is None:
+            self._first = (done, now)
+        rate = (done - self._first[0]) / max(1e-6, now - self._first[1])
+        eta = f"  ETA {_duration((self.total - done) / rate)}" if self.total and rate else ""
         total = f"/{self.total}" if self.total else ""
         print(f"\r{done}{total} photos  {rate:.1f}/s{eta} ", end="", file=sys.stderr, flush=True)
 
     def finish(self) -> None:
         if self.enabled:
             print(file=sys.stderr)
+
+
+def _duration(seconds: float) -> str:
+    """`42s`, `7m05s` or `3h12m`: an ETA a person reads at a glance."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _score(

@@ -40,10 +40,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, fields
 from typing import (
-    Annotated, Any, AsyncIterator, Awaitable, Callable, Literal, Optional, Sequence, TypeVar, get_type_hints,
+    Annotated, Any, AsyncIterator, Awaitable, Callable, Literal, Mapping, Optional, Sequence, TypeVar, get_type_hints,
 )
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -67,6 +67,7 @@ from wildvision.decision import Decision, Reason, decide_listing
 from wildvision.images import ImageLoadError
 from wildvision.known_items import KnownItemIndex, Match
 from wildvision.words import listing_words
+from wildvision.model_info import OperatingPoint, OperatingPointError, operating_points_of
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_DISCARD", "Limits", "create_app"]
 
@@ -80,6 +81,12 @@ _IMAGE_TYPES = ("image/", "application/octet-stream")
 _BATCH_TYPES = ("multipart/form-data", "application/json")
 # Why a photo could not be scored -> HTTP status: the client's request was at fault in every case (4xx).
 _STATUS_BY_CATEGORY = {"empty": 400, "too_large": 413, "not_an_image": 422, "corrupt": 422}
+Points = Optional[Mapping[str, OperatingPoint]]  # a call's own thresholds; None: the service's
+# A call's own thresholds, as `Classifier.predict(operating_points=...)` takes them: JSON in the query, in the
+# thresholds file's format, so that `Client` takes what `Classifier` takes.
+_OPERATING_POINTS = Query(None, description='this call\'s thresholds instead of the service\'s, as JSON: '
+                          '{"ivory": {"review": 0.8, "block": 0.99}}; labels left out keep the service\'s',
+                          examples=['{"ivory": {"review": 0.8, "block": 0.99}}'])
 _BINARY_BODY = {"schema": {"type": "string", "format": "binary"}}
 _BATCH_BODIES = {  # for the OpenAPI schema: the route reads its body itself, to bound it
     "multipart/form-data": {"schema": {"type": "object", "properties": {
@@ -117,17 +124,19 @@ class Limits:
                 raise ValueError(f"{name} must be {'at least 0' if name == 'max_queue' else 'positive'}, got {value}")
 
 
-def _response_model(source: type, name: str, **extra: Any) -> type[BaseModel]:
+def _response_model(source: type, model_name: str, **extra: Any) -> type[BaseModel]:
     """A response model with the fields and types of the library's dataclass `source`, so an answer's schema is
     stated once, in the library (`Prediction`, `Match`), and the OpenAPI document follows it."""
     hints = get_type_hints(source)
     described = {field.name: (hints[field.name], ...) for field in fields(source)}
-    return create_model(name, __doc__=source.__doc__, **described, **extra)
+    return create_model(model_name, __doc__=source.__doc__, **described, **extra)
 
 
 MatchOut = _response_model(Match, "MatchOut")
-# `Prediction.to_dict()`, plus `match` when the service runs with a known-item index.
-PredictionOut = _response_model(Prediction, "PredictionOut", match=(Optional[MatchOut], None))
+# `Prediction.to_dict()`, plus `match` when the service runs with a known-item index, and in a batch's answers the
+# `name` its photo was sent under, so that a caller never has to match answers to photos by their order alone.
+PredictionOut = _response_model(Prediction, "PredictionOut", match=(Optional[MatchOut], None),
+                                name=(Optional[str], None))
 
 
 class ErrorOut(BaseModel):
@@ -141,8 +150,14 @@ class _ErrorBody(BaseModel):
     detail: ErrorOut
 
 
+class BatchErrorOut(ErrorOut):
+    """Why one photo of a batch was not scored, and the name it was sent under."""
+
+    name: str
+
+
 class BatchOut(BaseModel):
-    results: list[PredictionOut | ErrorOut]  # one per photo, in the order sent
+    results: list[PredictionOut | BatchErrorOut]  # one per photo, in the order sent, each with its photo's name
 
 
 ReasonOut = _response_model(Reason, "ReasonOut")
@@ -198,12 +213,14 @@ def create_app(
     guarded = [Depends(_token_check(api_keys))] if api_keys else []
     errors = _documented_errors(limits)
 
-    def score(body: bytes) -> tuple[Prediction, Match | None]:
+    def score(body: bytes, points: Points) -> tuple[Prediction, Match | None]:
         if index is not None:
-            return index.predict_and_match(body)
-        return classifier.predict(body), None
+            return index.predict_and_match(body, operating_points=points)
+        return classifier.predict(body, operating_points=points), None
 
-    def score_each(bodies: list[bytes | ErrorOut]) -> list[tuple[Prediction, Match | None] | ErrorOut]:
+    def score_each(
+        bodies: list[bytes | ErrorOut], points: Points = None
+    ) -> list[tuple[Prediction, Match | None] | ErrorOut]:
         """A batch's photos in one forward pass; a photo that cannot be read fails only itself."""
         prepared = [body if isinstance(body, ErrorOut) else _prepared_or_error(classifier, body, index is not None)
                     for body in bodies]
@@ -211,24 +228,27 @@ def create_app(
         if not photos:
             return prepared  # type: ignore[return-value]  # errors only
         if index is None:
-            scored = zip(classifier.score(photos), [None] * len(photos))
+            scored = zip(classifier.score(photos, operating_points=points), [None] * len(photos))
         else:
-            predictions, embeddings = classifier.score_and_embed(photos)
+            predictions, embeddings = classifier.score_and_embed(photos, operating_points=points)
             scored = zip(predictions, index.match_photos(photos, embeddings))
         return [item if isinstance(item, ErrorOut) else next(scored) for item in prepared]
 
     async def score_sent(
-        request: Request, *, listing: bool = False
-    ) -> tuple[list[tuple[Prediction, Match | None] | ErrorOut], _Words]:
-        """The photos of a batch or listing request, each scored or its error, in the order sent (one gate slot), and
-        a listing's words."""
+        request: Request, points: Points = None, *, listing: bool = False
+    ) -> tuple[list[str], list[tuple[Prediction, Match | None] | ErrorOut], _Words]:
+        """The photos of a batch or listing request, each scored or its error, in the order sent (one gate slot), the
+        name each was sent under (`_batch_reader`), and a listing's words."""
         async with gate.slot() as slot:
             sent = await slot.read(request, _batch_reader(request, limits.max_batch, listing=listing))
-            return (await slot.run(score_each, sent.photos) if sent.photos else []), sent.words
+            names, photos = [name for name, _ in sent.photos], [photo for _, photo in sent.photos]
+            return names, (await slot.run(score_each, photos, points) if photos else []), sent.words
 
-    def answer(prediction: Prediction, match: Match | None) -> PredictionOut:
-        metrics.photos.labels(prediction.decision, prediction.label).inc()
+    def answer(prediction: Prediction, match: Match | None, name: str | None = None) -> PredictionOut:
+        metrics.photos.labels(prediction.decision, prediction.label or "").inc()  # "": allowed, nothing flagged
         result = PredictionOut(**prediction.to_dict())
+        if name is not None:  # a batch's answers, each with the name its photo was sent under
+            result.name = name
         if index is not None:
             result.match = MatchOut(**match.to_dict()) if match else None  # set, so it is sent even when null
         return result
@@ -246,14 +266,16 @@ def create_app(
     @app.post("/predict", response_model=PredictionOut, response_model_exclude_unset=True, responses=errors,
               dependencies=guarded, openapi_extra={"requestBody": {"required": True, "content": {
                   "image/*": _BINARY_BODY, "application/octet-stream": _BINARY_BODY}}})
-    async def predict(request: Request) -> PredictionOut:
-        """Score the photo in the request body: every label's probability, the top label and the decision."""
+    async def predict(request: Request, operating_points: str | None = _OPERATING_POINTS) -> PredictionOut:
+        """Score the photo in the request body: every label's probability, the decision and the label it is about,
+        and the top label."""
         _require_content_type(request, _IMAGE_TYPES, "send the photo's bytes as the body with an image Content-Type "
                                                      "(image/jpeg, image/png, ...)")
+        points = _call_points(classifier, operating_points)
         async with gate.slot() as slot:
             body = await slot.read(request, _joined)
             try:
-                prediction, match = await slot.run(score, body)
+                prediction, match = await slot.run(score, body, points)
             except ImageLoadError as error:
                 raise _error(_STATUS_BY_CATEGORY.get(error.category, 422), error.category, error.reason) from None
         request.state.decision = prediction.decision
@@ -261,12 +283,14 @@ def create_app(
 
     @app.post("/predict/batch", response_model=BatchOut, response_model_exclude_unset=True, responses=errors,
               dependencies=guarded, openapi_extra={"requestBody": {"required": True, "content": _BATCH_BODIES}})
-    async def predict_batch(request: Request) -> BatchOut:
-        """Score several photos: one result or one error per photo, in the order sent; a bad photo fails only itself."""
+    async def predict_batch(request: Request, operating_points: str | None = _OPERATING_POINTS) -> BatchOut:
+        """Score several photos: one result or one error per photo, in the order sent, each with the name its photo
+        was sent under (a multipart part's filename, else its position); a bad photo fails only itself."""
         _require_content_type(request, _BATCH_TYPES, "send a multipart form of photo files, or a JSON list of "
                                                      "base64-encoded photos")
-        outcomes, _ = await score_sent(request)
-        results = [outcome if isinstance(outcome, ErrorOut) else answer(*outcome) for outcome in outcomes]
+        names, outcomes, _ = await score_sent(request, _call_points(classifier, operating_points))
+        results = [BatchErrorOut(**outcome.model_dump(), name=name) if isinstance(outcome, ErrorOut)
+                   else answer(*outcome, name=name) for name, outcome in zip(names, outcomes)]
         for result in results:
             if isinstance(result, ErrorOut):
                 metrics.errors.labels(result.category).inc()
@@ -275,15 +299,16 @@ def create_app(
 
     @app.post("/predict/listing", response_model=ListingOut, response_model_exclude_unset=True, responses=errors,
               dependencies=guarded, openapi_extra={"requestBody": {"required": True, "content": _BATCH_BODIES}})
-    async def predict_listing(request: Request) -> ListingOut:
+    async def predict_listing(request: Request, operating_points: str | None = _OPERATING_POINTS) -> ListingOut:
         """Decide a listing from its photos and its seller's words, as `Classifier.predict_listing` does: photos sent
         as for /predict/batch, with `title` and `description` as form fields (or, in JSON, an object with `photos`,
         `title` and `description`). Any of the three may be missing; a listing with words and no photo is decided on
         its words. A photo that cannot be read fails the listing, naming the photo: a listing decided without one of
-        its photos could be wrongly allowed."""
+        its photos could be wrongly allowed. `operating_points` as for /predict."""
         _require_content_type(request, _BATCH_TYPES, "send a multipart form of the listing's photo files (and title "
                                                      "and description fields), or a JSON object of them")
-        outcomes, words = await score_sent(request, listing=True)
+        points = _call_points(classifier, operating_points)
+        names, outcomes, words = await score_sent(request, points, listing=True)
         for position, outcome in enumerate(outcomes):
             if isinstance(outcome, ErrorOut):
                 raise _error(_STATUS_BY_CATEGORY.get(outcome.category, 422), outcome.category,
@@ -292,10 +317,12 @@ def create_app(
         predictions = [prediction for prediction, _ in scored]
         found = listing_words(classifier.lexicon, title=words.title, description=words.description,
                               photo_texts=[prediction.text for prediction in predictions])
-        listing = listing_prediction(predictions, decide_listing(predictions, classifier.info.operating_points,
-                                                                 words=found, weights=classifier.lexicon.weights))
+        thresholds = points if points is not None else classifier.info.operating_points  # already checked
+        listing = listing_prediction(predictions, decide_listing(predictions, thresholds, words=found,
+                                                                 weights=classifier.lexicon.weights))
         request.state.decision = listing.decision
-        return ListingOut(**{**listing.to_dict(), "photos": [answer(*outcome) for outcome in scored]})
+        return ListingOut(**{**listing.to_dict(), "photos": [answer(*outcome, name=name)
+                                                             for name, outcome in zip(names, scored)]})
 
     return app
 
@@ -310,8 +337,9 @@ class _Metrics:
                                 ["route", "status"], registry=registry)
         self.latency = Histogram("wildvision_http_request_duration_seconds", "Arrival to the last byte of the answer",
                                  ["route"], buckets=_LATENCY_BUCKETS, registry=registry)
-        self.photos = Counter("wildvision_photos", "Photos scored, by decision and top label", ["decision", "label"],
-                              registry=registry)
+        # `label` as in every answer: the label decided about, so that label="ivory" never counts allowed photos
+        self.photos = Counter("wildvision_photos", "Photos scored, by decision and the prohibited label it is about "
+                              "(empty when allowed)", ["decision", "label"], registry=registry)
         self.errors = Counter("wildvision_errors", "Errors answered (a request's, or one photo's in a batch), by "
                               "category", ["category"], registry=registry)
         self.queued = Gauge("wildvision_queue_depth", "Requests waiting for a slot", registry=registry)
@@ -387,6 +415,22 @@ def _error(status: int, category: str, reason: str, headers: dict[str, str] | No
     return HTTPException(status, {"error": reason, "category": category}, headers)
 
 
+def _call_points(classifier: Classifier, text: str | None) -> Points:
+    """A request's own thresholds (`operating_points` in the query), checked as `Classifier` checks them; None when
+    it sends none. Bad thresholds are the caller's error (422 `bad_operating_points`), refused before the body is
+    read."""
+    if text is None:
+        return None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise _error(422, "bad_operating_points", f"operating_points: not JSON ({error})") from None
+    try:
+        return classifier.info.checked_operating_points(operating_points_of(document, "operating_points"))
+    except OperatingPointError as error:
+        raise _error(422, "bad_operating_points", str(error)) from None
+
+
 def _require_content_type(request: Request, accepted: tuple[str, ...], hint: str) -> None:
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith(accepted):
@@ -421,14 +465,19 @@ class _Words:
 
 @dataclass(frozen=True)
 class _Sent:
-    photos: list[bytes | ErrorOut]  # each its bytes or, where the JSON item is not base64, that item's error
+    """A batch's or listing's photos, each with the name it was sent under and its bytes or, where the JSON item is
+    not base64, that item's error; and a listing's words."""
+
+    photos: list[tuple[str, bytes | ErrorOut]]
     words: _Words
 
 
 def _batch_reader(
     request: Request, max_batch: int, *, listing: bool
 ) -> Callable[[AsyncIterator[bytes]], Awaitable[_Sent]]:
-    """The photos of a batch or listing body and, for a listing, its title and description."""
+    """The photos of a batch or listing body and, for a listing, its title and description. A multipart part is named
+    by its filename (the caller's name or id for it), a JSON item, or a part without a filename, by its position ("0",
+    "1", ...): every answer says which photo it is about."""
 
     async def read(chunks: AsyncIterator[bytes]) -> _Sent:
         if request.headers["content-type"].startswith("multipart/form-data"):
@@ -446,15 +495,16 @@ def _batch_reader(
 
 
 async def _form_parts(request: Request, chunks: AsyncIterator[bytes], max_batch: int) -> _Sent:
-    """Every file part of a multipart form, in order, and its `title` and `description` fields (Starlette's parser:
-    parts over 1 MiB spool to disk)."""
+    """Every file part of a multipart form, in order, with its filename, and its `title` and `description` fields
+    (Starlette's parser: parts over 1 MiB spool to disk)."""
     try:
         form = await MultiPartParser(request.headers, chunks, max_files=max_batch, max_fields=max_batch).parse()
     except MultiPartException as error:
         raise _error(400, "malformed", f"not a usable multipart form: {error.message}") from None
     try:
-        photos: list[bytes | ErrorOut] = [await part.read() for _, part in form.multi_items()
-                                          if isinstance(part, UploadFile)]
+        parts = [part for _, part in form.multi_items() if isinstance(part, UploadFile)]
+        photos: list[tuple[str, bytes | ErrorOut]] = [(part.filename or str(position), await part.read())
+                                                      for position, part in enumerate(parts)]
         words = {name: value for name, value in form.multi_items() if isinstance(value, str)}
         return _Sent(photos, _Words(words.get("title"), words.get("description")))
     finally:
@@ -473,8 +523,13 @@ def _json_body(body: bytes, max_batch: int, *, listing: bool) -> _Sent:
         if unknown or not all(word is None or isinstance(word, str) for word in words):
             raise _error(400, "malformed", "a listing is a JSON object of photos (a list of base64-encoded photos), "
                          f"title and description (text){f'; unknown: {unknown}' if unknown else ''}")
-        return _Sent(_json_photos(value.get("photos", []), max_batch), _Words(*words))
-    return _Sent(_json_photos(value, max_batch), _Words())
+        return _Sent(_numbered(_json_photos(value.get("photos", []), max_batch)), _Words(*words))
+    return _Sent(_numbered(_json_photos(value, max_batch)), _Words())
+
+
+def _numbered(photos: list[bytes | ErrorOut]) -> list[tuple[str, bytes | ErrorOut]]:
+    """JSON items named by their position: "0", "1", ..."""
+    return [(str(position), photo) for position, photo in enumerate(photos)]
 
 
 def _json_photos(items: object, max_batch: int) -> list[bytes | ErrorOut]:
