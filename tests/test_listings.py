@@ -216,6 +216,10 @@ def test_the_service_and_the_client_take_a_listings_title_and_description(classi
         assert remote == local and remote.labels == ("ivory",)
         assert client.predict_listing(title="Rhino horn libation cup, DM").labels == ("rhino_horn",)
         assert client.predict_listing(photos) == classifier.predict_listing(photos)  # no words: the photos decide
+        strict = {"ivory": OperatingPoint(review=0.001, block=0.002)}  # a platform's own thresholds, for one call
+        assert client.predict_listing(photos, **words, operating_points=strict) == classifier.predict_listing(
+            photos, **words, operating_points=strict)
+        assert client.predict_listing(photos, **words, operating_points=strict).decision == "block"
 
         answer = httpx.post(f"{url}/predict/listing", json={"title": "Elfenbein Netsuke, Preis 300 €"}).json()
         assert answer["labels"] == ["ivory"] and answer["reasons"][0]["source"] == "title"
