@@ -137,6 +137,47 @@ def test_the_pages_examples_run(page, photos_here, capsys):
         assert "ivory=0.2/0.95" in capsys.readouterr().out
 
 
+# What an example may print about the shipped model in its comments (`# 'sha256:b960b5bd216f8213'`): each is checked
+# against the model that ships, so a release that changes them fails here until the pages are updated.
+_DIGEST = re.compile(r"sha256:[0-9a-f]{16}")
+_THRESHOLDS = re.compile(r"'((?:\w+=[\d.]+/[\d.]+(?:; )?)+)'")
+_VERSION = re.compile(r"model_version\W*#\s*'([^']+)'")
+
+
+def stated_model_values(markdown: str) -> dict[str, set[str]]:
+    """The digests, thresholds and versions the code blocks of a page show as output."""
+    code = "\n".join(_blocks(markdown, "python") + _blocks(markdown, "bash"))
+    return {"digest": set(_DIGEST.findall(code)), "thresholds": set(_THRESHOLDS.findall(code)),
+            "version": set(_VERSION.findall(code))}
+
+
+def test_the_model_values_an_example_prints_are_the_shipped_models(shipped_model):
+    from wildvision import Classifier
+    from wildvision.classifier import describe_thresholds, twin_path
+
+    shipped = Classifier(shipped_model)
+    truth = {"digest": {shipped.identity.digest, Classifier(twin_path(shipped_model, "int8")).identity.digest},
+             "thresholds": {describe_thresholds(shipped.info.operating_points)}, "version": {shipped.info.version}}
+    for page in [README, *sorted(DOCS.glob("*.md"))]:
+        stated = stated_model_values(page.read_text(encoding="utf-8"))
+        for kind, values in stated.items():
+            assert values <= truth[kind], f"{page.name} shows {kind} {sorted(values - truth[kind])}, the shipped model " \
+                                          f"has {sorted(truth[kind])}: update the example, or show no value"
+    assert stated_model_values("```python\nresult.model_digest  # 'sha256:d868bba118503bbb'\n```\n")["digest"] == {
+        "sha256:d868bba118503bbb"}, "the check reads the values examples print"
+
+
+NARROW_PAGES = ("get-started.md", "service.md")  # a new user's first pages: no code line cut off at the page's edge
+CODE_WIDTH = 80  # characters of a code block the Material theme shows without scrolling, beside both sidebars
+
+
+@pytest.mark.parametrize("page", NARROW_PAGES)
+def test_the_first_pages_code_fits_the_page(page):
+    markdown = (DOCS / page).read_text(encoding="utf-8")
+    wide = [line for block in _blocks(markdown, r"\w*") for line in block.splitlines() if len(line) > CODE_WIDTH]
+    assert not wide, f"{page}: code lines over {CODE_WIDTH} characters, cut off on the page: {wide}"
+
+
 def test_the_example_runner_fails_on_an_example_that_no_longer_matches_the_code(photos_here):
     stale = "```python\nfrom wildvision import Classifier\nClassifier().predict('listing.jpg').verdict\n```\n"
     with pytest.raises(AttributeError):

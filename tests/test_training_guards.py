@@ -168,3 +168,20 @@ def test_the_lookalikes_config_trains_as_the_readme_says(tmp_path, monkeypatch):
     assert checkpoint["labels"] == ["ivory", "lookalike", "not_ivory"]
     assert checkpoint["metrics"]["accuracy"] >= baseline + 0.05
     assert checkpoint["metrics"]["per_label"]["lookalike"]["recall"] > 0
+
+
+def test_no_training_function_takes_an_argparse_namespace():
+    """Every training command reads its options into one frozen config (`training.options`); a Namespace travelling
+    down the call stack hides which options a function reads and lets a typo become an AttributeError hours in."""
+    import ast
+
+    from conftest import REPO
+
+    taking = []
+    for path in sorted((REPO / "training").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                annotations = [arg.annotation for arg in [*node.args.args, *node.args.kwonlyargs] if arg.annotation]
+                if any("Namespace" in ast.unparse(annotation) for annotation in annotations):
+                    taking.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}")
+    assert not taking, taking

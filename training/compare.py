@@ -15,7 +15,6 @@ thresholds before it ships, on the reference's `calib` photos (those thresholds 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -26,11 +25,12 @@ import numpy as np
 
 from training.calibration import flag_rates, softmax
 from training.data import DataSource, Sample, label_sources, parse_relabel
-from training.errors import DataError, run_command
+from training.errors import ConfigError, DataError, run_command
 from training.features import compute_features
 from training.gallery import cell_text as _text  # a value as the HTML tables show it
 from training.gallery import escape, figure, page, table
 from training.metrics import auc, fraction
+from training.options import check_ranges, option, parse
 from training.onnx_head import HeadNotReadable, network_digest, read_head
 from training.reference import ReferenceData, find_reference
 from wildvision.classifier import Classifier
@@ -167,27 +167,41 @@ def write_html(comparison: Comparison, samples: Sequence[Sample], path: Path) ->
     path.write_text(page(f"{first} vs {second}", sections), encoding="utf-8")
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.compare", description=__doc__.split("\n")[0])
-    parser.add_argument("base", type=Path, help="model A (.onnx), usually the released model")
-    parser.add_argument("candidate", type=Path, help="model B (.onnx), e.g. training.adapt's output")
-    parser.add_argument("--data", type=Path, action="append", required=True,
-                        help="labelled photos neither model was fitted on (folder per label or CSV); repeatable")
-    parser.add_argument("--relabel", nargs="*", default=[], metavar="KIND=LABEL")
-    parser.add_argument("--operating-points", type=Path, help="a platform's thresholds (JSON/TOML) for both models")
-    parser.add_argument("--html", type=Path, help="also write the comparison as a self-contained HTML report")
-    parser.add_argument("--work", type=Path, help="feature cache (default: none)")
-    parser.add_argument("--reference", type=Path,
-                        help="the base model's reference vectors (default: BASE.reference.npz beside it)")
-    return parser.parse_args(argv)
+@dataclass(frozen=True)
+class CompareConfig:
+    """The two models, the labelled photos they are compared on, and what to write."""
+
+    base: Path | None = option(None, "model A (.onnx), usually the released model", changes_weights=False,
+                               positional=True)
+    candidate: Path | None = option(None, "model B (.onnx), e.g. training.adapt's output", changes_weights=False,
+                                    positional=True)
+    data: tuple[Path, ...] = option((), "labelled photos neither model was fitted on (folder per label or CSV); "
+                                        "repeatable; required", changes_weights=False, repeatable=True)
+    relabel: tuple[str, ...] = option((), "give photos of a `kind` their own label, e.g. horn_antler=lookalike",
+                                      changes_weights=False, metavar="KIND=LABEL")
+    operating_points: Path | None = option(None, "a platform's thresholds (JSON/TOML) for both models",
+                                           changes_weights=False)
+    html: Path | None = option(None, "also write the comparison as a self-contained HTML report",
+                               changes_weights=False)
+    work: Path | None = option(None, "feature cache (default: none)", changes_weights=False)
+    reference: Path | None = option(None, "the base model's reference vectors (default: BASE.reference.npz beside "
+                                          "it)", changes_weights=False)
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ConfigError("--data: required")
+        check_ranges(self)
+
+
+def parse_args(argv: Sequence[str] | None) -> CompareConfig:
+    return parse(CompareConfig, argv, prog="python -m training.compare", description=__doc__.split("\n")[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    return run_command(lambda: _compare(args))
+    return run_command(lambda: _compare(parse_args(argv)))
 
 
-def _compare(args: argparse.Namespace) -> int:
+def _compare(args: CompareConfig) -> int:
     samples = label_sources([DataSource(path) for path in args.data], parse_relabel(args.relabel))
     missing = [str(s.path) for s in samples if not s.path.is_file()]
     if missing:
@@ -223,7 +237,7 @@ def _score_both(
     return scored[0], scored[1], [samples[i] for i in kept]
 
 
-def _open_world_lines(args: argparse.Namespace, models: list[Classifier], first: Scored, second: Scored) -> str:
+def _open_world_lines(args: CompareConfig, models: list[Classifier], first: Scored, second: Scored) -> str:
     """Both models' shares of the base's reference everyday photos flagged / blocked, per role; or why not shown."""
     reference = find_reference(args.base, args.reference)
     if reference is None:

@@ -20,7 +20,7 @@ from typing import Iterable, Mapping, Sequence
 from training.dedupe import DEFAULT_MAX_DISTANCE, hash_files, near_duplicate_pairs
 from training.errors import DataError
 from wildvision.hashing import file_sha256
-from wildvision.scan import IMAGE_SUFFIXES
+from wildvision.images import IMAGE_SUFFIXES
 
 __all__ = ["DEFAULT_CALIB_FRACTION", "DEFAULT_VAL_FRACTION", "MIN_CALIB_PHOTOS", "DataSource", "Sample", "SplitReport",
            "assign_splits", "content_hash", "file_digest", "label_sources", "list_samples_like", "load_samples",

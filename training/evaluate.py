@@ -8,9 +8,9 @@ training on them).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -19,31 +19,41 @@ from training.data import list_samples_like
 from training.errors import run_command
 from training.evaluation import SPLITS, evaluate
 from training.metrics import format_report
-from training.split import add_recorded_split_options, load_split
+from training.options import check_ranges, option, parse
+from training.split import load_split, recorded_data_option, split_file_option
 from wildvision.classifier import Classifier
 
 __all__ = ["main"]
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, help="a wildvision .onnx model (default: the shipped model)")
-    add_recorded_split_options(parser)
-    parser.add_argument("--split", default="val", choices=SPLITS,
-                        help="part to score: val or calib are held out; train and all (every photo of the data "
-                             "now, no split) are for --audit, not accuracy")
-    parser.add_argument("--json", type=Path, help="also write the metrics here")
-    parser.add_argument("--report", type=Path, help="also write a self-contained HTML report here (needs matplotlib)")
-    parser.add_argument("--audit", type=Path, help="also write every scored photo here as CSV, the most doubted label first")
-    return parser.parse_args(argv)
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """What to evaluate, on which photos, and what to write."""
+
+    model: Path | None = option(None, "a wildvision .onnx model (default: the shipped model)", changes_weights=False)
+    data: tuple[Path, ...] = recorded_data_option()
+    split_file: Path | None = split_file_option()
+    split: str = option("val", "part to score: val or calib are held out; train and all (every photo of the data now, "
+                               "no split) are for --audit, not accuracy", changes_weights=False, choices=SPLITS)
+    json: Path | None = option(None, "also write the metrics here", changes_weights=False)
+    report: Path | None = option(None, "also write a self-contained HTML report here (needs matplotlib)",
+                                 changes_weights=False)
+    audit: Path | None = option(None, "also write every scored photo here as CSV, the most doubted label first",
+                                changes_weights=False)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
+def parse_args(argv: Sequence[str] | None) -> EvaluateConfig:
+    return parse(EvaluateConfig, argv, prog="python -m training.evaluate", description=__doc__.split("\n")[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    return run_command(lambda: _evaluate(args))
+    return run_command(lambda: _evaluate(parse_args(argv)))
 
 
-def _evaluate(args: argparse.Namespace) -> int:
+def _evaluate(args: EvaluateConfig) -> int:
     classifier = Classifier(args.model)
     training = classifier.info.training
     samples = (list_samples_like(training["config"], args.data) if args.split == "all"

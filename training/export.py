@@ -18,10 +18,9 @@ that has none of the photos.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -31,14 +30,15 @@ from training.artefacts import check_logits, set_model_info, staged
 from training.backbone import build_model
 from training.checkpoint import load_checkpoint
 from training.data import Sample, spread
-from training.errors import CheckpointError, DataError, ParityError, run_command
+from training.errors import CheckpointError, ConfigError, DataError, ParityError, run_command
 from training.evaluation import evaluate
+from training.options import AT_LEAST_1, SHARE, check_ranges, option, parse
 from training.pretrained import TwoTailNetwork
 from training.quantize import (
     DEFAULT_MAX_PROBABILITY_DIFFERENCE, DEFAULT_MIN_AGREEMENT, quantize_model, write_model_info,
 )
 from training.reference import reference_path, write_model_reference
-from training.split import SPLIT_FILE, load_split
+from training.split import SPLIT_FILE, load_split, recorded_data_option
 from wildvision.classifier import Classifier, twin_path
 from wildvision.images import ImageLoadError, load_image
 from wildvision.model_info import OUTPUT_NAMES, ModelInfo, OperatingPoint, Preprocessing
@@ -49,32 +49,45 @@ DEFAULT_NOTES = ("Flags listing photos for human review; a score is evidence, no
                  "See the model card for data, licences and known weaknesses.")
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
-    parser.add_argument("--data", type=Path, action="append", default=[],
-                        help="where the checkpoint's training data lies now, for the parity check (default: where "
-                             "it was); repeat for each of its sources, in order")
-    parser.add_argument("--parity-photos", type=int, default=32, help="validation photos both runtimes must agree on")
-    parser.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed logit difference")
-    parser.add_argument("--notes", default=DEFAULT_NOTES, help="licences, intended use and weaknesses, stored in the file")
-    parser.add_argument("--int8", action="store_true", help="also write a statically quantised NAME.int8.onnx next to --out")
-    parser.add_argument("--int8-calibration-photos", type=int, default=200,
-                        help="calib-split photos that set the int8 activation ranges")
-    parser.add_argument("--int8-min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
-                        help="fraction of parity photos whose top label int8 must keep")
-    parser.add_argument("--int8-max-probability-difference", type=float, default=DEFAULT_MAX_PROBABILITY_DIFFERENCE,
-                        help="largest allowed mean difference of calibrated probabilities, int8 against float")
-    return parser.parse_args(argv)
+@dataclass(frozen=True)
+class ExportConfig:
+    """Which checkpoint to export, where, and the checks the written model must pass."""
+
+    checkpoint: Path | None = option(None, "the training run's checkpoint.safetensors; required", changes_weights=False)
+    out: Path | None = option(None, "the .onnx file to write; required", changes_weights=False)
+    data: tuple[Path, ...] = recorded_data_option("checkpoint")
+    parity_photos: int = option(32, "validation photos both runtimes must agree on", changes_weights=False,
+                                bounds=AT_LEAST_1)
+    # No range: a negative tolerance is how a test makes the parity check refuse (tests/test_training.py).
+    tolerance: float = option(1e-3, "largest allowed logit difference", changes_weights=False)
+    notes: str = option(DEFAULT_NOTES, "licences, intended use and weaknesses, stored in the file",
+                        changes_weights=False)
+    int8: bool = option(False, "also write a statically quantised NAME.int8.onnx next to --out", changes_weights=False)
+    int8_calibration_photos: int = option(200, "calib-split photos that set the int8 activation ranges",
+                                          changes_weights=False, bounds=AT_LEAST_1)
+    # No range either: a share above 1 is how a test makes the int8 check refuse (tests/test_quantize.py).
+    int8_min_agreement: float = option(DEFAULT_MIN_AGREEMENT, "fraction of parity photos whose top label int8 must "
+                                       "keep", changes_weights=False)
+    int8_max_probability_difference: float = option(
+        DEFAULT_MAX_PROBABILITY_DIFFERENCE, "largest allowed mean difference of calibrated probabilities, int8 "
+                                            "against float", changes_weights=False, bounds=SHARE)
+
+    def __post_init__(self) -> None:
+        missing = [f"--{name}" for name in ("checkpoint", "out") if getattr(self, name) is None]
+        if missing:
+            raise ConfigError(f"{', '.join(missing)}: required")
+        check_ranges(self)
+
+
+def parse_args(argv: Sequence[str] | None) -> ExportConfig:
+    return parse(ExportConfig, argv, prog="python -m training.export", description=__doc__.split("\n")[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    return run_command(lambda: export(args))
+    return run_command(lambda: export(parse_args(argv)))
 
 
-def export(args: argparse.Namespace) -> int:
+def export(args: ExportConfig) -> int:
     """Write the model (and its int8 twin) only once every check passed; `ExportRefused` where one fails."""
     checkpoint = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(checkpoint)

@@ -62,14 +62,16 @@ class Option:
     metavar: str | None = None
     choices: tuple[str, ...] | None = None
     repeatable: bool = False  # a tuple field given as `--x A --x B` rather than `--x A B`
+    positional: bool = False  # given by its place, not its name (`compare BASE CANDIDATE`); always required
 
 
 def option(
     default: Any, help: str | None = None, *, changes_weights: bool, bounds: Range | None = None,
     metavar: str | None = None, choices: Sequence[str] | None = None, repeatable: bool = False,
+    positional: bool = False,
 ) -> Any:
     """A config field with its command-line meaning in `metadata["option"]`."""
-    meta = Option(help, changes_weights, bounds, metavar, tuple(choices) if choices else None, repeatable)
+    meta = Option(help, changes_weights, bounds, metavar, tuple(choices) if choices else None, repeatable, positional)
     return field(default=default, metadata={"option": meta})
 
 
@@ -121,7 +123,11 @@ def _parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
             settings.update(type=_from_text(kind), **({"action": "append"} if meta.repeatable else {"nargs": "*"}))
         else:
             settings.update(type=_from_text(kind))
-        parser.add_argument(_flag(f.name), **settings)
+        if meta.positional:
+            parser.add_argument(f.name, **{name: value for name, value in settings.items() if name != "metavar"},
+                                metavar=meta.metavar or f.name.upper())
+        else:
+            parser.add_argument(_flag(f.name), **settings)
     return parser
 
 

@@ -22,7 +22,6 @@ before reference files existed, from its recorded split (rebuilt and checked aga
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -34,10 +33,11 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from training.data import Sample
-from training.errors import DataError, run_command
+from training.errors import ConfigError, DataError, run_command
 from training.features import compute_features
 from training.onnx_head import network_digest
-from training.split import add_recorded_split_options, load_split
+from training.options import check_ranges, option, parse
+from training.split import load_split, recorded_data_option, split_file_option
 from wildvision.classifier import Classifier
 from wildvision.model_info import ModelInfo
 
@@ -205,21 +205,31 @@ def _relative(sample: Sample) -> str:
     return "/".join(Path(os.path.abspath(sample.path)).parts[-3:])
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.reference", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, required=True, help="the exported model (.onnx)")
-    add_recorded_split_options(parser)
-    parser.add_argument("--out", type=Path, help="default: NAME.reference.npz beside the model")
-    parser.add_argument("--work", type=Path, help="feature cache (default: none)")
-    return parser.parse_args(argv)
+@dataclass(frozen=True)
+class ReferenceConfig:
+    """Which model's reference to write, from which photos, and where."""
+
+    model: Path | None = option(None, "the exported model (.onnx); required", changes_weights=False)
+    data: tuple[Path, ...] = recorded_data_option()
+    split_file: Path | None = split_file_option()
+    out: Path | None = option(None, "default: NAME.reference.npz beside the model", changes_weights=False)
+    work: Path | None = option(None, "feature cache (default: none)", changes_weights=False)
+
+    def __post_init__(self) -> None:
+        if self.model is None:
+            raise ConfigError("--model: required")
+        check_ranges(self)
+
+
+def parse_args(argv: Sequence[str] | None) -> ReferenceConfig:
+    return parse(ReferenceConfig, argv, prog="python -m training.reference", description=__doc__.split("\n")[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    return run_command(lambda: _write(args))
+    return run_command(lambda: _write(parse_args(argv)))
 
 
-def _write(args: argparse.Namespace) -> int:
+def _write(args: ReferenceConfig) -> int:
     training: Mapping[str, object] = Classifier(args.model).info.training
     samples = load_split(training, data=args.data, split_file=args.split_file)
     write_model_reference(args.model, samples, out=args.out, cache=args.work)

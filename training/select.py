@@ -18,7 +18,6 @@ comes back as a CSV with `python -m training.select --from-label-studio EXPORT.j
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -29,9 +28,10 @@ from typing import Sequence
 
 import numpy as np
 
-from training.errors import DataError, run_command
+from training.errors import ConfigError, DataError, run_command
 from training.features import compute_features
 from training.gallery import data_uri, escape, figure, page
+from training.options import AT_LEAST_1, SHARE, check_ranges, option, parse
 from wildvision.classifier import Classifier
 from wildvision.records import read_records
 from wildvision.scan import find_images
@@ -54,29 +54,49 @@ class Choice:
     reason: str  # a key of REASONS
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.select", description=__doc__.split("\n")[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--photos", type=Path, help="a folder of unlabelled photos (searched recursively)")
-    source.add_argument("--records", type=Path, help="wildvision scan records (.jsonl, .csv or .parquet)")
-    source.add_argument("--from-label-studio", type=Path, metavar="EXPORT.json",
-                        help="turn a Label Studio JSON export into a labels CSV at --out")
-    parser.add_argument("--root", type=Path,
-                        help="with --records, the folder the scan read (default: the records file's folder); with "
-                             "--from-label-studio, the task folder select wrote (default: the export's folder)")
-    parser.add_argument("--model", type=Path, help="the model to select for (default: the shipped model)")
-    parser.add_argument("--count", type=int, default=300, help="photos to choose")
-    parser.add_argument("--positive-share", type=float, default=0.0,
-                        help="share of the photos to spend on confident positives, to check what the model flags")
-    parser.add_argument("--out", type=Path, required=True, help="task folder (or the CSV with --from-label-studio)")
-    parser.add_argument("--work", type=Path, help="feature cache (default: OUT/.cache)")
-    parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+_SOURCES = ("photos", "records", "from_label_studio")  # exactly one: where the photos to choose from come from
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    """Where the photos come from (one of `_SOURCES`), the model to select for, how many, and where the tasks go."""
+
+    photos: Path | None = option(None, "a folder of unlabelled photos (searched recursively)", changes_weights=False)
+    records: Path | None = option(None, "wildvision scan records (.jsonl, .csv or .parquet)", changes_weights=False)
+    from_label_studio: Path | None = option(None, "turn a Label Studio JSON export into a labels CSV at --out",
+                                            changes_weights=False, metavar="EXPORT.json")
+    root: Path | None = option(None, "with --records, the folder the scan read (default: the records file's folder); "
+                                     "with --from-label-studio, the task folder select wrote (default: the export's "
+                                     "folder)", changes_weights=False)
+    model: Path | None = option(None, "the model to select for (default: the shipped model)", changes_weights=False)
+    count: int = option(300, "photos to choose", changes_weights=False, bounds=AT_LEAST_1)
+    positive_share: float = option(0.0, "share of the photos to spend on confident positives, to check what the model "
+                                        "flags", changes_weights=False, bounds=SHARE)
+    out: Path | None = option(None, "task folder (or the CSV with --from-label-studio); required",
+                              changes_weights=False)
+    work: Path | None = option(None, "feature cache (default: OUT/.cache)", changes_weights=False)
+    seed: int = option(0, "seed of the diverse choice", changes_weights=False)
+
+    def __post_init__(self) -> None:
+        given = [f"--{name.replace('_', '-')}" for name in _SOURCES if getattr(self, name) is not None]
+        if len(given) != 1:
+            both = f", not {len(given)} ({' and '.join(given)})" if given else ""
+            raise ConfigError(f"give one of --photos, --records or --from-label-studio{both}")
+        if self.out is None:
+            raise ConfigError("--out: required")
+        check_ranges(self)
+
+
+def parse_args(argv: Sequence[str] | None) -> SelectConfig:
+    return parse(SelectConfig, argv, prog="python -m training.select", description=__doc__.split("\n")[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    return run_command(lambda: _from_label_studio(args) if args.from_label_studio else _select(args))
+    def command() -> int:
+        args = parse_args(argv)
+        return _from_label_studio(args) if args.from_label_studio else _select(args)
+
+    return run_command(command)
 
 
 def choose(
@@ -150,7 +170,7 @@ def _kmeans(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     return (points @ centres.T).argmax(axis=1)
 
 
-def _select(args: argparse.Namespace) -> int:
+def _select(args: SelectConfig) -> int:
     classifier = Classifier(args.model)
     paths = _pool(args)
     if not paths:
@@ -172,7 +192,7 @@ def _select(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pool(args: argparse.Namespace) -> list[Path]:
+def _pool(args: SelectConfig) -> list[Path]:
     if args.photos is not None:
         return [Path(item.file) for item in find_images(args.photos)]
     if not args.records.is_file():
@@ -250,7 +270,7 @@ def _answer(task: dict) -> str | None:
     return choices[0][0] if choices else None
 
 
-def _from_label_studio(args: argparse.Namespace) -> int:
+def _from_label_studio(args: SelectConfig) -> int:
     rows, unanswered = read_label_studio(args.from_label_studio)
     if not rows:
         raise DataError(f"{args.from_label_studio}: no labelled task in the export")

@@ -14,7 +14,6 @@ fingerprint the model recorded.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -27,8 +26,10 @@ from training.data import (
     sources_from_config,
 )
 from training.errors import DataError
+from training.options import option
 
-__all__ = ["SPLIT_FILE", "RecordedSplit", "add_recorded_split_options", "load_split", "read_split", "write_split"]
+__all__ = ["SPLIT_FILE", "RecordedSplit", "load_split", "read_split", "recorded_data_option", "split_file_option",
+           "write_split"]
 
 SPLIT_FILE = "split.json"
 _FORMAT = "wildvision-split/1"
@@ -78,15 +79,17 @@ def read_split(path: Path, data: Sequence[Path] = ()) -> RecordedSplit:
     return _checked_split(_read_document(path), path, data)
 
 
-def add_recorded_split_options(parser: argparse.ArgumentParser) -> None:
-    """`--data` and `--split-file`, for commands that read an exported model's recorded split (`load_split`): where its
-    data lies now, and the split file of its run."""
-    parser.add_argument("--data", type=Path, action="append", default=[],
-                        help="where the model's training data lies now (default: where its config recorded it); "
-                             "repeat for each of its sources, in order")
-    parser.add_argument("--split-file", type=Path,
-                        help=f"the {SPLIT_FILE} of the model's training run (default: the one in the run folder its "
-                             "config records, else the split is rebuilt from the config)")
+def recorded_data_option(whose: str = "model") -> tuple[Path, ...]:
+    """`--data`, a config field (`training.options`) of commands that read a recorded split (`load_split`): where the
+    `whose` training data lies now. Declared here once for evaluate, reference and export."""
+    return option((), f"where the {whose}'s training data lies now (default: where its config recorded it); repeat "
+                      "for each of its sources, in order", changes_weights=False, repeatable=True)
+
+
+def split_file_option() -> Path | None:
+    """`--split-file`, a config field: the split file of the model's training run."""
+    return option(None, f"the {SPLIT_FILE} of the model's training run (default: the one in the run folder its config "
+                        "records, else the split is rebuilt from the config)", changes_weights=False)
 
 
 def load_split(

@@ -418,8 +418,9 @@ def _parser() -> argparse.ArgumentParser:
     scan.add_argument("--match-index", type=Path, metavar="INDEX",
                       help="a known-item index (see `index add`): every record gets a `match` field")
     scan.add_argument("--listings", type=Path, metavar="CSV", help="which listing each photo is in (columns path, "
-                      "relative to FOLDER or as listed, and listing; optional title and description): also write one "
-                      "record per listing, decided by its photos and its words, to OUTPUT's name with .listings.jsonl")
+                      "listing; path as the records name it: relative to FOLDER, /-separated, or as listed with "
+                      "--files-from; optional title and description): also write one record per listing, decided by "
+                      "its photos and its words, to OUTPUT's name with .listings.jsonl")
     scan.add_argument("--listing-folders", action="store_true",
                       help="each sub-folder of FOLDER is one listing (as --listings, from the folders)")
     scan.set_defaults(parser=scan, command=_scan)
