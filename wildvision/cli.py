@@ -45,6 +45,7 @@ from wildvision.scan import (
     find_images,
     scan_to_file,
 )
+from wildvision.settings import ClassifierSettings
 from wildvision.text import Lexicon
 
 __all__ = ["EXIT_STATUSES", "main", "run"]
@@ -70,10 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         points = read_operating_points(args.operating_points) if args.operating_points else None
         if args.lexicon is not None and not args.read_text and args.command is not _info:
             raise _UsageError("--lexicon judges the text that --read-text reads: give both")
-        classifier = Classifier(args.model, precision=args.precision, operating_points=points,
-                                threads=getattr(args, "threads", None), max_pixels=args.max_pixels,
-                                max_frames=args.max_frames, read_text=args.read_text,
-                                lexicon=args.lexicon if args.read_text else None)
+        # The one settings type that Spark's executors and the service's classifier are loaded with too.
+        settings = ClassifierSettings.with_points(
+            points, max_pixels=args.max_pixels, max_frames=args.max_frames, threads=getattr(args, "threads", None),
+            lexicon=Lexicon.load(args.lexicon) if args.read_text else None)
+        classifier = settings.load(args.model, precision=args.precision)
         status = args.command(args, classifier)
         sys.stdout.flush()  # here, where a closed pipe is caught, rather than at exit, where it prints a traceback
         return status
@@ -291,13 +293,13 @@ def _api_keys(path: Path | None) -> list[str]:
 
 
 def _spark(args: argparse.Namespace, classifier: Classifier) -> int:
-    from wildvision.spark import Reading, score_archive, session  # pyspark is imported by this command only
+    from wildvision.spark import score_archive, session  # pyspark is imported by this command only
 
     if args.match_index:
         KnownItemIndex(args.match_index, classifier)  # a missing index, or another model's, is named before Spark starts
     summary = score_archive(session(args.master), args.source, args.output, model=classifier.model_path,
                             match_index=args.match_index, batch_size=args.batch_size, partitions=args.partitions,
-                            reading=Reading.of(classifier))
+                            reading=ClassifierSettings.of(classifier))
     print(f"{args.output}: {summary}", file=sys.stderr)
     return 1 if summary.failed else 0
 
