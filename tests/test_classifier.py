@@ -216,6 +216,25 @@ def test_the_decided_label_is_one_that_alone_reaches_the_decision():
     assert decided_label({"ivory": 0.35, "horn": 0.25, "other": 0.4}, "block", ("horn",), points) == "horn"
 
 
+def test_one_settings_value_loads_the_same_classifier_wherever_it_travels(shipped_model, photo_file):
+    """The command line, Spark's executors and the service load their classifier from one `ClassifierSettings`: it
+    hashes (Spark keys its per-process cache on it), pickles (it travels to executors) and loads what it describes."""
+    import pickle
+
+    from wildvision.settings import ClassifierSettings
+    from wildvision.text import Lexicon
+
+    prohibited = next(iter(Classifier(shipped_model).info.operating_points))
+    policy = {prohibited: OperatingPoint(review=0.0, block=0.0)}
+    settings = ClassifierSettings.with_points(policy, max_pixels=10_000_000, max_frames=4, threads=1)
+    loaded = settings.load(shipped_model)
+    assert (loaded.max_pixels, loaded.max_frames, loaded.text_reader) == (10_000_000, 4, None)
+    assert loaded.lexicon == Lexicon.load()  # no lexicon of its own: the package's judges a listing's words
+    assert loaded.predict(photo_file).thresholds == f"{prohibited}=0/0"
+    assert ClassifierSettings.of(loaded, threads=1) == settings == pickle.loads(pickle.dumps(settings))
+    assert hash(settings) == hash(ClassifierSettings.of(loaded, threads=1))
+
+
 def test_unreadable_photo_names_the_file(classifier, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a photo")

@@ -45,6 +45,7 @@ from wildvision.scan import (
     find_images,
     scan_to_file,
 )
+from wildvision.settings import ClassifierSettings
 from wildvision.text import Lexicon
 
 __all__ = ["EXIT_STATUSES", "main", "run"]
@@ -68,10 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     try:
         points = read_operating_points(args.operating_points) if args.operating_points else None
-        classifier = Classifier(args.model, precision=args.precision, operating_points=points,
-                                threads=getattr(args, "threads", None), max_pixels=args.max_pixels,
-                                max_frames=args.max_frames, read_text=args.read_text,
-                                lexicon=args.lexicon)
+        # The one settings type that Spark's executors and the service's classifier are loaded with too.
+        settings = ClassifierSettings.with_points(
+            points, max_pixels=args.max_pixels, max_frames=args.max_frames, threads=getattr(args, "threads", None),
+            read_text=args.read_text, lexicon=Lexicon.load(args.lexicon) if args.lexicon is not None else None)
+        classifier = settings.load(args.model, precision=args.precision)
         status = args.command(args, classifier)
         sys.stdout.flush()  # here, where a closed pipe is caught, rather than at exit, where it prints a traceback
         return status
@@ -291,7 +293,7 @@ def _api_keys(path: Path | None) -> list[str]:
 
 def _spark(args: argparse.Namespace, classifier: Classifier) -> int:
     from wildvision.spark import (  # pyspark is imported by this command only
-        Reading, listings_output, score_archive, score_listings, session,
+        listings_output, score_archive, score_listings, session,
     )
 
     if args.match_index:
@@ -300,7 +302,7 @@ def _spark(args: argparse.Namespace, classifier: Classifier) -> int:
     listings = _listing_table(spark, args.listings) if args.listings else None  # a bad table fails before scoring
     summary = score_archive(spark, args.source, args.output, model=classifier.model_path,
                             match_index=args.match_index, batch_size=args.batch_size, partitions=args.partitions,
-                            reading=Reading.of(classifier))
+                            reading=ClassifierSettings.of(classifier))
     print(f"{args.output}: {summary}", file=sys.stderr)
     if listings is not None:
         records = spark.read.parquet(args.output)

@@ -23,7 +23,7 @@ import sys
 import time
 from collections import Counter
 from contextlib import closing, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -44,14 +44,15 @@ except ImportError as error:
                       "pip install 'wildvision[spark]'") from None
 
 from wildvision.classifier import Classifier, ModelIdentity, default_model_path
-from wildvision.images import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS, ImageLoadError
+from wildvision.images import IMAGE_SUFFIXES, ImageLoadError
 from wildvision.known_items import KnownItemIndex
 from wildvision.listings import ListingError, listing_record
 from wildvision.model_info import OperatingPoint
 from wildvision.records import RecordLayout, ScanRecord
 from wildvision.scan import (
-    IMAGE_SUFFIXES, ScanInput, ScanSummary, check_same_run, find_images, layout_of, run_facts, scan,
+    ScanInput, ScanSummary, check_same_run, find_images, layout_of, run_facts, scan,
 )
+from wildvision.settings import ClassifierSettings
 from wildvision.text import Lexicon
 from wildvision.words import WORD_SOURCES
 
@@ -134,34 +135,22 @@ def record_schema(layout: RecordLayout) -> StructType:
     return StructType([StructField(name, _SPARK_TYPES[kind]) for name, kind in layout.columns])
 
 
-@dataclass(frozen=True)
-class Reading:
-    """How executors decide and read photos, as a driver's `Classifier` does: its thresholds (checked against the model
-    when an executor loads it) and its pixel and frame limits. Hashable: each executor process keeps one classifier
-    per model file and reading."""
-
-    operating_points: tuple[tuple[str, OperatingPoint], ...] | None = None  # None: the model's own
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_frames: int = DEFAULT_MAX_FRAMES
-    lexicon: Lexicon | None = None  # read the text on photos and judge it with this lexicon (it travels as data)
-
-    @classmethod
-    def of(cls, classifier: Classifier) -> Reading:
-        return cls(tuple(classifier.info.operating_points.items()), classifier.max_pixels, classifier.max_frames,
-                   classifier.lexicon if classifier.text_reader is not None else None)
+# How executors decide and read photos, as a driver's `Classifier` does: the one settings type the command line and
+# the service load their classifier with too. `Reading` is its earlier name here, kept for code that imports it.
+Reading = ClassifierSettings
 
 
 @dataclass(frozen=True)
 class _Job:
     model_file: str  # names under which the model and the index were shipped (`SparkFiles.get`)
     index_file: str | None
-    reading: Reading
+    reading: ClassifierSettings
     batch_size: int
 
 
 def score_photos(
     photos: DataFrame, *, model: str | os.PathLike[str] | None = None,
-    match_index: str | os.PathLike[str] | None = None, batch_size: int = 16, reading: Reading = Reading(),
+    match_index: str | os.PathLike[str] | None = None, batch_size: int = 16, reading: ClassifierSettings = ClassifierSettings(),
 ) -> DataFrame:
     """One record per row of `photos`, with the columns of `record_schema`.
 
@@ -181,7 +170,7 @@ def score_photos(
 def score_archive(
     spark: SparkSession, source: str, output: str, *, model: str | os.PathLike[str] | None = None,
     match_index: str | os.PathLike[str] | None = None, batch_size: int = 16, partitions: int | None = None,
-    reading: Reading = Reading(),
+    reading: ClassifierSettings = ClassifierSettings(),
 ) -> ScanSummary:
     """Score the image files under `source` into the Parquet folder `output`; the summary counts this run's records.
 
@@ -191,14 +180,14 @@ def score_archive(
     refused.
     `partitions`: about how many tasks read and score the archive, each writing one Parquet file (default: Spark's
     file split, roughly 30 photos of 300 KB per task, since it counts 4 MB per file opened). `reading`: the
-    thresholds and limits executors use (`Reading.of(classifier)` takes a driver classifier's).
+    thresholds and limits executors use (`ClassifierSettings.of(classifier)` takes a driver classifier's).
     """
     started = time.monotonic()
     photos = read_photos(spark, source)
     model_file, index_file = _ship_model_and_index(spark, model, match_index)
     job = _Job(model_file, index_file, reading, batch_size)
     classifier = _classifier(SparkFiles.get(model_file), reading)
-    layout = RecordLayout(classifier.info.labels, match=index_file is not None, text=reading.lexicon is not None)
+    layout = RecordLayout(classifier.info.labels, match=index_file is not None, text=reading.read_text)
     earlier = _earlier_records(spark, output, classifier, layout)
     before = _counts(earlier)
     # Broadcast, so the photos are filtered where Spark reads them and their bytes never cross the network.
@@ -272,7 +261,7 @@ def _score(photos: DataFrame, job: _Job) -> DataFrame:
         _index(job)  # another model's index fails here, once
     columns = ["path", "content"] if "content" in photos.columns else ["path"]
     score = functools.partial(_score_partition, job=job)
-    schema = record_schema(RecordLayout(labels, match=job.index_file is not None, text=job.reading.lexicon is not None))
+    schema = record_schema(RecordLayout(labels, match=job.index_file is not None, text=job.reading.read_text))
     return photos.where(F.col("path").isNotNull()).select(*columns).mapInPandas(score, schema)
 
 
@@ -385,11 +374,10 @@ def _exists(spark: SparkSession, path: str) -> bool:
 
 
 @functools.cache
-def _classifier(model_file: str, reading: Reading) -> Classifier:
-    """This process's Classifier of `model_file` (an executor's, or the driver's for labels): loaded once, then reused."""
-    points = None if reading.operating_points is None else dict(reading.operating_points)
-    return Classifier(model_file, threads=1, operating_points=points, max_pixels=reading.max_pixels,
-                      max_frames=reading.max_frames, read_text=reading.lexicon is not None, lexicon=reading.lexicon)
+def _classifier(model_file: str, reading: ClassifierSettings) -> Classifier:
+    """This process's Classifier of `model_file` (an executor's, or the driver's for labels): loaded once, then reused.
+    One onnxruntime thread each: a task scores `spark.task.cpus` batches side by side (see `score_photos`)."""
+    return replace(reading, threads=1).load(model_file)
 
 
 @functools.cache
