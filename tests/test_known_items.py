@@ -18,9 +18,12 @@ from PIL import Image, ImageOps
 from wildvision import Classifier
 from wildvision.cli import main
 from wildvision.hashing import difference_hash
+from wildvision.decision import DECISION_RANK, MatchPolicy
 from wildvision.known_items import IndexFormatError, KnownItemIndex, MatchRule
+from wildvision.model_info import OperatingPoint
 from wildvision.records import RecordLayout, read_records, write_records
 from wildvision.scan import find_images, scan_to_file
+from wildvision.scorer import Scorer
 
 LABELS = ("horn", "ivory", "not_ivory")
 
@@ -194,7 +197,65 @@ def test_scan_with_an_index_keeps_the_scores_of_a_plain_scan(folders, tiny_class
     scan_to_file(find_images(listings), tmp_path / "plain.jsonl", tiny_classifier)
     matched = [json.loads(line) for line in (tmp_path / "matched.jsonl").read_text().splitlines()]
     plain = [json.loads(line) for line in (tmp_path / "plain.jsonl").read_text().splitlines()]
-    assert [{k: v for k, v in record.items() if k != "match"} for record in matched] == plain
+    assert [{k: v for k, v in record.items() if k not in ("match", "decision")} for record in matched] == [
+        {k: v for k, v in record.items() if k != "decision"} for record in plain]
+    # a match can only make a decision stricter (`MatchPolicy`)
+    assert all(DECISION_RANK[m["decision"] or "allow"] >= DECISION_RANK[p["decision"] or "allow"]
+               for m, p in zip(matched, plain))
+
+
+def never_flags(model: Path) -> dict[str, OperatingPoint]:
+    """Thresholds no score reaches: whatever the classifier makes of a photo, it allows it."""
+    return {label: OperatingPoint(1.0, 1.0) for label in Classifier(model).info.operating_points}
+
+
+@pytest.fixture(scope="module")
+def unsure(tiny_run) -> Classifier:
+    """A classifier that allows every photo on its own, so that only a match can decide otherwise."""
+    return Classifier(tiny_run["model"], operating_points=never_flags(tiny_run["model"]))
+
+
+@pytest.mark.slow
+def test_a_known_photo_is_blocked_in_a_scan_even_where_the_classifier_allows_it(folders, unsure, tmp_path):
+    known, listings = folders
+    index = KnownItemIndex(tmp_path / "k.sqlite", unsure, create=True)
+    index.add([known / "seized1.jpg"], ["case-1"])
+    scan_to_file(find_images(listings), tmp_path / "scan.jsonl", unsure, index=index)
+    records = {record["path"]: record for record in read_records(tmp_path / "scan.jsonl")}
+    assert records["repost1.jpg"]["match"]["reference"] == "case-1"
+    assert records["repost1.jpg"]["decision"] == "block"
+    assert records["unrelated.jpg"]["decision"] == "allow" and records["unrelated.jpg"]["match"] is None
+    review_only = tmp_path / "review.jsonl"
+    scan_to_file(find_images(listings), review_only, unsure, index=index, match_policy=MatchPolicy(strict="review"))
+    assert {r["path"]: r["decision"] for r in read_records(review_only)}["repost1.jpg"] == "review"
+
+
+@pytest.mark.slow
+def test_cli_predict_blocks_a_known_photo_and_names_its_reference(folders, tiny_run, tmp_path, capsys):
+    known, listings = folders
+    model, index = str(tiny_run["model"]), tmp_path / "known.sqlite"
+    points = tmp_path / "never.json"
+    points.write_text(json.dumps({label: dataclasses.asdict(point)
+                                  for label, point in never_flags(tiny_run["model"]).items()}))
+    assert main(["--model", model, "index", "add", str(index), str(known / "seized1.jpg")]) == 0
+    capsys.readouterr()
+    assert main(["--model", model, "--operating-points", str(points), "predict", "--json", "--match-index",
+                 str(index), str(listings / "repost1.jpg"), str(listings / "unrelated.jpg")]) == 0
+    repost, unrelated = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert repost["decision"] == "block" and repost["match"]["reference"] == (known / "seized1.jpg").as_posix()
+    assert unrelated["decision"] == "allow" and unrelated["match"] is None
+
+
+@pytest.mark.slow
+def test_a_listing_with_a_known_photo_is_blocked_and_the_reason_names_the_item(folders, unsure, tmp_path):
+    known, listings = folders
+    index = KnownItemIndex(tmp_path / "k.sqlite", unsure, create=True)
+    index.add([known / "seized1.jpg"], ["case-1"])
+    listing, matches = Scorer(unsure, index=index).predict_listing(
+        [listings / "unrelated.jpg", listings / "repost1.jpg"], title="old carving")
+    assert listing.decision == "block" and [m and m.reference for m in matches] == [None, "case-1"]
+    assert [(r.source, r.phrase) for r in listing.reasons if r.signal == "known_item"] == [("photo 1", "case-1")]
+    assert Scorer(unsure).predict_listing([listings / "repost1.jpg"], title="old carving")[0].decision == "allow"
 
 
 @pytest.mark.slow

@@ -239,7 +239,7 @@ class Classifier:
     ) -> list[Prediction]:
         """Score several photos; every photo is read before any is scored, and one that cannot be read raises an
         `ImageLoadError` naming its position and source (`scan` instead gives it an error record)."""
-        prepared = [self._prepare_numbered(image, position) for position, image in enumerate(images)]
+        prepared = [self.prepare_numbered(image, position) for position, image in enumerate(images)]
         predictions: list[Prediction] = []
         for start in range(0, len(prepared), batch_size):
             predictions += self.score(prepared[start : start + batch_size], operating_points=operating_points)
@@ -352,9 +352,10 @@ class Classifier:
             return self.info.operating_points
         return self.info.checked_operating_points(operating_points)
 
-    def _prepare_numbered(self, image: ImageSource, position: int) -> PreparedPhoto:
+    def prepare_numbered(self, image: ImageSource, position: int, *, with_hashes: bool = False) -> PreparedPhoto:
+        """`prepare`, with an unreadable photo's `ImageLoadError` naming its position in a batch or listing."""
         try:
-            return self.prepare(image)
+            return self.prepare(image, with_hashes=with_hashes)
         except ImageLoadError as error:
             raise ImageLoadError(f"photo {position} ({error.source})", error.reason, error.category) from None
 

@@ -24,6 +24,7 @@ from wildvision.images import (
     load_image,
 )
 from wildvision.known_items import KnownItemIndex
+from wildvision.scorer import Scorer
 from wildvision.model_info import read_operating_points
 from wildvision.listings import (
     ListingError,
@@ -113,11 +114,12 @@ def _listings(args: argparse.Namespace) -> Listings | None:
 
 def _predict(args: argparse.Namespace, classifier: Classifier) -> int:
     index = KnownItemIndex(args.match_index, classifier) if args.match_index else None
+    scorer = Scorer(classifier, index=index)
     overlays = _overlay_paths(args.images, args.explain) if args.explain else {}
     failures = 0
     for path in args.images:
         try:
-            prediction, match = index.predict_and_match(path) if index else (classifier.predict(path), None)
+            prediction, match = scorer.predict(path)
             if args.explain:
                 classifier.explain(path).overlay().save(overlays[path])
         except ImageLoadError as error:

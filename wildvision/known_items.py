@@ -40,7 +40,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from wildvision.classifier import Classifier, ModelIdentity, Prediction, PreparedPhoto
+from wildvision.classifier import Classifier, ModelIdentity, PreparedPhoto
 from wildvision.errors import WildvisionError
 from wildvision.hashing import HASH_BYTES, difference_hash, hamming_distances
 from wildvision.images import ImageSource, load_image
@@ -146,14 +146,10 @@ class KnownItemIndex:
             )
 
     def match(self, image: ImageSource) -> Match | None:
-        """The known item `image` re-posts, or None."""
-        return self.predict_and_match(image)[1]
-
-    def predict_and_match(self, image: ImageSource) -> tuple[Prediction, Match | None]:
-        """The classifier's prediction for `image` and the known item it re-posts, from one forward pass."""
+        """The known item `image` re-posts, or None. To score and match in one forward pass, with the match deciding,
+        use `wildvision.scorer.Scorer`."""
         photo = self.classifier.prepare(image, with_hashes=True)
-        predictions, embeddings = self.classifier.score_and_embed([photo])
-        return predictions[0], self.match_photos([photo], embeddings)[0]
+        return self.match_photos([photo], self.classifier.score_and_embed([photo])[1])[0]
 
     def match_photos(self, photos: Sequence[PreparedPhoto], embeddings: Sequence[np.ndarray]) -> list[Match | None]:
         """For photos prepared `with_hashes` and their embeddings (`Classifier.score_and_embed`), the known item each

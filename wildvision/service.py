@@ -62,11 +62,11 @@ from starlette.datastructures import Headers, MutableHeaders, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from wildvision.classifier import Classifier, Prediction, PreparedPhoto, listing_prediction
-from wildvision.decision import Decision, Reason, decide_listing
+from wildvision.classifier import Classifier, Prediction, PreparedPhoto
+from wildvision.decision import Decision, MatchPolicy, Reason
 from wildvision.images import ImageLoadError
 from wildvision.known_items import KnownItemIndex, Match
-from wildvision.words import listing_words
+from wildvision.scorer import Scorer
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_DISCARD", "Limits", "create_app"]
 
@@ -172,9 +172,10 @@ class HealthOut(BaseModel):
 
 def create_app(
     classifier: Classifier, *, index: KnownItemIndex | None = None, limits: Limits = Limits(),
-    api_keys: Sequence[str] = (),
+    api_keys: Sequence[str] = (), match_policy: MatchPolicy = MatchPolicy(),
 ) -> FastAPI:
-    """The service's FastAPI application; `index` adds known-item matching to every prediction, `api_keys` (bearer
+    """The service's FastAPI application; `index` adds known-item matching to every prediction (a match decides by
+    `match_policy`, as in `wildvision.scorer.Scorer`), `api_keys` (bearer
     tokens) closes everything but /health and the API docs to callers without one."""
     metrics = _Metrics(classifier)
     executor = ThreadPoolExecutor(limits.max_concurrency, thread_name_prefix="wildvision-score")
@@ -198,23 +199,13 @@ def create_app(
     guarded = [Depends(_token_check(api_keys))] if api_keys else []
     errors = _documented_errors(limits)
 
-    def score(body: bytes) -> tuple[Prediction, Match | None]:
-        if index is not None:
-            return index.predict_and_match(body)
-        return classifier.predict(body), None
+    scorer = Scorer(classifier, index=index, policy=match_policy)
+    score = scorer.predict
 
     def score_each(bodies: list[bytes | ErrorOut]) -> list[tuple[Prediction, Match | None] | ErrorOut]:
         """A batch's photos in one forward pass; a photo that cannot be read fails only itself."""
-        prepared = [body if isinstance(body, ErrorOut) else _prepared_or_error(classifier, body, index is not None)
-                    for body in bodies]
-        photos = [item for item in prepared if isinstance(item, PreparedPhoto)]
-        if not photos:
-            return prepared  # type: ignore[return-value]  # errors only
-        if index is None:
-            scored = zip(classifier.score(photos), [None] * len(photos))
-        else:
-            predictions, embeddings = classifier.score_and_embed(photos)
-            scored = zip(predictions, index.match_photos(photos, embeddings))
+        prepared = [body if isinstance(body, ErrorOut) else _prepared_or_error(scorer, body) for body in bodies]
+        scored = iter(scorer.score([item for item in prepared if isinstance(item, PreparedPhoto)]))
         return [item if isinstance(item, ErrorOut) else next(scored) for item in prepared]
 
     async def score_sent(
@@ -289,11 +280,7 @@ def create_app(
                 raise _error(_STATUS_BY_CATEGORY.get(outcome.category, 422), outcome.category,
                              f"photo {position}: {outcome.error}")
         scored = [outcome for outcome in outcomes if not isinstance(outcome, ErrorOut)]
-        predictions = [prediction for prediction, _ in scored]
-        found = listing_words(classifier.lexicon, title=words.title, description=words.description,
-                              photo_texts=[prediction.text for prediction in predictions])
-        listing = listing_prediction(predictions, decide_listing(predictions, classifier.info.operating_points,
-                                                                 words=found, weights=classifier.lexicon.weights))
+        listing = scorer.decide_listing(scored, title=words.title, description=words.description)
         request.state.decision = listing.decision
         return ListingOut(**{**listing.to_dict(), "photos": [answer(*outcome) for outcome in scored]})
 
@@ -494,10 +481,10 @@ def _base64_photo(item: object) -> bytes | ErrorOut:
         return ErrorOut(error=f"not valid base64 ({error})", category="not_an_image")
 
 
-def _prepared_or_error(classifier: Classifier, body: bytes, with_hashes: bool) -> PreparedPhoto | ErrorOut:
+def _prepared_or_error(scorer: Scorer, body: bytes) -> PreparedPhoto | ErrorOut:
     """One photo of a batch, ready for the model, or why it cannot be scored (which fails only that photo)."""
     try:
-        return classifier.prepare(body, with_hashes=with_hashes)
+        return scorer.prepare(body)
     except ImageLoadError as error:
         return ErrorOut(error=error.reason, category=error.category)
 
