@@ -285,3 +285,24 @@ def test_an_index_says_which_model_file_built_it(tmp_path, shipped_model):
     reopened = KnownItemIndex(tmp_path / "known.sqlite", Classifier(shipped_model))
     assert reopened.built_with == int8.identity
     assert reopened.built_with.digest != Classifier(shipped_model).identity.digest
+
+
+@pytest.mark.slow
+def test_cli_index_lists_removes_and_counts_its_items_in_a_wal_file(folders, tiny_run, tmp_path, capsys):
+    known, listings = folders
+    model, index = str(tiny_run["model"]), tmp_path / "known.sqlite"
+    assert main(["--model", model, "index", "add", str(index), str(known)]) == 0
+    capsys.readouterr()
+    assert main(["--model", model, "index", "list", str(index), "--json"]) == 0
+    items = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    references = [(known / f"seized{seed}.jpg").as_posix() for seed in range(4)]
+    assert [item["reference"] for item in items] == references and all(item["added_at"] for item in items)
+    assert main(["--model", model, "index", "remove", str(index), references[1], "case-absent"]) == 1
+    err = capsys.readouterr().err
+    assert "case-absent: error: no such item" in err and "removed 1 items; 3 known items" in err
+    assert main(["--model", model, "index", "stats", str(index), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["items"] == 3 and stats["file_bytes"] > 0 and stats["built_with"].startswith("tiny")
+    with sqlite3.connect(index) as connection:  # readers (a scan, the service) never wait for a writer
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert KnownItemIndex(index, Classifier(model)).match(listings / "repost1.jpg") is None  # its item went

@@ -20,6 +20,9 @@ File format (`PRAGMA user_version` = 1)::
         added_at TEXT                  -- UTC, ISO 8601
     )
 
+The file is kept in write-ahead-log mode (`PRAGMA journal_mode = WAL`), so readers and a writer do not block each
+other. `items`, `remove` and `stats` manage it (`wildvision index list`, `remove`, `stats`).
+
 Embeddings belong to one model: an index answers only to the model (name and version) that built it; `settings` also
 records the precision and digest of the file that built it (`KnownItemIndex.built_with`).
 Matching is exact and in memory (every item compared): about 5.7 KB per item with the shipped model's 1,280-value
@@ -45,7 +48,10 @@ from wildvision.errors import WildvisionError
 from wildvision.hashing import HASH_BYTES, difference_hash, hamming_distances
 from wildvision.images import ImageSource, load_image
 
-__all__ = ["FORMAT_VERSION", "IndexFormatError", "KnownItemIndex", "Match", "MatchRule", "variant_hashes"]
+__all__ = [
+    "FORMAT_VERSION", "IndexFormatError", "IndexStats", "KnownItem", "KnownItemIndex", "Match", "MatchRule",
+    "variant_hashes",
+]
 
 FORMAT_VERSION = 1
 _FORMAT_NAME = "wildvision-known-items"
@@ -93,6 +99,33 @@ class Match:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class KnownItem:
+    """One item as `KnownItemIndex.items` lists it (its features stay in the file)."""
+
+    id: int
+    reference: str
+    added_at: str  # UTC, ISO 8601
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    """What `wildvision index stats` reports: how many items, the oldest and newest added (None when empty), the
+    file's size on disk and the model that built it."""
+
+    items: int
+    oldest: str | None
+    newest: str | None
+    file_bytes: int
+    built_with: str
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
 class KnownItemIndex:
     """Known items in an SQLite file, held in memory for matching; safe to share across threads.
 
@@ -118,6 +151,10 @@ class KnownItemIndex:
         self._items: _Items | None = None  # loaded on first match, re-read once anyone has changed the file
         with closing(self._connect()) as connection, connection:
             self._check_or_initialise(connection, create)
+        with closing(self._connect()) as connection:
+            # Write-ahead logging: a scan or service reading the index is never blocked by `index add` or `remove`
+            # writing it, nor they by it (the mode is kept in the file; it cannot change inside a transaction).
+            connection.execute("PRAGMA journal_mode = WAL")
         # `PRAGMA data_version` changes when another connection (this object's `add`, another process) commits, but
         # only as seen from one connection that stays open: this one, asked under the lock before every match.
         self._watcher = sqlite3.connect(self.path, check_same_thread=False)
@@ -127,6 +164,27 @@ class KnownItemIndex:
     def __len__(self) -> int:
         with closing(self._connect()) as connection:
             return connection.execute("SELECT count(*) FROM items").fetchone()[0]
+
+    def items(self) -> list[KnownItem]:
+        """Every item, oldest id first."""
+        with closing(self._connect()) as connection:
+            return [KnownItem(*row) for row in connection.execute("SELECT id, reference, added_at FROM items ORDER BY id")]
+
+    def remove(self, references: Sequence[str]) -> list[str]:
+        """Remove the items of `references` in one transaction; the references that named no item (nothing else
+        changes for them). A scan or service matching meanwhile sees the index before or after, never between."""
+        with closing(self._connect()) as connection, connection:
+            absent = [reference for reference in references
+                      if connection.execute("DELETE FROM items WHERE reference = ?", (reference,)).rowcount == 0]
+        return absent
+
+    def stats(self) -> IndexStats:
+        """The number of items, the oldest and newest, the file's size and the model that built it."""
+        with closing(self._connect()) as connection:
+            count, oldest, newest = connection.execute("SELECT count(*), min(added_at), max(added_at) FROM items").fetchone()
+        size = sum(path.stat().st_size for path in (self.path, self.path.with_name(self.path.name + "-wal"))
+                   if path.is_file())
+        return IndexStats(count, oldest, newest, size, str(self.built_with))
 
     def add(self, images: Sequence[ImageSource], references: Sequence[str]) -> None:
         """Add photos under the platform's references; a reference already present is replaced (re-adding is safe)."""
