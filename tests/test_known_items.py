@@ -123,12 +123,19 @@ def test_the_index_file_is_documented_sqlite_and_readding_replaces(known, tiny_c
 
 
 @pytest.mark.slow
-def test_an_index_answers_only_to_the_model_that_built_it(known, tiny_run):
-    index, _ = known
-    other = Classifier(tiny_run["model"])
-    other.identity = dataclasses.replace(other.identity, version="9.9.9")
-    with pytest.raises(IndexFormatError, match="built with model tiny 0.0.1"):
-        KnownItemIndex(index.path, other)
+def test_an_index_built_by_another_model_version_still_matches_by_hashes_and_says_so_once(known, tiny_run, caplog):
+    index, photos = known
+    upgraded = Classifier(tiny_run["model"])
+    upgraded.identity = dataclasses.replace(upgraded.identity, version="9.9.9")  # the next release, as the index sees it
+    with caplog.at_level("WARNING", logger="wildvision.known_items"):
+        survivor = KnownItemIndex(index.path, upgraded)
+        matches = [survivor.match(REPOSTS[name](photos[0])) for name in ("resized", "recompressed", "mirrored")]
+    assert [m and (m.reference, m.cosine) for m in matches] == [("case-0", -1.0)] * 3  # no embedding signal
+    warned = [record.getMessage() for record in caplog.records]
+    assert len(warned) == 1 and "built with model tiny 0.0.1" in warned[0] and "difference hashes only" in warned[0]
+    with pytest.raises(IndexFormatError, match="would mix two models' embeddings"):
+        survivor.add([photos[1]], ["case-new"])
+    assert Scorer(upgraded, index=survivor).predict(photos[0])[0].decision == "block"  # hash 0: the strict rule
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])

@@ -23,14 +23,17 @@ File format (`PRAGMA user_version` = 1)::
 The file is kept in write-ahead-log mode (`PRAGMA journal_mode = WAL`), so readers and a writer do not block each
 other. `items`, `remove` and `stats` manage it (`wildvision index list`, `remove`, `stats`).
 
-Embeddings belong to one model: an index answers only to the model (name and version) that built it; `settings` also
-records the precision and digest of the file that built it (`KnownItemIndex.built_with`).
+Embeddings belong to one model: opened with another model (name or version), an index matches by its difference
+hashes alone, says so once (a warning on the `wildvision.known_items` logger) and refuses new photos, which would mix
+two models' embeddings. `settings` also records the precision and digest of the file that built it
+(`KnownItemIndex.built_with`).
 Matching is exact and in memory (every item compared): about 5.7 KB per item with the shipped model's 1,280-value
 embedding, so 100,000 known photos take about 570 MB.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import weakref
@@ -68,6 +71,7 @@ CREATE TABLE IF NOT EXISTS items (
 # Fraction cut from each side: 0, 1.5%, ... 12%. A crop 0.75% off a hashed one still lands within ~18 bits; 1% off,
 # half of them do not (measured on the shared data), hence steps of 1.5%.
 _CROPS = tuple(step * 0.015 for step in range(9))
+_log = logging.getLogger("wildvision.known_items")
 _BUSY_TIMEOUT_S = 30.0  # another process adding items holds the write lock this long at most before we give up
 
 
@@ -190,6 +194,11 @@ class KnownItemIndex:
         """Add photos under the platform's references; a reference already present is replaced (re-adding is safe)."""
         if len(images) != len(references):
             raise ValueError(f"{len(images)} photos but {len(references)} references")
+        if not self.embeddings_match:
+            built_by, identity = self.built_with, self.classifier.identity
+            raise IndexFormatError(
+                f"{self.path}: built with model {built_by.name} {built_by.version}; adding photos with "
+                f"{identity.name} {identity.version} would mix two models' embeddings: add them to a new index")
         photos = [load_image(image, min_side=self.classifier.info.preprocessing.input_size) for image in images]
         embeddings = self.classifier.embed(photos).astype("<f4")
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -224,6 +233,7 @@ class KnownItemIndex:
 
         Every item is compared (exact, no approximate search): per photo that is N x 32 bytes of hash and N x D
         multiply-adds, a few milliseconds for 100,000 items. Among the items that match, the most similar embedding wins.
+        An index built by another model (`embeddings_match` false) matches by hash alone, and reports cosine -1.
         """
         items = self._loaded()
         if not len(items.ids):
@@ -231,12 +241,17 @@ class KnownItemIndex:
         matches: list[Match | None] = []
         for photo_hash, embedding in zip(hashes, embeddings):
             distances = hamming_distances(photo_hash[np.newaxis], items.hashes)[0].reshape(len(items.ids), -1).min(axis=1)
-            cosines = items.embeddings @ embedding.astype(np.float32)
+            if self.embeddings_match:
+                cosines = items.embeddings @ embedding.astype(np.float32)
+                closeness = cosines
+            else:  # another model's embeddings: no signal (cosine -1); the nearest hash wins
+                cosines = np.full(len(items.ids), -1.0, np.float32)
+                closeness = -distances.astype(np.float32)
             candidates = (distances <= self.rule.max_hash_distance) | (cosines >= self.rule.min_cosine)
             if not candidates.any():
                 matches.append(None)
                 continue
-            best = int(np.flatnonzero(candidates)[np.argmax(cosines[candidates])])
+            best = int(np.flatnonzero(candidates)[np.argmax(closeness[candidates])])
             matches.append(Match(int(items.ids[best]), items.references[best], int(distances[best]),
                                  round(float(cosines[best]), 6)))
         return matches
@@ -254,7 +269,7 @@ class KnownItemIndex:
                 connection.executemany("INSERT INTO settings VALUES (?, ?)",
                                        {"format": _FORMAT_NAME, **identity.to_fields()}.items())
                 connection.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
-                self.built_with = identity
+                self.built_with, self.embeddings_match = identity, True
                 return
             settings = dict(connection.execute("SELECT key, value FROM settings"))
         except sqlite3.DatabaseError as error:
@@ -265,10 +280,12 @@ class KnownItemIndex:
         # Embeddings belong to a model, not to one of its files: an int8 twin's are close enough to its float
         # model's to match, so precision and digest only say which file built the index, for people.
         built_by = self.built_with
-        if (built_by.name, built_by.version) != (identity.name, identity.version):
-            raise IndexFormatError(
-                f"{self.path}: built with model {built_by.name} {built_by.version}, whose embeddings "
-                f"mean nothing to {identity.name} {identity.version}; add the photos to a new index")
+        self.embeddings_match = (built_by.name, built_by.version) == (identity.name, identity.version)
+        if not self.embeddings_match:
+            # The difference hashes belong to no model: an upgrade keeps the index matching by them (said once, here).
+            _log.warning("%s: built with model %s %s, whose embeddings mean nothing to %s %s: matching by the photos' "
+                         "difference hashes only (crops between the hashed ones may be missed)", self.path,
+                         built_by.name, built_by.version, identity.name, identity.version)
 
     def _loaded(self) -> _Items:
         """The items as of the latest commit, by this process or another (e.g. `wildvision index add` while a service
