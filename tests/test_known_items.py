@@ -18,9 +18,13 @@ from PIL import Image, ImageOps
 from wildvision import Classifier
 from wildvision.cli import main
 from wildvision.hashing import difference_hash
+from wildvision.decision import DECISION_RANK, MatchPolicy
 from wildvision.known_items import IndexFormatError, KnownItemIndex, MatchRule
+from wildvision.listings import Listings, summarise_listings
+from wildvision.model_info import OperatingPoint
 from wildvision.records import RecordLayout, read_records, write_records
 from wildvision.scan import find_images, scan_to_file
+from wildvision.scorer import Scorer
 
 LABELS = ("horn", "ivory", "not_ivory")
 
@@ -120,12 +124,19 @@ def test_the_index_file_is_documented_sqlite_and_readding_replaces(known, tiny_c
 
 
 @pytest.mark.slow
-def test_an_index_answers_only_to_the_model_that_built_it(known, tiny_run):
-    index, _ = known
-    other = Classifier(tiny_run["model"])
-    other.identity = dataclasses.replace(other.identity, version="9.9.9")
-    with pytest.raises(IndexFormatError, match="built with model tiny 0.0.1"):
-        KnownItemIndex(index.path, other)
+def test_an_index_built_by_another_model_version_still_matches_by_hashes_and_says_so_once(known, tiny_run, caplog):
+    index, photos = known
+    upgraded = Classifier(tiny_run["model"])
+    upgraded.identity = dataclasses.replace(upgraded.identity, version="9.9.9")  # the next release, as the index sees it
+    with caplog.at_level("WARNING", logger="wildvision.known_items"):
+        survivor = KnownItemIndex(index.path, upgraded)
+        matches = [survivor.match(REPOSTS[name](photos[0])) for name in ("resized", "recompressed", "mirrored")]
+    assert [m and (m.reference, m.cosine) for m in matches] == [("case-0", -1.0)] * 3  # no embedding signal
+    warned = [record.getMessage() for record in caplog.records]
+    assert len(warned) == 1 and "built with model tiny 0.0.1" in warned[0] and "difference hashes only" in warned[0]
+    with pytest.raises(IndexFormatError, match="would mix two models' embeddings"):
+        survivor.add([photos[1]], ["case-new"])
+    assert Scorer(upgraded, index=survivor).predict(photos[0])[0].decision == "block"  # hash 0: the strict rule
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
@@ -195,7 +206,74 @@ def test_scan_with_an_index_keeps_the_scores_of_a_plain_scan(folders, tiny_class
     scan_to_file(find_images(listings), tmp_path / "plain.jsonl", tiny_classifier)
     matched = [json.loads(line) for line in (tmp_path / "matched.jsonl").read_text().splitlines()]
     plain = [json.loads(line) for line in (tmp_path / "plain.jsonl").read_text().splitlines()]
-    assert [{k: v for k, v in record.items() if k != "match"} for record in matched] == plain
+    assert [{k: v for k, v in record.items() if k not in ("match", "decision")} for record in matched] == [
+        {k: v for k, v in record.items() if k != "decision"} for record in plain]
+    # a match can only make a decision stricter (`MatchPolicy`)
+    assert all(DECISION_RANK[m["decision"] or "allow"] >= DECISION_RANK[p["decision"] or "allow"]
+               for m, p in zip(matched, plain))
+
+
+def never_flags(model: Path) -> dict[str, OperatingPoint]:
+    """Thresholds no score reaches: whatever the classifier makes of a photo, it allows it."""
+    return {label: OperatingPoint(1.0, 1.0) for label in Classifier(model).info.operating_points}
+
+
+@pytest.fixture(scope="module")
+def unsure(tiny_run) -> Classifier:
+    """A classifier that allows every photo on its own, so that only a match can decide otherwise."""
+    return Classifier(tiny_run["model"], operating_points=never_flags(tiny_run["model"]))
+
+
+@pytest.mark.slow
+def test_a_known_photo_is_blocked_in_a_scan_even_where_the_classifier_allows_it(folders, unsure, tmp_path):
+    known, listings = folders
+    index = KnownItemIndex(tmp_path / "k.sqlite", unsure, create=True)
+    index.add([known / "seized1.jpg"], ["case-1"])
+    scan_to_file(find_images(listings), tmp_path / "scan.jsonl", unsure, index=index)
+    records = {record["path"]: record for record in read_records(tmp_path / "scan.jsonl")}
+    assert records["repost1.jpg"]["match"]["reference"] == "case-1"
+    assert records["repost1.jpg"]["decision"] == "block"
+    assert records["unrelated.jpg"]["decision"] == "allow" and records["unrelated.jpg"]["match"] is None
+    review_only = tmp_path / "review.jsonl"
+    scan_to_file(find_images(listings), review_only, unsure, index=index, match_policy=MatchPolicy(strict="review"))
+    assert {r["path"]: r["decision"] for r in read_records(review_only)}["repost1.jpg"] == "review"
+    # Its listing record names the known item among its reasons, and keeps the decision the scan's policy made.
+    for output, decision in (("scan.jsonl", "block"), ("review.jsonl", "review")):
+        records = list(read_records(tmp_path / output))
+        (listing,) = summarise_listings(records, Listings({"repost1.jpg": "L1", "unrelated.jpg": "L1"}),
+                                        unsure.info.operating_points, unsure.lexicon)
+        known_items = [reason for reason in listing.reasons if reason["signal"] == "known_item"]
+        position = listing.paths.index("repost1.jpg")
+        assert listing.decision == decision
+        assert [(r["source"], r["phrase"]) for r in known_items] == [(f"photo {position}", "case-1")]
+
+
+@pytest.mark.slow
+def test_cli_predict_blocks_a_known_photo_and_names_its_reference(folders, tiny_run, tmp_path, capsys):
+    known, listings = folders
+    model, index = str(tiny_run["model"]), tmp_path / "known.sqlite"
+    points = tmp_path / "never.json"
+    points.write_text(json.dumps({label: dataclasses.asdict(point)
+                                  for label, point in never_flags(tiny_run["model"]).items()}))
+    assert main(["--model", model, "index", "add", str(index), str(known / "seized1.jpg")]) == 0
+    capsys.readouterr()
+    assert main(["--model", model, "--operating-points", str(points), "predict", "--json", "--match-index",
+                 str(index), str(listings / "repost1.jpg"), str(listings / "unrelated.jpg")]) == 0
+    repost, unrelated = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert repost["decision"] == "block" and repost["match"]["reference"] == (known / "seized1.jpg").as_posix()
+    assert unrelated["decision"] == "allow" and unrelated["match"] is None
+
+
+@pytest.mark.slow
+def test_a_listing_with_a_known_photo_is_blocked_and_the_reason_names_the_item(folders, unsure, tmp_path):
+    known, listings = folders
+    index = KnownItemIndex(tmp_path / "k.sqlite", unsure, create=True)
+    index.add([known / "seized1.jpg"], ["case-1"])
+    listing, matches = Scorer(unsure, index=index).predict_listing(
+        [listings / "unrelated.jpg", listings / "repost1.jpg"], title="old carving")
+    assert listing.decision == "block" and [m and m.reference for m in matches] == [None, "case-1"]
+    assert [(r.source, r.phrase) for r in listing.reasons if r.signal == "known_item"] == [("photo 1", "case-1")]
+    assert Scorer(unsure).predict_listing([listings / "repost1.jpg"], title="old carving")[0].decision == "allow"
 
 
 @pytest.mark.slow
@@ -224,3 +302,24 @@ def test_an_index_says_which_model_file_built_it(tmp_path, shipped_model):
     reopened = KnownItemIndex(tmp_path / "known.sqlite", Classifier(shipped_model))
     assert reopened.built_with == int8.identity
     assert reopened.built_with.digest != Classifier(shipped_model).identity.digest
+
+
+@pytest.mark.slow
+def test_cli_index_lists_removes_and_counts_its_items_in_a_wal_file(folders, tiny_run, tmp_path, capsys):
+    known, listings = folders
+    model, index = str(tiny_run["model"]), tmp_path / "known.sqlite"
+    assert main(["--model", model, "index", "add", str(index), str(known)]) == 0
+    capsys.readouterr()
+    assert main(["--model", model, "index", "list", str(index), "--json"]) == 0
+    items = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    references = [(known / f"seized{seed}.jpg").as_posix() for seed in range(4)]
+    assert [item["reference"] for item in items] == references and all(item["added_at"] for item in items)
+    assert main(["--model", model, "index", "remove", str(index), references[1], "case-absent"]) == 1
+    err = capsys.readouterr().err
+    assert "case-absent: error: no such item" in err and "removed 1 items; 3 known items" in err
+    assert main(["--model", model, "index", "stats", str(index), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["items"] == 3 and stats["file_bytes"] > 0 and stats["built_with"].startswith("tiny")
+    with sqlite3.connect(index) as connection:  # readers (a scan, the service) never wait for a writer
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert KnownItemIndex(index, Classifier(model)).match(listings / "repost1.jpg") is None  # its item went

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 import pytest
 from captions import caption, skip_without_font
 from conftest import REPO, make_photo
@@ -35,6 +36,7 @@ from wildvision import (
 from wildvision.cli import main
 from wildvision.client import _Answer, _from_json, _retry_delay
 from wildvision.known_items import KnownItemIndex
+from wildvision.model_info import OperatingPoint
 
 httpx = pytest.importorskip("httpx", reason="service tests need the [test] extra")
 uvicorn = pytest.importorskip("uvicorn", reason="service tests need the [serve] extra")
@@ -568,6 +570,31 @@ def test_a_service_with_an_index_answers_with_the_match(classifier, tmp_path):
         other = client.post("/predict", content=jpeg_bytes("horn", 8), headers={"content-type": "image/png"}).json()
     assert repost["match"]["reference"] == "case-7" and repost["match"]["hash_distance"] == 0
     assert "match" in other and other["match"] is None
+
+
+@pytest.mark.slow
+def test_a_known_photo_is_blocked_by_every_route_and_the_listing_reason_names_it(tiny_run, tmp_path):
+    """The match decides (`MatchPolicy`: an exact re-post blocks), even where the classifier alone allows the photo."""
+    model = tiny_run["model"]
+    unsure = Classifier(model, operating_points={label: OperatingPoint(1.0, 1.0)
+                                                 for label in Classifier(model).info.operating_points})
+    index = KnownItemIndex(tmp_path / "known.sqlite", unsure, create=True)
+    known = jpeg_bytes("ivory", 7, (480, 384))
+    noise = Image.fromarray(np.random.default_rng(8).integers(0, 256, (384, 480, 3), dtype=np.uint8))
+    other = io.BytesIO()
+    noise.save(other, "JPEG")  # unlike any generated photo: plain generated photos share much of their hash
+    other = other.getvalue()
+    index.add([known], ["case-7"])
+    encoded = [base64.b64encode(photo).decode() for photo in (other, known)]
+    with client_of(create_app(unsure, index=index)) as client:
+        single = client.post("/predict", content=known, headers=JPEG).json()
+        batch = client.post("/predict/batch", json=encoded).json()["results"]
+        listing = client.post("/predict/listing", json={"photos": encoded, "title": "a carving"}).json()
+    assert (single["decision"], single["match"]["reference"]) == ("block", "case-7")
+    assert [result["decision"] for result in batch] == ["allow", "block"]
+    assert listing["decision"] == "block" and [photo["decision"] for photo in listing["photos"]] == ["allow", "block"]
+    assert {"source": "photo 1", "label": None, "signal": "known_item", "phrase": "case-7", "score": 1.0} in listing[
+        "reasons"]
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from wildvision.classifier import (
     default_model_path,
 )
 from wildvision.client import Client, ServiceError
-from wildvision.decision import Decision, Reason
+from wildvision.decision import Decision, MatchPolicy, Reason
 from wildvision.errors import WildvisionError
 from wildvision.explain import Explanation
 from wildvision.images import ImageLoadError, load_frames, load_image
@@ -41,6 +41,7 @@ from wildvision.scan import (
     scan,
     scan_to_file,
 )
+from wildvision.scorer import Scorer
 
 try:
     __version__ = version("wildvision")
@@ -49,9 +50,9 @@ except PackageNotFoundError:  # imported from a checkout that was never installe
 
 __all__ = [
     "Classifier", "Client", "Decision", "Explanation", "ImageLoadError", "IndexFormatError", "KnownItemIndex", "ListingPrediction",
-    "Match",
+    "Match", "MatchPolicy",
     "MatchRule", "ModelFormatError", "ModelIdentity", "ModelInfo", "OperatingPoint", "OperatingPointError", "Prediction",
-    "PreparedPhoto", "Preprocessing", "Reason", "ResumeError", "ScanInput", "ScanRecord", "ServiceError", "WildvisionError",
+    "PreparedPhoto", "Preprocessing", "Reason", "ResumeError", "ScanInput", "ScanRecord", "Scorer", "ServiceError", "WildvisionError",
     "__version__",
     "default_model_path", "files_from_list", "find_images", "load_frames", "load_image", "read_operating_points",
     "scan", "scan_to_file",

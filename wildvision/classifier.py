@@ -236,7 +236,7 @@ class Classifier:
                               photo_texts=[prediction.text for prediction in predictions])
         if not predictions and not (title or description):
             raise ValueError("a listing needs at least one photo, or a title or description")
-        return listing_prediction(predictions, decide_listing(predictions, self._points(operating_points), words=words,
+        return listing_prediction(predictions, decide_listing(predictions, self.thresholds(operating_points), words=words,
                                                               weights=self.lexicon.weights))
 
     def predict_batch(
@@ -245,7 +245,7 @@ class Classifier:
     ) -> list[Prediction]:
         """Score several photos; every photo is read before any is scored, and one that cannot be read raises an
         `ImageLoadError` naming its position and source (`scan` instead gives it an error record)."""
-        prepared = [self._prepare_numbered(image, position) for position, image in enumerate(images)]
+        prepared = [self.prepare_numbered(image, position) for position, image in enumerate(images)]
         predictions: list[Prediction] = []
         for start in range(0, len(prepared), batch_size):
             predictions += self.score(prepared[start : start + batch_size], operating_points=operating_points)
@@ -352,15 +352,16 @@ class Classifier:
         lines = tuple(line for frame in frames for line in self.text_reader.read(frame))
         return TextEvidence(self.lexicon.identity, lines, self.lexicon.find(lines))
 
-    def _points(self, operating_points: Mapping[str, OperatingPoint] | None) -> Mapping[str, OperatingPoint]:
-        """The thresholds in force: the model's, or a call's own (checked)."""
+    def thresholds(self, operating_points: Mapping[str, OperatingPoint] | None = None) -> Mapping[str, OperatingPoint]:
+        """The thresholds in force: the model's, or a call's own (checked, as every call checks them)."""
         if operating_points is None:
             return self.info.operating_points
         return self.info.checked_operating_points(operating_points)
 
-    def _prepare_numbered(self, image: ImageSource, position: int) -> PreparedPhoto:
+    def prepare_numbered(self, image: ImageSource, position: int, *, with_hashes: bool = False) -> PreparedPhoto:
+        """`prepare`, with an unreadable photo's `ImageLoadError` naming its position in a batch or listing."""
         try:
-            return self.prepare(image)
+            return self.prepare(image, with_hashes=with_hashes)
         except ImageLoadError as error:
             raise ImageLoadError(f"photo {position} ({error.source})", error.reason, error.category) from None
 
@@ -386,7 +387,7 @@ class Classifier:
         self, photos: Sequence[PreparedPhoto], batch: np.ndarray, logits: np.ndarray,
         operating_points: Mapping[str, OperatingPoint] | None,
     ) -> list[Prediction]:
-        points = self._points(operating_points)
+        points = self.thresholds(operating_points)
         frames = _per_photo(photos, self._calibrated(batch, logits))
         thresholds = describe_thresholds(points)  # once per batch: the same for every photo in it
         predictions = [max((self._prediction(row, points, thresholds) for row in rows), key=self._how_prohibited)

@@ -28,6 +28,7 @@ from wildvision.images import (
     load_image,
 )
 from wildvision.known_items import KnownItemIndex
+from wildvision.scorer import Scorer
 from wildvision.model_info import read_operating_points
 from wildvision.listings import (
     ListingError,
@@ -178,11 +179,12 @@ def _listings(args: argparse.Namespace) -> Listings | None:
 
 def _predict(args: argparse.Namespace, classifier: Classifier) -> int:
     index = KnownItemIndex(args.match_index, classifier) if args.match_index else None
+    scorer = Scorer(classifier, index=index)
     overlays = _overlay_paths(args.images, args.explain) if args.explain else {}
     failures = 0
     for path in args.images:
         try:
-            prediction, match = index.predict_and_match(path) if index else (classifier.predict(path), None)
+            prediction, match = scorer.predict(path)
             if args.explain:  # at the photo's own size: the scored copy of a large JPEG is a quarter as wide
                 explanation = classifier.explain(path)
                 photo = load_frames(path, max_pixels=classifier.max_pixels, max_frames=classifier.max_frames)
@@ -219,6 +221,32 @@ def _overlay_paths(images: list[Path], folder: Path) -> dict[Path, Path]:
                          "explain them in separate runs")
     folder.mkdir(parents=True, exist_ok=True)
     return overlays
+
+
+def _index_list(args: argparse.Namespace, classifier: Classifier) -> int:
+    for item in KnownItemIndex(args.index, classifier).items():
+        print(json.dumps(item.to_dict(), ensure_ascii=False) if args.json
+              else f"{item.id}\t{item.reference}\t{item.added_at}")
+    return 0
+
+
+def _index_remove(args: argparse.Namespace, classifier: Classifier) -> int:
+    index = KnownItemIndex(args.index, classifier)
+    absent = index.remove(args.references)
+    for reference in absent:
+        print(f"{reference}: error: no such item in {args.index}", file=sys.stderr)
+    print(f"{args.index}: removed {len(args.references) - len(absent)} items; {len(index)} known items", file=sys.stderr)
+    return 1 if absent else 0
+
+
+def _index_stats(args: argparse.Namespace, classifier: Classifier) -> int:
+    stats = KnownItemIndex(args.index, classifier).stats()
+    if args.json:
+        print(json.dumps(stats.to_dict(), ensure_ascii=False))
+    else:
+        print(f"{args.index}: {stats.items} known items (added {stats.oldest or '-'} to {stats.newest or '-'}), "
+              f"{stats.file_bytes:,} bytes, built with {stats.built_with}")
+    return 0
 
 
 def _index_add(args: argparse.Namespace, classifier: Classifier) -> int:
@@ -444,6 +472,19 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("photos", nargs="+", type=Path, help="photo files, or folders scanned recursively; the path is "
                      "the item's reference, and adding a path again replaces its item")
     add.set_defaults(parser=add, command=_index_add)
+    listing = index_commands.add_parser("list", parents=[model_options], help="print every item: id, reference, added")
+    listing.add_argument("index", type=Path, help="the index file")
+    listing.add_argument("--json", action="store_true", help="one JSON object per item")
+    listing.set_defaults(parser=listing, command=_index_list)
+    remove = index_commands.add_parser("remove", parents=[model_options], help="remove items by their reference")
+    remove.add_argument("index", type=Path, help="the index file")
+    remove.add_argument("references", nargs="+", help="the items' references, as `index list` prints them")
+    remove.set_defaults(parser=remove, command=_index_remove)
+    stats = index_commands.add_parser("stats", parents=[model_options],
+                                      help="how many items, the oldest and newest, the file size and the model")
+    stats.add_argument("index", type=Path, help="the index file")
+    stats.add_argument("--json", action="store_true", help="one JSON object")
+    stats.set_defaults(parser=stats, command=_index_stats)
 
     serve = commands.add_parser("serve", parents=[model_options],
                                 help="an HTTP service: POST photos to /predict (needs wildvision[serve])")

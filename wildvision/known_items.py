@@ -20,14 +20,20 @@ File format (`PRAGMA user_version` = 1)::
         added_at TEXT                  -- UTC, ISO 8601
     )
 
-Embeddings belong to one model: an index answers only to the model (name and version) that built it; `settings` also
-records the precision and digest of the file that built it (`KnownItemIndex.built_with`).
+The file is kept in write-ahead-log mode (`PRAGMA journal_mode = WAL`), so readers and a writer do not block each
+other. `items`, `remove` and `stats` manage it (`wildvision index list`, `remove`, `stats`).
+
+Embeddings belong to one model: opened with another model (name or version), an index matches by its difference
+hashes alone, says so once (a warning on the `wildvision.known_items` logger) and refuses new photos, which would mix
+two models' embeddings. `settings` also records the precision and digest of the file that built it
+(`KnownItemIndex.built_with`).
 Matching is exact and in memory (every item compared): about 5.7 KB per item with the shipped model's 1,280-value
 embedding, so 100,000 known photos take about 570 MB.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import weakref
@@ -35,18 +41,20 @@ from contextlib import closing
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from wildvision.classifier import Classifier, ModelIdentity, Prediction, PreparedPhoto
+from wildvision.classifier import Classifier, ModelIdentity, PreparedPhoto
 from wildvision.errors import WildvisionError
 from wildvision.hashing import HASH_BYTES, difference_hash, hamming_distances
 from wildvision.images import ImageSource, load_image
-from wildvision.model_info import OperatingPoint
 
-__all__ = ["FORMAT_VERSION", "IndexFormatError", "KnownItemIndex", "Match", "MatchRule", "variant_hashes"]
+__all__ = [
+    "FORMAT_VERSION", "IndexFormatError", "IndexStats", "KnownItem", "KnownItemIndex", "Match", "MatchRule",
+    "variant_hashes",
+]
 
 FORMAT_VERSION = 1
 _FORMAT_NAME = "wildvision-known-items"
@@ -63,6 +71,7 @@ CREATE TABLE IF NOT EXISTS items (
 # Fraction cut from each side: 0, 1.5%, ... 12%. A crop 0.75% off a hashed one still lands within ~18 bits; 1% off,
 # half of them do not (measured on the shared data), hence steps of 1.5%.
 _CROPS = tuple(step * 0.015 for step in range(9))
+_log = logging.getLogger("wildvision.known_items")
 _BUSY_TIMEOUT_S = 30.0  # another process adding items holds the write lock this long at most before we give up
 
 
@@ -94,6 +103,33 @@ class Match:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class KnownItem:
+    """One item as `KnownItemIndex.items` lists it (its features stay in the file)."""
+
+    id: int
+    reference: str
+    added_at: str  # UTC, ISO 8601
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    """What `wildvision index stats` reports: how many items, the oldest and newest added (None when empty), the
+    file's size on disk and the model that built it."""
+
+    items: int
+    oldest: str | None
+    newest: str | None
+    file_bytes: int
+    built_with: str
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
 class KnownItemIndex:
     """Known items in an SQLite file, held in memory for matching; safe to share across threads.
 
@@ -119,6 +155,10 @@ class KnownItemIndex:
         self._items: _Items | None = None  # loaded on first match, re-read once anyone has changed the file
         with closing(self._connect()) as connection, connection:
             self._check_or_initialise(connection, create)
+        with closing(self._connect()) as connection:
+            # Write-ahead logging: a scan or service reading the index is never blocked by `index add` or `remove`
+            # writing it, nor they by it (the mode is kept in the file; it cannot change inside a transaction).
+            connection.execute("PRAGMA journal_mode = WAL")
         # `PRAGMA data_version` changes when another connection (this object's `add`, another process) commits, but
         # only as seen from one connection that stays open: this one, asked under the lock before every match.
         self._watcher = sqlite3.connect(self.path, check_same_thread=False)
@@ -129,10 +169,36 @@ class KnownItemIndex:
         with closing(self._connect()) as connection:
             return connection.execute("SELECT count(*) FROM items").fetchone()[0]
 
+    def items(self) -> list[KnownItem]:
+        """Every item, oldest id first."""
+        with closing(self._connect()) as connection:
+            return [KnownItem(*row) for row in connection.execute("SELECT id, reference, added_at FROM items ORDER BY id")]
+
+    def remove(self, references: Sequence[str]) -> list[str]:
+        """Remove the items of `references` in one transaction; the references that named no item (nothing else
+        changes for them). A scan or service matching meanwhile sees the index before or after, never between."""
+        with closing(self._connect()) as connection, connection:
+            absent = [reference for reference in references
+                      if connection.execute("DELETE FROM items WHERE reference = ?", (reference,)).rowcount == 0]
+        return absent
+
+    def stats(self) -> IndexStats:
+        """The number of items, the oldest and newest, the file's size and the model that built it."""
+        with closing(self._connect()) as connection:
+            count, oldest, newest = connection.execute("SELECT count(*), min(added_at), max(added_at) FROM items").fetchone()
+        size = sum(path.stat().st_size for path in (self.path, self.path.with_name(self.path.name + "-wal"))
+                   if path.is_file())
+        return IndexStats(count, oldest, newest, size, str(self.built_with))
+
     def add(self, images: Sequence[ImageSource], references: Sequence[str]) -> None:
         """Add photos under the platform's references; a reference already present is replaced (re-adding is safe)."""
         if len(images) != len(references):
             raise ValueError(f"{len(images)} photos but {len(references)} references")
+        if not self.embeddings_match:
+            built_by, identity = self.built_with, self.classifier.identity
+            raise IndexFormatError(
+                f"{self.path}: built with model {built_by.name} {built_by.version}; adding photos with "
+                f"{identity.name} {identity.version} would mix two models' embeddings: add them to a new index")
         photos = [load_image(image, min_side=self.classifier.info.preprocessing.input_size) for image in images]
         embeddings = self.classifier.embed(photos).astype("<f4")
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -147,17 +213,10 @@ class KnownItemIndex:
             )
 
     def match(self, image: ImageSource) -> Match | None:
-        """The known item `image` re-posts, or None."""
-        return self.predict_and_match(image)[1]
-
-    def predict_and_match(
-        self, image: ImageSource, *, operating_points: Mapping[str, OperatingPoint] | None = None
-    ) -> tuple[Prediction, Match | None]:
-        """The classifier's prediction for `image` (with a call's own thresholds, as `Classifier.predict`) and the
-        known item it re-posts, from one forward pass."""
+        """The known item `image` re-posts, or None. To score and match in one forward pass, with the match deciding,
+        use `wildvision.scorer.Scorer`."""
         photo = self.classifier.prepare(image, with_hashes=True)
-        predictions, embeddings = self.classifier.score_and_embed([photo], operating_points=operating_points)
-        return predictions[0], self.match_photos([photo], embeddings)[0]
+        return self.match_photos([photo], self.classifier.score_and_embed([photo])[1])[0]
 
     def match_photos(self, photos: Sequence[PreparedPhoto], embeddings: Sequence[np.ndarray]) -> list[Match | None]:
         """For photos prepared `with_hashes` and their embeddings (`Classifier.score_and_embed`), the known item each
@@ -174,6 +233,7 @@ class KnownItemIndex:
 
         Every item is compared (exact, no approximate search): per photo that is N x 32 bytes of hash and N x D
         multiply-adds, a few milliseconds for 100,000 items. Among the items that match, the most similar embedding wins.
+        An index built by another model (`embeddings_match` false) matches by hash alone, and reports cosine -1.
         """
         items = self._loaded()
         if not len(items.ids):
@@ -181,12 +241,17 @@ class KnownItemIndex:
         matches: list[Match | None] = []
         for photo_hash, embedding in zip(hashes, embeddings):
             distances = hamming_distances(photo_hash[np.newaxis], items.hashes)[0].reshape(len(items.ids), -1).min(axis=1)
-            cosines = items.embeddings @ embedding.astype(np.float32)
+            if self.embeddings_match:
+                cosines = items.embeddings @ embedding.astype(np.float32)
+                closeness = cosines
+            else:  # another model's embeddings: no signal (cosine -1); the nearest hash wins
+                cosines = np.full(len(items.ids), -1.0, np.float32)
+                closeness = -distances.astype(np.float32)
             candidates = (distances <= self.rule.max_hash_distance) | (cosines >= self.rule.min_cosine)
             if not candidates.any():
                 matches.append(None)
                 continue
-            best = int(np.flatnonzero(candidates)[np.argmax(cosines[candidates])])
+            best = int(np.flatnonzero(candidates)[np.argmax(closeness[candidates])])
             matches.append(Match(int(items.ids[best]), items.references[best], int(distances[best]),
                                  round(float(cosines[best]), 6)))
         return matches
@@ -204,7 +269,7 @@ class KnownItemIndex:
                 connection.executemany("INSERT INTO settings VALUES (?, ?)",
                                        {"format": _FORMAT_NAME, **identity.to_fields()}.items())
                 connection.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
-                self.built_with = identity
+                self.built_with, self.embeddings_match = identity, True
                 return
             settings = dict(connection.execute("SELECT key, value FROM settings"))
         except sqlite3.DatabaseError as error:
@@ -215,10 +280,12 @@ class KnownItemIndex:
         # Embeddings belong to a model, not to one of its files: an int8 twin's are close enough to its float
         # model's to match, so precision and digest only say which file built the index, for people.
         built_by = self.built_with
-        if (built_by.name, built_by.version) != (identity.name, identity.version):
-            raise IndexFormatError(
-                f"{self.path}: built with model {built_by.name} {built_by.version}, whose embeddings "
-                f"mean nothing to {identity.name} {identity.version}; add the photos to a new index")
+        self.embeddings_match = (built_by.name, built_by.version) == (identity.name, identity.version)
+        if not self.embeddings_match:
+            # The difference hashes belong to no model: an upgrade keeps the index matching by them (said once, here).
+            _log.warning("%s: built with model %s %s, whose embeddings mean nothing to %s %s: matching by the photos' "
+                         "difference hashes only (crops between the hashed ones may be missed)", self.path,
+                         built_by.name, built_by.version, identity.name, identity.version)
 
     def _loaded(self) -> _Items:
         """The items as of the latest commit, by this process or another (e.g. `wildvision index add` while a service

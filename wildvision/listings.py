@@ -19,14 +19,18 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from wildvision.classifier import Prediction
-from wildvision.decision import Decision, decide_listing
+from wildvision.decision import Decision, MatchPolicy, decide_listing
 from wildvision.errors import WildvisionError
+from wildvision.known_items import Match
 from wildvision.model_info import OperatingPoint
 from wildvision.text import Lexicon, TextEvidence
 from wildvision.words import WORD_SOURCES, listing_words
 
 __all__ = ["ListingError", "ListingRecord", "Listings", "listing_per_folder", "listing_record", "listings_from_csv",
            "listings_path", "summarise_listings", "write_listings"]
+
+
+_REASONS_ONLY = MatchPolicy(strict="allow", loose="allow")
 
 
 class ListingError(WildvisionError, ValueError):
@@ -148,7 +152,11 @@ def listing_record(
     if not photos and not found and not any(words.values()):
         return ListingRecord(listing, None, None, [], {}, [], [], len(records), len(records), model["model_name"],
                              model["model_version"])
-    decided = decide_listing(photos, operating_points, words=found, weights=lexicon.weights)
+    matches = [Match(**record["match"]) if record.get("match") else None for record in scored]
+    # The photos' decisions already hold what their matches decided (the scan's own policy): the matches come in
+    # only as `known_item` reasons, under a policy that decides nothing more.
+    decided = decide_listing(photos, operating_points, words=found, weights=lexicon.weights,
+                             matches=matches if any(matches) else (), match_policy=_REASONS_ONLY)
     deciding = scored[decided.deciding_photo]["path"] if decided.deciding_photo is not None else None
     return ListingRecord(listing, decided.decision, deciding, list(decided.labels), decided.scores,
                          [reason.to_dict() for reason in decided.reasons], [record["path"] for record in scored],

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
 
 from wildvision.classifier import Classifier, ModelIdentity, PreparedPhoto, describe_thresholds
+from wildvision.decision import MatchPolicy
 from wildvision.errors import WildvisionError
 from wildvision.images import IMAGE_SUFFIXES, ImageLoadError
-from wildvision.known_items import KnownItemIndex, Match
+from wildvision.known_items import KnownItemIndex
 from wildvision.records import (
     RecordLayout,
     ScanRecord,
@@ -35,6 +36,7 @@ from wildvision.records import (
     read_records,
     write_records,
 )
+from wildvision.scorer import Scorer
 
 __all__ = [
     "IMAGE_SUFFIXES", "ResumeError", "ScanInput", "ScanRecord", "ScanSummary", "TerminalProgress", "check_same_run",
@@ -108,19 +110,21 @@ def files_from_list(lines: Iterable[str]) -> Iterator[ScanInput]:
 
 def scan(
     inputs: Iterable[ScanInput], classifier: Classifier, *, batch_size: int = 16, workers: int = 2, scorers: int = 1,
-    index: KnownItemIndex | None = None,
+    index: KnownItemIndex | None = None, match_policy: MatchPolicy = MatchPolicy(),
 ) -> Iterator[ScanRecord]:
     """Yield one record per input, in order; unreadable photos yield error records.
 
     `workers` threads decode; `scorers` batches are scored at once, each on the classifier's own threads. For the
     most photos per second give one scorer per core and a `Classifier(threads=1)`: on this small model, whole batches
     side by side beat one batch split across cores, and the decoding threads then slow no scorer down.
-    With `index`, records carry `match`; with a classifier that reads text, `text` (see `layout_of`).
+    With `index`, records carry `match` and a match decides by `match_policy` (`wildvision.scorer.Scorer`); with a
+    classifier that reads text, `text` (see `layout_of`).
     """
+    scorer = Scorer(classifier, index=index, policy=match_policy)
 
     def prepare(item: ScanInput) -> PreparedPhoto | ImageLoadError:
         try:
-            return classifier.prepare(item.file, with_hashes=index is not None)
+            return scorer.prepare(item.file)
         except ImageLoadError as error:
             return ImageLoadError(item.name, error.reason, error.category)
 
@@ -128,7 +132,7 @@ def scan(
         pending: deque[Future[list[ScanRecord]]] = deque()
         for batch in _batches(inputs, batch_size):
             prepared = [decoders.submit(prepare, item) for item in batch]
-            pending.append(scoring.submit(_score, batch, prepared, classifier, index))
+            pending.append(scoring.submit(_score, batch, prepared, scorer))
             if len(pending) > scorers + _BATCHES_AHEAD:
                 yield from pending.popleft().result()
         while pending:
@@ -145,12 +149,14 @@ def scan_to_file(
     scorers: int = 1,
     progress: Callable[[int], None] | None = None,
     index: KnownItemIndex | None = None,
+    match_policy: MatchPolicy = MatchPolicy(),
 ) -> ScanSummary:
     """Scan into `output` (`.jsonl`, `.csv` or `.parquet`), continuing an interrupted or earlier run of the same scan.
 
-    With `index`, every record gets a `match` field. An earlier output must come from the same model file, thresholds
-    and matching, else a `ResumeError` says so before anything is scored. `progress` is called after each batch with
-    the number of records the output holds so far, those of an earlier run included.
+    With `index`, every record gets a `match` field, and a match decides by `match_policy`. An earlier output must
+    come from the same model file, thresholds and matching, else a `ResumeError` says so before anything is scored.
+    `progress` is called after each batch with the number of records the output holds so far, those of an earlier run
+    included.
     """
     layout = layout_of(classifier, index)
     started = time.monotonic()
@@ -165,7 +171,8 @@ def scan_to_file(
     summary.already_done = len(done)
     todo = (item for item in inputs if item.name not in done)
     with journal.open("a", encoding="utf-8") as sink:
-        records = scan(todo, classifier, batch_size=batch_size, workers=workers, scorers=scorers, index=index)
+        records = scan(todo, classifier, batch_size=batch_size, workers=workers, scorers=scorers, index=index,
+                       match_policy=match_policy)
         for count, record in enumerate(records, 1):
             sink.write(json.dumps(layout.to_dict(record), ensure_ascii=False) + "\n")
             summary.add(record)
@@ -214,23 +221,14 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def _score(
-    batch: list[ScanInput], futures: list[Future], classifier: Classifier, index: KnownItemIndex | None
-) -> list[ScanRecord]:
+def _score(batch: list[ScanInput], futures: list[Future], scorer: Scorer) -> list[ScanRecord]:
     """The batch's records, in order, once its photos are decoded (runs in a scoring thread)."""
     prepared = [future.result() for future in futures]
-    good = [item for item in prepared if isinstance(item, PreparedPhoto)]
-    matches: list[Match | None] = [None] * len(good)
-    if index is None:
-        predictions = classifier.score(good) if good else []
-    else:
-        predictions, embeddings = classifier.score_and_embed(good) if good else ([], [])
-        matches = index.match_photos(good, embeddings)
-    scored = zip(predictions, matches)
+    scored = iter(scorer.score([item for item in prepared if isinstance(item, PreparedPhoto)]))
     records: list[ScanRecord] = []
     for item, result in zip(batch, prepared):
         if isinstance(result, ImageLoadError):
-            records.append(ScanRecord.failed(item.name, result, classifier.identity))
+            records.append(ScanRecord.failed(item.name, result, scorer.classifier.identity))
         else:
             prediction, match = next(scored)
             records.append(ScanRecord.scored(item.name, prediction, match=match))

@@ -14,8 +14,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from wildvision.classifier import Classifier, Prediction, PreparedPhoto, listing_prediction
-from wildvision.decision import decide_listing
+from wildvision.classifier import Classifier, Prediction, PreparedPhoto
+from wildvision.decision import MatchPolicy
 from wildvision.images import ImageLoadError
 from wildvision.known_items import KnownItemIndex, Match
 from wildvision.service.admission import Limits, _Gate
@@ -28,7 +28,7 @@ from wildvision.service.middleware import _counted_http_error, _Drained, _intern
 from wildvision.service.schemas import (
     BatchErrorOut, BatchOut, ErrorOut, HealthOut, ListingOut, MatchOut, PredictionOut, _error, _ErrorBody,
 )
-from wildvision.words import listing_words
+from wildvision.scorer import Scorer
 
 
 _BEARER = HTTPBearer(auto_error=False, description="one of the service's API keys")
@@ -36,10 +36,11 @@ _BEARER = HTTPBearer(auto_error=False, description="one of the service's API key
 
 def create_app(
     classifier: Classifier, *, index: KnownItemIndex | None = None, limits: Limits = Limits(),
-    api_keys: Sequence[str] = (),
+    api_keys: Sequence[str] = (), match_policy: MatchPolicy = MatchPolicy(),
 ) -> FastAPI:
-    """The service's FastAPI application; `index` adds known-item matching to every prediction, `api_keys` (bearer
-    tokens) closes everything but /health and the API docs to callers without one."""
+    """The service's FastAPI application; `index` adds known-item matching to every prediction (a match decides by
+    `match_policy`, as in `wildvision.scorer.Scorer`), `api_keys` (bearer tokens) closes everything but /health and
+    the API docs to callers without one."""
     metrics = _Metrics(classifier)
     executor = ThreadPoolExecutor(limits.max_concurrency, thread_name_prefix="wildvision-score")
     gate = _Gate(limits, executor, metrics)
@@ -62,25 +63,18 @@ def create_app(
     guarded = [Depends(_token_check(api_keys))] if api_keys else []
     errors = _documented_errors(limits)
 
+    scorer = Scorer(classifier, index=index, policy=match_policy)
+
     def score(body: bytes, points: Points) -> tuple[Prediction, Match | None]:
-        if index is not None:
-            return index.predict_and_match(body, operating_points=points)
-        return classifier.predict(body, operating_points=points), None
+        return scorer.predict(body, operating_points=points)
 
     def score_each(
         bodies: list[bytes | ErrorOut], points: Points = None
     ) -> list[tuple[Prediction, Match | None] | ErrorOut]:
         """A batch's photos in one forward pass; a photo that cannot be read fails only itself."""
-        prepared = [body if isinstance(body, ErrorOut) else _prepared_or_error(classifier, body, index is not None)
-                    for body in bodies]
+        prepared = [body if isinstance(body, ErrorOut) else _prepared_or_error(scorer, body) for body in bodies]
         photos = [item for item in prepared if isinstance(item, PreparedPhoto)]
-        if not photos:
-            return prepared  # type: ignore[return-value]  # errors only
-        if index is None:
-            scored = zip(classifier.score(photos, operating_points=points), [None] * len(photos))
-        else:
-            predictions, embeddings = classifier.score_and_embed(photos, operating_points=points)
-            scored = zip(predictions, index.match_photos(photos, embeddings))
+        scored = iter(scorer.score(photos, operating_points=points))
         return [item if isinstance(item, ErrorOut) else next(scored) for item in prepared]
 
     async def score_sent(
@@ -163,12 +157,8 @@ def create_app(
                 raise _error(_STATUS_BY_CATEGORY.get(outcome.category, 422), outcome.category,
                              f"photo {position}: {outcome.error}")
         scored = [outcome for outcome in outcomes if not isinstance(outcome, ErrorOut)]
-        predictions = [prediction for prediction, _ in scored]
-        found = listing_words(classifier.lexicon, title=words.title, description=words.description,
-                              photo_texts=[prediction.text for prediction in predictions])
-        thresholds = points if points is not None else classifier.info.operating_points  # already checked
-        listing = listing_prediction(predictions, decide_listing(predictions, thresholds, words=found,
-                                                                 weights=classifier.lexicon.weights))
+        listing = scorer.decide_listing(scored, title=words.title, description=words.description,  # type: ignore[arg-type]
+                                        operating_points=points)
         request.state.decision = listing.decision
         return ListingOut(**{**listing.to_dict(), "photos": [answer(*outcome, name=name)
                                                              for name, outcome in zip(names, scored)]})

@@ -15,6 +15,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from wildvision.classifier import Classifier, PreparedPhoto
 from wildvision.images import ImageLoadError
+from wildvision.scorer import Scorer
 from wildvision.model_info import OperatingPoint, OperatingPointError, operating_points_of
 from wildvision.service.schemas import ErrorOut, _error
 
@@ -177,9 +178,9 @@ def _base64_photo(item: object) -> bytes | ErrorOut:
         return ErrorOut(error=f"not valid base64 ({error})", category="not_an_image")
 
 
-def _prepared_or_error(classifier: Classifier, body: bytes, with_hashes: bool) -> PreparedPhoto | ErrorOut:
+def _prepared_or_error(scorer: Scorer, body: bytes) -> PreparedPhoto | ErrorOut:
     """One photo of a batch, ready for the model, or why it cannot be scored (which fails only that photo)."""
     try:
-        return classifier.prepare(body, with_hashes=with_hashes)
+        return scorer.prepare(body)
     except ImageLoadError as error:
         return ErrorOut(error=error.reason, category=error.category)
