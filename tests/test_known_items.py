@@ -197,11 +197,17 @@ def test_cli_index_add_then_scan_with_matches(folders, tiny_run, tmp_path, capsy
     assert "without --match-index" in earlier and "with --match-index" in this_run
 
 
+def one_known_item(classifier: Classifier, photo: Path, reference: str, folder: Path) -> KnownItemIndex:
+    """A new index in `folder` that knows one photo."""
+    index = KnownItemIndex(folder / "k.sqlite", classifier, create=True)
+    index.add([photo], [reference])
+    return index
+
+
 @pytest.mark.slow
 def test_scan_with_an_index_keeps_the_scores_of_a_plain_scan(folders, tiny_classifier, tmp_path):
     known, listings = folders
-    index = KnownItemIndex(tmp_path / "k.sqlite", tiny_classifier, create=True)
-    index.add([known / "seized1.jpg"], ["one"])
+    index = one_known_item(tiny_classifier, known / "seized1.jpg", "one", tmp_path)
     scan_to_file(find_images(listings), tmp_path / "matched.jsonl", tiny_classifier, index=index)
     scan_to_file(find_images(listings), tmp_path / "plain.jsonl", tiny_classifier)
     matched = [json.loads(line) for line in (tmp_path / "matched.jsonl").read_text().splitlines()]
@@ -227,8 +233,7 @@ def unsure(tiny_run) -> Classifier:
 @pytest.mark.slow
 def test_a_known_photo_is_blocked_in_a_scan_even_where_the_classifier_allows_it(folders, unsure, tmp_path):
     known, listings = folders
-    index = KnownItemIndex(tmp_path / "k.sqlite", unsure, create=True)
-    index.add([known / "seized1.jpg"], ["case-1"])
+    index = one_known_item(unsure, known / "seized1.jpg", "case-1", tmp_path)
     scan_to_file(find_images(listings), tmp_path / "scan.jsonl", unsure, index=index)
     records = {record["path"]: record for record in read_records(tmp_path / "scan.jsonl")}
     assert records["repost1.jpg"]["match"]["reference"] == "case-1"
