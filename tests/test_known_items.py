@@ -242,11 +242,12 @@ def test_a_known_photo_is_blocked_in_a_scan_even_where_the_classifier_allows_it(
     review_only = tmp_path / "review.jsonl"
     scan_to_file(find_images(listings), review_only, unsure, index=index, match_policy=MatchPolicy(strict="review"))
     assert {r["path"]: r["decision"] for r in read_records(review_only)}["repost1.jpg"] == "review"
-    # Its listing record names the known item among its reasons, and keeps the decision the scan's policy made.
-    for output, decision in (("scan.jsonl", "block"), ("review.jsonl", "review")):
+    # Its listing record names the known item among its reasons, decided by the policy the scan decided by.
+    for output, policy, decision in (("scan.jsonl", MatchPolicy(), "block"),
+                                     ("review.jsonl", MatchPolicy(strict="review"), "review")):
         records = list(read_records(tmp_path / output))
         (listing,) = summarise_listings(records, Listings({"repost1.jpg": "L1", "unrelated.jpg": "L1"}),
-                                        unsure.info.operating_points, unsure.lexicon)
+                                        unsure.info.operating_points, unsure.lexicon, policy)
         known_items = [reason for reason in listing.reasons if reason["signal"] == "known_item"]
         position = listing.paths.index("repost1.jpg")
         assert listing.decision == decision

@@ -34,7 +34,8 @@ from wildvision.model_info import (
     OperatingPoint,
 )
 from wildvision.decision import (
-    Decision, ListingDecision, Reason, decide, decide_listing, decide_with_text, decided_label, rank_of,
+    Decision, KnownMatch, MatchPolicy, Reason, decide, decide_listing, decide_with_text, decided_label,
+    rank_of,
 )
 from wildvision.preprocess import to_batch
 from wildvision.text import READ_SIDE, Lexicon, TextEvidence, TextReader
@@ -42,7 +43,7 @@ from wildvision.words import listing_words
 
 __all__ = [
     "BLANK_SPREAD", "DEFAULT_MODEL_FILE", "Classifier", "ListingPrediction", "ModelIdentity", "Prediction",
-    "PreparedPhoto", "default_model_path", "describe_thresholds", "listing_prediction",
+    "PreparedPhoto", "default_model_path", "describe_thresholds",
     "read_model_info", "softmax", "twin_path",
 ]
 
@@ -232,12 +233,24 @@ class Classifier:
         read). Any of the three may be missing; a listing with words and no photo is decided on its words. An
         unreadable photo raises `ImageLoadError` naming its position, as in `predict_batch`."""
         predictions = self.predict_batch(images, batch_size=batch_size, operating_points=operating_points)
-        words = listing_words(self.lexicon, title=title, description=description,
-                              photo_texts=[prediction.text for prediction in predictions])
         if not predictions and not (title or description):
             raise ValueError("a listing needs at least one photo, or a title or description")
-        return listing_prediction(predictions, decide_listing(predictions, self.thresholds(operating_points), words=words,
-                                                              weights=self.lexicon.weights))
+        return self.decide_listing(predictions, title=title, description=description, operating_points=operating_points)
+
+    def decide_listing(
+        self, predictions: Sequence[Prediction], *, title: str | None = None, description: str | None = None,
+        operating_points: Mapping[str, OperatingPoint] | None = None, matches: Sequence[KnownMatch | None] = (),
+        match_policy: MatchPolicy = MatchPolicy(),
+    ) -> ListingPrediction:
+        """A listing from its photos already scored (in order, with the same `operating_points`), their known-item
+        matches if any, and its seller's words read with this classifier's lexicon: the one assembly that
+        `predict_listing`, `wildvision.scorer.Scorer` and the service share."""
+        words = listing_words(self.lexicon, title=title, description=description,
+                              photo_texts=[prediction.text for prediction in predictions])
+        decided = decide_listing(predictions, self.thresholds(operating_points), words=words,
+                                 weights=self.lexicon.weights, matches=matches, match_policy=match_policy)
+        return ListingPrediction(decided.decision, decided.deciding_photo, decided.labels, decided.scores,
+                                 decided.reasons, tuple(predictions))
 
     def predict_batch(
         self, images: Iterable[ImageSource], *, batch_size: int = 16,
@@ -421,12 +434,6 @@ class Classifier:
             **self.identity.to_fields(),
             thresholds=thresholds,
         )
-
-
-def listing_prediction(photos: Sequence[Prediction], decided: ListingDecision) -> ListingPrediction:
-    """A listing's decision with its photos' own predictions: what every interface answers for a listing."""
-    return ListingPrediction(decided.decision, decided.deciding_photo, decided.labels, decided.scores, decided.reasons,
-                             tuple(photos))
 
 
 def read_model_info(session: ort.InferenceSession, path: Path) -> ModelInfo:

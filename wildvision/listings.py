@@ -30,9 +30,6 @@ __all__ = ["ListingError", "ListingRecord", "Listings", "listing_per_folder", "l
            "listings_path", "summarise_listings", "write_listings"]
 
 
-_REASONS_ONLY = MatchPolicy(strict="allow", loose="allow")
-
-
 class ListingError(WildvisionError, ValueError):
     """A listings file that cannot be used: unreadable, without `path` and `listing` columns, contradictory, or naming
     no photo that was scanned."""
@@ -106,6 +103,7 @@ def listing_per_folder(name: str) -> str | None:
 
 def summarise_listings(
     records: Iterable[Mapping], listings: Listings, operating_points: Mapping[str, OperatingPoint], lexicon: Lexicon,
+    match_policy: MatchPolicy = MatchPolicy(),
 ) -> list[ListingRecord]:
     """One record per listing, in order of first appearance (then the listings with words and no photo), from
     finished photo records (`RecordLayout.to_dict`). Raises `ListingError` when a listings CSV names photos and none
@@ -121,7 +119,7 @@ def summarise_listings(
                            "are relative to the scanned folder, or as listed in --files-from")
     for listing in listings.words:
         members.setdefault(listing, [])
-    return [listing_record(listing, photos, listings.words.get(listing, {}), operating_points, lexicon)
+    return [listing_record(listing, photos, listings.words.get(listing, {}), operating_points, lexicon, match_policy)
             for listing, photos in members.items()]
 
 
@@ -140,10 +138,11 @@ def write_listings(listings: Iterable[ListingRecord], path: Path) -> None:
 
 def listing_record(
     listing: str, records: Sequence[Mapping], words: Mapping[str, str | None],
-    operating_points: Mapping[str, OperatingPoint], lexicon: Lexicon,
+    operating_points: Mapping[str, OperatingPoint], lexicon: Lexicon, match_policy: MatchPolicy = MatchPolicy(),
 ) -> ListingRecord:
     """One listing's record from its photos' finished records (`RecordLayout.to_dict`) and its words (`title`,
-    `description`): what `scan --listings` and `wildvision spark --listings` write."""
+    `description`): what `scan --listings` and `wildvision spark --listings` write. `match_policy` is the one the
+    scan decided its matches by: each photo's match is a `known_item` reason."""
     scored = [record for record in records if record["error"] is None]
     model = records[0] if records else {"model_name": None, "model_version": None}  # a listing of words alone
     photos = [_prediction(record) for record in scored]
@@ -153,10 +152,8 @@ def listing_record(
         return ListingRecord(listing, None, None, [], {}, [], [], len(records), len(records), model["model_name"],
                              model["model_version"])
     matches = [Match(**record["match"]) if record.get("match") else None for record in scored]
-    # The photos' decisions already hold what their matches decided (the scan's own policy): the matches come in
-    # only as `known_item` reasons, under a policy that decides nothing more.
     decided = decide_listing(photos, operating_points, words=found, weights=lexicon.weights,
-                             matches=matches if any(matches) else (), match_policy=_REASONS_ONLY)
+                             matches=matches if any(matches) else (), match_policy=match_policy)
     deciding = scored[decided.deciding_photo]["path"] if decided.deciding_photo is not None else None
     return ListingRecord(listing, decided.decision, deciding, list(decided.labels), decided.scores,
                          [reason.to_dict() for reason in decided.reasons], [record["path"] for record in scored],

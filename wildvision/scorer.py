@@ -18,12 +18,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Iterable, Mapping, Sequence
 
-from wildvision.classifier import Classifier, ListingPrediction, Prediction, PreparedPhoto, listing_prediction
-from wildvision.decision import MatchPolicy, decide_listing, decide_with_match
+from wildvision.classifier import Classifier, ListingPrediction, Prediction, PreparedPhoto
+from wildvision.decision import MatchPolicy, decide_with_match
 from wildvision.images import ImageSource
 from wildvision.known_items import KnownItemIndex, Match
 from wildvision.model_info import OperatingPoint
-from wildvision.words import listing_words
 
 __all__ = ["Scorer", "decided_by_match"]
 
@@ -98,11 +97,7 @@ class Scorer:
     ) -> ListingPrediction:
         """A listing from its photos already scored by `score` (in order, with the same `operating_points`) and its
         seller's words."""
-        predictions = [prediction for prediction, _ in scored]
-        matches = [match for _, match in scored] if self.matching else []
-        classifier = self.classifier
-        words = listing_words(classifier.lexicon, title=title, description=description,
-                              photo_texts=[prediction.text for prediction in predictions])
-        return listing_prediction(predictions, decide_listing(
-            predictions, classifier.thresholds(operating_points), words=words, weights=classifier.lexicon.weights,
-            matches=matches, match_policy=self.policy))
+        return self.classifier.decide_listing(
+            [prediction for prediction, _ in scored], title=title, description=description,
+            operating_points=operating_points, matches=[match for _, match in scored] if self.matching else (),
+            match_policy=self.policy)
