@@ -168,8 +168,7 @@ class Lexicon:
         sale, self._price, reporting, colours, joiners, self.weights = _parse_listing_tables(document, name)
         self._sale, self._reporting = _Alternation(sale), _Alternation(reporting)
         self._colours = frozenset(phrase.text for phrase in colours)
-        self._joiners = re.compile("|".join(rf"(?<!\w){re.escape(p.text)}(?!\w)" if p.spaced else re.escape(p.text)
-                                            for p in joiners) or "(?!)")
+        self._joiners = _Alternation(joiners).regex
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> Lexicon:
@@ -207,18 +206,17 @@ class Lexicon:
                       if not self._lookalike[phrase.label].regex.search(_near(normalised, start, end, phrase))]
         return [named for named in found if not self._in_colour_list(named[1], text)]
 
-    def sale_cues(self, text: str) -> list[str]:
-        """What in `text` offers something for sale: sale words ("for sale", "DM", 出售) and prices ("$950", "3000元")."""
-        words = [self._sale.phrase_of(found).text for found in self._sale.regex.finditer(_normalise(text))]
-        return words + [found.group().strip() for found in self._price.finditer(unicodedata.normalize("NFKC", text))]
-
-    def reporting(self, text: str) -> list[str]:
-        """The words of news, law or advocacy in `text` ("seized", "poaching", "ban"): a product named among them is
-        reported on, not offered, unless a sale cue says otherwise."""
+    def cues(self, text: str) -> tuple[list[str], list[str]]:
+        """What in `text` says whether a product it names is offered: its sale cues (sale words such as "for sale",
+        "DM", 出售, and prices such as "$950", "3000元"), and its words of news, law or advocacy ("seized", "poaching"),
+        which report on the trade. A reporting word inside a sale phrase does not count ("cần bán" is no "ban")."""
         normalised = _normalise(text)
-        sale = [found.span() for found in self._sale.regex.finditer(normalised)]  # "cần bán" is no "ban"
-        return [self._reporting.phrase_of(found).text for found in self._reporting.regex.finditer(normalised)
-                if not _overlaps(found.span(), sale)]
+        sale = list(self._sale.regex.finditer(normalised))
+        spans = [found.span() for found in sale]
+        reporting = [self._reporting.phrase_of(found).text for found in self._reporting.regex.finditer(normalised)
+                     if not _overlaps(found.span(), spans)]
+        prices = [found.group().strip() for found in self._price.finditer(unicodedata.normalize("NFKC", text))]
+        return [self._sale.phrase_of(found).text for found in sale] + prices, reporting
 
     def _found(self, text: str, hashtag: bool = False) -> list[tuple[_Phrase, int, int]]:
         """The phrases named in one normalised line: as words, and where OCR lost the spaces between words, with the
@@ -366,22 +364,13 @@ def _parse_listing_tables(
 ) -> tuple[list[_Phrase], re.Pattern[str], list[_Phrase], list[_Phrase], list[_Phrase], ListingWeights]:
     """The tables a listing's words are weighed by: sale words and currencies, reporting words, colours and the words
     that join a list, and the fitted weights (`ListingWeights`)."""
-    sale = document.get("sale", {})
-    if not isinstance(sale, dict):
-        raise LexiconError(f"{name}: 'sale' must be a table with 'words' and 'currencies'")
-    _only_keys(sale, {"words", "currencies"}, f"{name}: sale")
+    sale = _table(document, "sale", {"words", "currencies"}, name)
     currencies = sale.get("currencies", [])
     if not isinstance(currencies, list) or not all(isinstance(c, str) and c.strip() for c in currencies):
         raise LexiconError(f"{name}: sale.currencies must be a list of non-empty strings")
-    colours = document.get("colours", {})
-    if not isinstance(colours, dict):
-        raise LexiconError(f"{name}: 'colours' must be a table with 'words' and 'joiners'")
-    _only_keys(colours, {"words", "joiners"}, f"{name}: colours")
-    listing = document.get("listing", {})
-    if not isinstance(listing, dict):
-        raise LexiconError(f"{name}: 'listing' must be a table of weights")
+    colours = _table(document, "colours", {"words", "joiners"}, name)
     weights = [field.name for field in dataclasses.fields(ListingWeights)]
-    _only_keys(listing, set(weights), f"{name}: listing")
+    listing = _table(document, "listing", set(weights), name)
     if listing and not all(isinstance(listing.get(w), (int, float)) for w in weights):
         raise LexiconError(f"{name}: listing needs every weight as a number: {', '.join(weights)}")
     return (_phrases("sale", sale.get("words", {}), f"{name}: sale.words", required=False), _price_regex(currencies),
@@ -389,6 +378,15 @@ def _parse_listing_tables(
             _phrases("colour", colours.get("words", {}), f"{name}: colours.words", required=False),
             _phrases("joiner", colours.get("joiners", {}), f"{name}: colours.joiners", required=False),
             ListingWeights(**{w: float(listing[w]) for w in weights}) if listing else _NO_WEIGHTS)
+
+
+def _table(document: Mapping[str, Any], key: str, allowed: set[str], name: str) -> Mapping[str, Any]:
+    """The optional table `key` of the lexicon, with no keys but `allowed` (an absent table is empty)."""
+    table = document.get(key, {})
+    if not isinstance(table, dict):
+        raise LexiconError(f"{name}: '{key}' must be a table of {', '.join(sorted(allowed))}")
+    _only_keys(table, allowed, f"{name}: {key}")
+    return table
 
 
 def _price_regex(currencies: Sequence[str]) -> re.Pattern[str]:

@@ -48,8 +48,9 @@ def listing_words(
 
 def _reasons(lexicon: Lexicon, source: str, text: str, *, products: bool) -> list[Reason]:
     named = [Reason(source, label, "product", phrase) for label, phrase, _ in lexicon.products(text)] if products else []
-    return [*named, *(Reason(source, None, "sale", cue) for cue in lexicon.sale_cues(text)),
-            *(Reason(source, None, "reporting", word) for word in lexicon.reporting(text))]
+    sale, reporting = lexicon.cues(text)
+    return [*named, *(Reason(source, None, "sale", cue) for cue in sale),
+            *(Reason(source, None, "reporting", word) for word in reporting)]
 
 
 def _checked(source: str, text: object) -> str:
