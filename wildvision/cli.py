@@ -31,7 +31,6 @@ from wildvision.known_items import KnownItemIndex
 from wildvision.scorer import Scorer
 from wildvision.model_info import read_operating_points
 from wildvision.listings import (
-    ListingError,
     Listings,
     listings_from_csv,
     listings_path,
@@ -321,13 +320,13 @@ def _api_keys(path: Path | None) -> list[str]:
 
 def _spark(args: argparse.Namespace, classifier: Classifier) -> int:
     from wildvision.spark import (  # pyspark is imported by this command only
-        listings_output, score_archive, score_listings, session,
+        listings_output, read_listings, score_archive, score_listings, session,
     )
 
     if args.match_index:
         KnownItemIndex(args.match_index, classifier)  # a missing index, or another model's, is named before Spark starts
     spark = session(args.master)
-    listings = _listing_table(spark, args.listings) if args.listings else None  # a bad table fails before scoring
+    listings = read_listings(spark, args.listings) if args.listings else None  # a bad table fails before scoring
     summary = score_archive(spark, args.source, args.output, model=classifier.model_path,
                             match_index=args.match_index, batch_size=args.batch_size, partitions=args.partitions,
                             reading=ClassifierSettings.of(classifier))
@@ -341,22 +340,6 @@ def _spark(args: argparse.Namespace, classifier: Classifier) -> int:
         print(f"{listings_output(args.output)}: {sum(counts.values())} listings; decisions: "
               f"{', '.join(f'{name} {count}' for name, count in sorted(counts.items(), key=str))}", file=sys.stderr)
     return 1 if summary.failed else 0
-
-
-def _listing_table(spark, source: str):
-    """A listing table for `spark --listings`: Parquet, or CSV with a header row, on any file system Spark reads."""
-    from pyspark.errors import AnalysisException
-
-    reader = spark.read.parquet if source.rstrip("/").endswith(".parquet") else spark.read.option("header", True).csv
-    try:
-        table = reader(source)
-    except AnalysisException as error:
-        raise FileNotFoundError(f"{source}: no listing table there ({error.getCondition()})") from None
-    missing = {"path", "listing"} - set(table.columns)
-    if missing:
-        raise ListingError(f"{source}: a listing table needs 'path' and 'listing' columns, it has "
-                           f"{', '.join(table.columns) or 'none'}")
-    return table
 
 
 def _info(args: argparse.Namespace, classifier: Classifier) -> int:

@@ -56,8 +56,8 @@ from wildvision.settings import ClassifierSettings
 from wildvision.text import Lexicon
 from wildvision.words import WORD_SOURCES
 
-__all__ = ["LISTING_SCHEMA", "Reading", "listings_output", "read_photos", "record_schema", "score_archive",
-           "score_listings", "score_photos", "session"]
+__all__ = ["LISTING_SCHEMA", "Reading", "listings_output", "read_listings", "read_photos", "record_schema",
+           "score_archive", "score_listings", "score_photos", "session"]
 
 _SPARK_TYPES = {str: StringType(), float: DoubleType(), int: LongType()}
 # `wildvision.listings.ListingRecord` as Spark columns; `reasons` are `wildvision.decision.Reason`s.
@@ -214,9 +214,7 @@ def score_listings(
     listing's rows differ, the first non-empty title or description counts). Each listing is decided on one executor
     with `operating_points` and `lexicon` (it travels as data), so a listing table of any size never enters the
     driver."""
-    missing = {"path", "listing"} - set(listings.columns)
-    if missing:
-        raise ListingError(f"a listing table needs 'path' and 'listing' columns; it lacks {', '.join(sorted(missing))}")
+    _check_listing_columns(listings, "the listing table")
     words = [F.col(source) if source in listings.columns else F.lit(None).cast("string").alias(source)
              for source in WORD_SOURCES]
     table = listings.select(F.col("path").cast("string"), F.col("listing").cast("string"), *words)
@@ -228,6 +226,25 @@ def score_listings(
 
     return (table.where(F.col("listing").isNotNull()).join(records, "path", "left")
             .groupBy("listing").applyInPandas(decide, LISTING_SCHEMA))
+
+
+def read_listings(spark: SparkSession, source: str) -> DataFrame:
+    """A listing table for `score_listings`: Parquet, or CSV with a header row, on any file system Spark reads; its
+    columns are checked now, before any photo is scored."""
+    reader = spark.read.parquet if source.rstrip("/").endswith(".parquet") else spark.read.option("header", True).csv
+    try:
+        table = reader(source)
+    except AnalysisException as error:
+        raise FileNotFoundError(f"{source}: no listing table there ({error.getCondition()})") from None
+    _check_listing_columns(table, source)
+    return table
+
+
+def _check_listing_columns(table: DataFrame, source: str) -> None:
+    missing = {"path", "listing"} - set(table.columns)
+    if missing:
+        raise ListingError(f"{source}: a listing table needs 'path' and 'listing' columns, it has "
+                           f"{', '.join(table.columns) or 'none'}")
 
 
 def listings_output(output: str) -> str:
