@@ -165,6 +165,25 @@ def test_wise_ft_ships_weights_between_imagenet_and_the_fine_tuned_run(tmp_path)
     assert moved > 0  # the tail did train, so the mix is not trivially ImageNet's
 
 
+def test_pull_to_pretrained_keeps_the_trained_blocks_nearer_imagenet_and_is_recorded(tmp_path):
+    from conftest import make_dataset
+    from training import train
+    from training.checkpoint import load_checkpoint
+
+    data = make_dataset(tmp_path / "data", ("ivory", "not_ivory"), per_label=14)
+    imagenet = build_model("tf_efficientnet_lite0", 2).state_dict()
+
+    def distance_moved(run_name: str, *extra: str) -> float:
+        assert train.main(_train_args(data, tmp_path / run_name, *extra)) == 0
+        trained = load_checkpoint(tmp_path / run_name / "checkpoint.safetensors")
+        assert trained["config"]["pull_to_pretrained"] == (float(extra[-1]) if extra else 0.0)
+        return sum(float((tensor - imagenet[name]).pow(2).sum()) for name, tensor in trained["state_dict"].items()
+                   if tensor.is_floating_point() and name.startswith("blocks.") and "running" not in name)
+
+    free, pulled = distance_moved("free"), distance_moved("pulled", "--pull-to-pretrained", "50")
+    assert 0 < pulled < 0.5 * free
+
+
 def test_two_tails_train_export_and_keep_both_tails_in_the_graph(tmp_path):
     from conftest import make_dataset
     from training import export, train

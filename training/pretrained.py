@@ -31,7 +31,7 @@ from training.frozen_features import FeatureCache
 from training.head import Head, fit_head
 
 __all__ = ["PROBE_STAY_CLOSE", "ProbedImageNet", "PullToStart", "TwoTailNetwork", "interpolate", "linear_probe",
-           "pooled", "set_head"]
+           "pooled", "pull_to_start", "set_head"]
 
 # The probe's L2 penalty towards a zero head, per unit of mean loss: adapt's default pull, which keeps L-BFGS from
 # growing the weights without bound on separable features.
@@ -110,6 +110,11 @@ class PullToStart:
 
     def __call__(self) -> torch.Tensor:
         return self.strength / 2 * sum((parameter - start).pow(2).sum() for parameter, start in self.pairs)
+
+
+def pull_to_start(tail: nn.Sequential, strength: float) -> PullToStart | None:
+    """The L2-SP penalty of `--pull-to-pretrained` for `tail` as it is now (its ImageNet weights), None at 0."""
+    return PullToStart(tail, strength) if strength else None
 
 
 def interpolate(

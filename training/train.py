@@ -31,7 +31,7 @@ from training.fine_tune import train_tail
 from training.frozen_features import FeatureCache
 from training.metrics import format_report, format_summary, measure
 from training.options import as_json
-from training.pretrained import ProbedImageNet
+from training.pretrained import ProbedImageNet, pull_to_start
 from training.split import RecordedSplit, write_split
 from training.train_config import TrainConfig, parse_args
 from wildvision.model_info import OperatingPoint
@@ -77,7 +77,7 @@ def train(config: TrainConfig) -> int:
 
     # timm applies head dropout functionally: here it is a layer, active in training only
     tail_trainer = nn.Sequential(*tail[:-1], nn.Dropout(config.dropout), tail[-1])
-    history = train_tail(tail_trainer, cache, samples, labels, config)
+    history = train_tail(tail_trainer, cache, samples, labels, config, pull_to_start(tail, config.pull_to_pretrained))
     tail.eval()
     network, scorer = model, tail
     if config.keep_pretrained != "none":

@@ -57,6 +57,10 @@ class TrainConfig:
     lr: float = option(1e-3, "peak learning rate (AdamW, cosine decay)", changes_weights=True, bounds=POSITIVE)
     label_smoothing: float = option(0.1, changes_weights=True, bounds=PART)
     dropout: float = option(0.2, changes_weights=True, bounds=PART)
+    pull_to_pretrained: float = option(
+        0.0, "L2-SP: strength of a pull of the fine-tuned blocks towards their ImageNet weights (half this times the "
+        "squared distance, added to every batch's loss; 0: none; 0.01 is the paper's usual value)",
+        changes_weights=True, bounds=AT_LEAST_0)
     # Applied to the finished fine-tuning, so changing either reruns in minutes on the kept training state.
     keep_pretrained: str = option(
         "none", "keep ImageNet's later blocks beside the fine-tuned ones, each with a logistic head fitted on its own "
