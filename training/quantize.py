@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from PIL import Image
 
@@ -29,6 +29,7 @@ __all__ = ["DEFAULT_MAX_PROBABILITY_DIFFERENCE", "DEFAULT_MIN_AGREEMENT", "Agree
 
 DEFAULT_MIN_AGREEMENT = 0.95  # fraction of held-out photos whose top label must not change
 DEFAULT_MAX_PROBABILITY_DIFFERENCE = 0.05  # mean |p_float - p_int8| over photos and labels, calibrated probabilities
+_RANGES = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}
 _CALIBRATION_BATCH = 8  # photos per calibration run: bounds memory at 224 px, whatever the number of photos
 
 
@@ -57,8 +58,14 @@ def quantize_model(
     parity_photos: list[Image.Image],
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     max_probability_difference: float = DEFAULT_MAX_PROBABILITY_DIFFERENCE,
+    keep_float: Sequence[str] = (),
+    ranges: str = "minmax",
 ) -> Agreement:
     """Write an int8 copy of `float_model` to `out`, calibrated on `calibration_photos`.
+
+    `keep_float` names modules of the exported network (`blocks.6`, `conv_head`, `classifier`: prefixes of the
+    PyTorch module paths the exporter records on each node) whose operators stay float32; `ranges` is how activation
+    ranges are read from the calibration photos: `minmax` or `percentile` (onnxruntime's 99.999th).
 
     `parity_photos` must be held out of calibration. Raises `QuantizationError`, leaving nothing at `out`, when the
     int8 model's top label agrees with the float model's on fewer than `min_agreement` of them or their calibrated
@@ -69,7 +76,7 @@ def quantize_model(
     reference = Classifier(float_model)
     with staged(out.parent) as staging:  # only an int8 model that passed the check ever appears at `out`
         candidate = staging.path(out)
-        _quantize(reference, staging.folder, candidate, calibration_photos)
+        _quantize(reference, staging.folder, candidate, calibration_photos, keep_float, ranges)
         write_model_info(candidate, replace(reference.info, precision="int8"))
         agreement = compare(reference, Classifier(candidate), parity_photos)
         if agreement.top_label < min_agreement or agreement.mean_probability_difference > max_probability_difference:
@@ -98,7 +105,8 @@ def write_model_info(path: Path, info: ModelInfo) -> None:
     onnx.save(model, str(path))
 
 
-def _quantize(reference: Classifier, scratch: Path, out: Path, photos: list[Image.Image]) -> None:
+def _quantize(reference: Classifier, scratch: Path, out: Path, photos: list[Image.Image], keep_float: Sequence[str],
+              ranges: str) -> None:
     prepared = scratch / "prepared.onnx"
     # onnxruntime's documented first step: shape inference and graph optimisation, so every tensor that gets a
     # quantisation range has a known shape and the ranges describe the graph as it will run.
@@ -106,6 +114,8 @@ def _quantize(reference: Classifier, scratch: Path, out: Path, photos: list[Imag
     quantize_static(
         str(prepared), str(out),
         _PhotoReader(_batches(photos, reference), reference.input_name),
+        nodes_to_exclude=nodes_of_modules(prepared, keep_float),
+        calibrate_method=_RANGES[ranges],
         quant_format=QuantFormat.QDQ,
         # uint8 activations, int8 weights: onnxruntime's CPU provider fuses every Conv and Add of EfficientNet-Lite
         # into QLinearConv/QLinearAdd only with uint8 activations. With int8 activations a third of the convolutions
@@ -120,6 +130,35 @@ def _quantize(reference: Classifier, scratch: Path, out: Path, photos: list[Imag
         # weights, 0.32 with 7-bit.
         reduce_range=True,
     )
+
+
+def nodes_of_modules(model_path: Path, modules: Sequence[str]) -> list[str]:
+    """The names of the graph's nodes that the exporter recorded as parts of `modules` (each a module path or its
+    prefix, e.g. `blocks.6`); raises DataError for a module no node belongs to, which would otherwise keep nothing
+    float without a word."""
+    import onnx
+
+    if not modules:
+        return []
+    graph = onnx.load(str(model_path)).graph
+    owners = {node.name: _module_path(node) for node in graph.node}
+    chosen = []
+    for module in modules:
+        found = [name for name, path in owners.items() if path == module or path.startswith(module + ".")]
+        if not found:
+            raise DataError(f"no operator of the model belongs to module {module!r} (known modules: e.g. "
+                            f"{sorted(set(owners.values()))[:5]})")
+        chosen += found
+    return chosen
+
+
+def _module_path(node) -> str:
+    """`blocks.6.0.conv_pw` from the exporter's namespace `: __main__.ModelOutputs/model.blocks.6: ...`: the
+    module path within the wrapped network, or "" where the node belongs to no module (the graph's own outputs)."""
+    namespace = next((entry.value for entry in node.metadata_props if entry.key == "namespace"), "")
+    modules = [name for name in (part.split(":")[0].strip() for part in namespace.split("/")) if name.startswith("model")]
+    deepest = modules[-1] if modules else ""
+    return deepest.removeprefix("model").removeprefix(".").removeprefix("fine_tuned").removeprefix(".")
 
 
 class _PhotoReader(CalibrationDataReader):
