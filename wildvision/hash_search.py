@@ -26,18 +26,20 @@ from itertools import combinations
 
 import numpy as np
 
-from wildvision.hashing import HASH_BYTES, hamming_distances
+from wildvision.hashing import HASH_BYTES
 
 __all__ = ["HashSearch", "scan_within"]
 
-_ROWS_PER_PASS = 65_536  # stored hashes compared per step of a scan: bounds the M x N x 32-byte temporary
+_ROWS_PER_PASS = 65_536  # stored hashes compared per step of a scan: bounds its 2 MB temporary
 _QUERIES_PER_PASS = 64  # queries looked up together: bounds the candidates' temporary (about 4,000 a query at 1M)
 _WORDS = 16  # 16-bit words of a 256-bit hash
 _WORD_VALUES = 1 << 16
+# A query whose lookups find more than this share of the stored rows (counting a row once per word) is scanned
+# instead: checking a looked-up row costs about twice what a scan pays for one (at 1M: 60 ns against 25 ns).
+_SCANNED_FROM = 0.5
 _MAX_FLIPS = 2  # bits flipped per word by lookups (distance < 48); beyond, the lookups read more than a scan
-_POPCOUNT = np.array([bin(byte).count("1") for byte in range(256)], dtype=np.uint8)  # set bits of each byte value
-# numpy >= 2.0 counts a uint64's bits in one instruction, 20 times faster than looking up each byte in _POPCOUNT
-# (33,000 candidates: 0.1 ms against 2 ms); the core install allows numpy 1.24, which gets the byte table.
+# numpy >= 2.0 counts a uint64's bits in one instruction (33,000 candidates, a photo's at 1M: 0.1 ms, against 2 ms
+# by a byte table); the core install allows numpy 1.24, which unpacks the bits instead.
 _bit_count = getattr(np, "bitwise_count", None)
 
 Matches = tuple[np.ndarray, np.ndarray]  # rows (int64) and their distances (int32), nearest first, ties by row
@@ -80,39 +82,49 @@ class HashSearch:
         return found
 
     def _looked_up(self, queries: np.ndarray, masks: np.ndarray, max_distance: int) -> list[Matches]:
-        """`within` for a few queries, by the word tables; a query with more candidates than rows is scanned."""
+        """`within` for a few queries, by the word tables; a query with too many candidates is scanned."""
+        rows, bounds, scanned = self._candidates(queries, masks)
+        # np.take rather than indexing: five times faster at gathering rows scattered through 32 MB (measured)
+        differing = np.take(_lanes(self.hashes), rows, axis=0)
+        for query, low, high in zip(_lanes(queries), bounds[:-1], bounds[1:]):
+            differing[low:high] ^= query
+        distances = _bit_counts(differing)
+        close = np.flatnonzero(distances <= max_distance)
+        owner = np.searchsorted(bounds, close, side="right") - 1
+        found = _grouped(owner, rows[close], distances[close], len(queries), len(self.hashes))
+        for index in np.flatnonzero(scanned):
+            found[index] = scan_within(self.hashes, queries[index : index + 1], max_distance)[0]
+        return found
+
+    def _candidates(self, queries: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The stored rows whose word at some position is a query's word there XOR a mask: query 0's from
+        bounds[0] to bounds[1], and so on, a row once for each word that finds it. Queries that would find more
+        rows than a scan reads are flagged in `scanned` and find none here."""
         # query x word x probe: the word values looked up (as intp: value + 1 below must not wrap at 65,535)
         probed = (_words(queries)[:, :, None] ^ masks).astype(np.intp)
         word = np.arange(_WORDS)[None, :, None]
         starts = self._value_starts[word, probed]
         lengths = self._value_starts[word, probed + 1] - starts
-        scanned = lengths.sum(axis=(1, 2)) > len(self.hashes)
+        scanned = lengths.sum(axis=(1, 2)) > _SCANNED_FROM * len(self.hashes)
         lengths[scanned] = 0
-        # Every looked-up slice of the tables, end to end: a candidate (query, stored row) per entry, a row once for
-        # each word that found it.
-        per_query = lengths.sum(axis=(1, 2))
-        owner = np.repeat(np.arange(len(queries)), per_query)
-        table_starts = starts + word * len(self.hashes)  # in the tables laid end to end
-        rows = np.take(self._rows_by_word, _concatenated_ranges(table_starts.ravel(), lengths.ravel()))
-        # np.take rather than indexing: five times faster at gathering rows scattered through 32 MB (measured)
-        candidates = np.take(_lanes(self.hashes), rows, axis=0)
-        distances = _paired_distances(np.repeat(_lanes(queries), per_query, axis=0), candidates)
-        close = distances <= max_distance
-        found = _grouped(owner[close], rows[close], distances[close], len(queries), len(self.hashes))
-        for index in np.flatnonzero(scanned):
-            found[index] = scan_within(self.hashes, queries[index : index + 1], max_distance)[0]
-        return found
+        bounds = np.concatenate([[0], np.cumsum(lengths.sum(axis=(1, 2)))])
+        table_starts = starts + word * len(self.hashes)  # in the sixteen tables laid end to end
+        return np.take(self._rows_by_word, _concatenated_ranges(table_starts.ravel(), lengths.ravel())), bounds, scanned
 
 
 def scan_within(hashes: np.ndarray, queries: np.ndarray, max_distance: int) -> list[Matches]:
-    """`HashSearch.within` by comparing every stored hash: the reference, and the answer for far distances."""
-    found: list[tuple[list[np.ndarray], list[np.ndarray]]] = [([], []) for _ in queries]
-    for start in range(0, len(hashes), _ROWS_PER_PASS):
-        distances = hamming_distances(queries, hashes[start : start + _ROWS_PER_PASS])
-        for (rows, kept), row_distances in zip(found, distances):
-            close = np.flatnonzero(row_distances <= max_distance)
+    """`HashSearch.within` by comparing every stored hash (N x 32): the reference, and the answer for far distances
+    and for queries that would look up more rows than a scan reads."""
+    lanes = _lanes(np.ascontiguousarray(hashes, dtype=np.uint8))
+    query_lanes = _lanes(np.ascontiguousarray(queries, dtype=np.uint8).reshape(-1, HASH_BYTES))
+    found: list[tuple[list[np.ndarray], list[np.ndarray]]] = [([], []) for _ in query_lanes]
+    for start in range(0, len(lanes), _ROWS_PER_PASS):
+        block = lanes[start : start + _ROWS_PER_PASS]
+        for query, (rows, kept) in zip(query_lanes, found):
+            distances = _bit_counts(block ^ query)
+            close = np.flatnonzero(distances <= max_distance)
             rows.append(close + start)
-            kept.append(row_distances[close])
+            kept.append(distances[close])
     return [_nearest_first(np.concatenate(rows or [np.zeros(0, np.int64)]),
                            np.concatenate(kept or [np.zeros(0, np.int32)])) for rows, kept in found]
 
@@ -139,12 +151,11 @@ def _lanes(hashes: np.ndarray) -> np.ndarray:
     return hashes.view(np.uint64)
 
 
-def _paired_distances(hashes: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """Bits differing between each row of `hashes` and the same row of `others` (K x 4 lanes each), as K int32."""
-    differing = hashes ^ others
+def _bit_counts(lanes: np.ndarray) -> np.ndarray:
+    """Set bits of each row of K x 4 lanes, as K int32."""
     if _bit_count is None:
-        return _POPCOUNT[differing.view(np.uint8)].sum(axis=1, dtype=np.int32)
-    counts = _bit_count(differing)
+        return np.unpackbits(lanes.view(np.uint8), axis=1).sum(axis=1, dtype=np.int32)
+    counts = _bit_count(lanes)
     # Four columns added by hand: numpy's reduction along a row of four costs ten times the popcounts.
     return counts[:, 0].astype(np.int32) + counts[:, 1] + counts[:, 2] + counts[:, 3]
 
@@ -152,7 +163,7 @@ def _paired_distances(hashes: np.ndarray, others: np.ndarray) -> np.ndarray:
 def _grouped(owner: np.ndarray, rows: np.ndarray, distances: np.ndarray, queries: int, stored: int
              ) -> list[Matches]:
     """Each query's matches once each (a row found by several words is kept once), nearest first."""
-    pair, first = np.unique(owner.astype(np.int64) * stored + rows, return_index=True)
+    _, first = np.unique(owner.astype(np.int64) * stored + rows, return_index=True)
     owner, rows, distances = owner[first], rows[first], distances[first]
     order = np.lexsort((rows, distances, owner))
     bounds = np.searchsorted(owner[order], np.arange(queries + 1))
