@@ -16,8 +16,9 @@ of PDQ's skew). Then what holding 1,000,000 items costs before any search: ids (
 SQLite into numpy. `--faiss` also times faiss-cpu's `IndexBinaryFlat` and `IndexBinaryMultiHash` (one thread) on the
 same photos, the alternatives `HashSearch` was chosen over.
 
-Measured 2026-12-07 on the 2-core machine with a training job running (figures vary with its load): see the report
-of issue 34 and the module docstring of wildvision/hash_search.py.
+The figures of 2026-12-07 on the 2-core machine beside a training job (they vary with its load) are in the docstring
+of wildvision/hash_search.py; at 1,000,000 hashes: build 0.3-0.7 s, p50 1.2 ms a photo, CPU p99 1.6-1.9 ms (wall p99
+6 ms, waiting for a core), peak RSS 201 MiB, every planted duplicate found.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -90,54 +92,61 @@ def real_hashes(photos: int) -> np.ndarray | None:
 
 def measure_size(size: int, real: np.ndarray | None, photos: int, reference: int, with_faiss: bool) -> str:
     rng = np.random.default_rng(size)
-    queries, stored_real = _query_photos(rng, real, photos)
-    planted, planted_by = _planted(rng, queries)
-    cluster_centre = rng.integers(0, 256, HASH_BYTES, dtype=np.uint8)
-    cluster = _flipped(rng, np.repeat(cluster_centre[None], round(size * CLUSTER_SHARE), axis=0), CLUSTER_BITS)
-    known = np.concatenate([planted, cluster, stored_real])
-    stored = np.concatenate([rng.integers(0, 256, (size - len(known), HASH_BYTES), dtype=np.uint8), known])
-    order = rng.permutation(size)  # planted rows anywhere, not at the end
-    stored, row_of = stored[order], np.argsort(order)
+    test_set = _test_set(rng, size, real, photos)
+    stored, queries = test_set.stored, test_set.queries
     started = time.perf_counter()
     search = HashSearch(stored)
     build = time.perf_counter() - started
     times, cpu, results = _timed(lambda photo: search.within(photo, PDQ_MATCH_DISTANCE), queries)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    planted_rows = row_of[size - len(known) + np.arange(len(planted))]  # where the shuffle put them
-    found = sum(int(row) in np.concatenate([rows for rows, _ in results[photo]]) for row, photo in
-                zip(planted_rows, planted_by))
-    cluster_photo = np.concatenate([cluster_centre[None], queries[0, 1:]])
-    cluster_time, _, (cluster_result,) = _timed(lambda photo: search.within(photo, PDQ_MATCH_DISTANCE), cluster_photo[None])
+    found = sum(int(row) in np.concatenate([rows for rows, _ in results[photo]])
+                for row, photo in zip(test_set.planted_rows, test_set.planted_by))
+    cluster_photo = np.concatenate([test_set.cluster_centre[None], queries[0, 1:]])[None]
+    cluster_time, _, [cluster_matches] = _timed(lambda photo: search.within(photo, PDQ_MATCH_DISTANCE), cluster_photo)
+    cluster_rows, _ = cluster_matches[0]  # the centre's own query
     scan_times, _, scanned = _timed(lambda photo: scan_within(stored, photo, PDQ_MATCH_DISTANCE), queries[:reference])
     agree = sum(_same(mine, theirs) for mine, theirs in zip(results, scanned))
     p50, scan_p50 = np.percentile(times, 50), np.percentile(scan_times, 50)
     lines = [f"{size:>9,} hashes: build {build:.2f} s; per photo p50 {p50 * 1e3:.2f} ms, "
              f"p99 {np.percentile(times, 99) * 1e3:.2f} ms (CPU p50 {np.percentile(cpu, 50) * 1e3:.2f} ms, "
              f"p99 {np.percentile(cpu, 99) * 1e3:.2f} ms); peak RSS {peak / MiB:.0f} MiB; "
-             f"planted duplicates found {found}/{len(planted)}",
+             f"planted duplicates found {found}/{len(test_set.planted_rows)}",
              f"          exact scan: {agree}/{reference} photos agree; scan p50 {scan_p50 * 1e3:.1f} ms a photo, "
              f"{scan_p50 / p50:.0f}x the search's",
-             f"          a photo within {CLUSTER_BITS} bits of {len(cluster):,} near-identical stored hashes: "
-             f"{cluster_time[0] * 1e3:.1f} ms, {len(cluster_result[0][0]):,} matches"]
+             f"          a photo within {CLUSTER_BITS} bits of {test_set.cluster_size:,} near-identical stored hashes: "
+             f"{cluster_time[0] * 1e3:.1f} ms, {len(cluster_rows):,} matches"]
     if with_faiss:
         lines += _faiss_lines(stored, queries, results, p50)
     return "\n".join(lines)
 
 
 def measure_skew(real: np.ndarray, photos: int) -> str:
-    """The real hashes alone against as many uniform ones: what PDQ's skewed words cost the lookups."""
+    """Half the real photos' hashes searched with the other half's, against as many uniform hashes: what PDQ's skewed
+    words cost the lookups."""
     rng = np.random.default_rng(1)
-    stored = real.reshape(-1, HASH_BYTES)
-    uniform = rng.integers(0, 256, stored.shape, dtype=np.uint8)
-    queries = real[rng.integers(0, len(real), photos)]
-    search_real, search_uniform = HashSearch(stored), HashSearch(uniform)
+    held_out = min(photos, len(real) // 2)
+    queries, stored = real[:held_out], real[held_out:].reshape(-1, HASH_BYTES)
+    search_real = HashSearch(stored)
+    search_uniform = HashSearch(rng.integers(0, 256, stored.shape, dtype=np.uint8))
     real_times, _, _ = _timed(lambda photo: search_real.within(photo, PDQ_MATCH_DISTANCE), queries)
     uniform_times, _, _ = _timed(lambda photo: search_uniform.within(photo, PDQ_MATCH_DISTANCE),
-                              rng.integers(0, 256, queries.shape, dtype=np.uint8))
+                                 rng.integers(0, 256, queries.shape, dtype=np.uint8))
     real_p50, uniform_p50 = np.percentile(real_times, 50), np.percentile(uniform_times, 50)
-    return (f"PDQ's skew: {len(stored):,} real hashes searched with real photos p50 {real_p50 * 1e3:.2f} ms, "
-            f"p99 {np.percentile(real_times, 99) * 1e3:.2f} ms; as many uniform hashes p50 {uniform_p50 * 1e3:.2f} ms "
-            f"({real_p50 / uniform_p50:.1f}x)")
+    load = _lookup_load(stored, queries.reshape(-1, HASH_BYTES))
+    return (f"PDQ's skew: {len(stored):,} real hashes searched with {held_out} other photos p50 {real_p50 * 1e3:.2f} "
+            f"ms, p99 {np.percentile(real_times, 99) * 1e3:.2f} ms; as many uniform hashes p50 "
+            f"{uniform_p50 * 1e3:.2f} ms ({real_p50 / uniform_p50:.1f}x). Rows looked up per real query, to a uniform "
+            f"set's: mean {load.mean():.1f}x, p99 {np.percentile(load, 99):.1f}x")
+
+
+def _lookup_load(stored: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Per query, the rows that its 16 words and their one-bit neighbours find in `stored` (a row once per word),
+    divided by what as many uniform hashes would give: how much PDQ's skew multiplies the search's work."""
+    neighbours = np.array([0] + [1 << bit for bit in range(16)], np.uint16)
+    stored_words, query_words = stored.view(np.uint16), queries.view(np.uint16)
+    found = sum(np.bincount(stored_words[:, word], minlength=1 << 16)[query_words[:, word, None] ^ neighbours].sum(1)
+                for word in range(16))
+    return found / (len(stored) * 16 * len(neighbours) / (1 << 16))
 
 
 def measure_holding(size: int) -> str:
@@ -177,6 +186,28 @@ def _read_items(connection: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray]
         pdq[start:end] = np.frombuffer(b"".join(row[1] for row in block), np.uint8).reshape(-1, HASH_BYTES)
         start = end
     return ids, pdq
+
+
+@dataclass(frozen=True)
+class TestSet:
+    stored: np.ndarray  # size x 32, shuffled
+    queries: np.ndarray  # photos x 8 x 32
+    planted_rows: np.ndarray  # stored rows that are near-duplicates of a query photo's hashes
+    planted_by: np.ndarray  # the photo each is near
+    cluster_centre: np.ndarray  # 32 bytes that cluster_size stored hashes lie within CLUSTER_BITS of
+    cluster_size: int
+
+
+def _test_set(rng: np.random.Generator, size: int, real: np.ndarray | None, photos: int) -> TestSet:
+    queries, stored_real = _query_photos(rng, real, photos)
+    planted, planted_by = _planted(rng, queries)
+    cluster_centre = rng.integers(0, 256, HASH_BYTES, dtype=np.uint8)
+    cluster = _flipped(rng, np.repeat(cluster_centre[None], round(size * CLUSTER_SHARE), axis=0), CLUSTER_BITS)
+    known = np.concatenate([planted, cluster, stored_real])
+    stored = np.concatenate([rng.integers(0, 256, (size - len(known), HASH_BYTES), dtype=np.uint8), known])
+    order = rng.permutation(size)  # planted rows anywhere, not at the end
+    planted_rows = np.argsort(order)[size - len(known) + np.arange(len(planted))]  # where the shuffle put them
+    return TestSet(stored[order], queries, planted_rows, planted_by, cluster_centre, len(cluster))
 
 
 def _query_photos(rng: np.random.Generator, real: np.ndarray | None, photos: int) -> tuple[np.ndarray, np.ndarray]:
@@ -253,7 +284,8 @@ def _multi_hash(faiss):
 
 def _faiss_agrees(answer: tuple[np.ndarray, np.ndarray, np.ndarray], mine: list) -> bool:
     limits, _, labels = answer
-    return all(set(labels[limits[q] : limits[q + 1]].tolist()) == set(rows.tolist()) for q, (rows, _) in enumerate(mine))
+    return all(set(labels[limits[query] : limits[query + 1]].tolist()) == set(rows.tolist())
+               for query, (rows, _) in enumerate(mine))
 
 
 if __name__ == "__main__":
