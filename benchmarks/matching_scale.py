@@ -10,15 +10,15 @@ photos share values such as 0x3333), plus two planted near-duplicates of each qu
 
 Prints per size: the build time, p50 and p99 per photo, the process's peak RSS, whether every planted duplicate was
 found, agreement with the exact scan (`scan_within`) on `--reference` photos and the scan's own time in the same
-process; the time of one photo matching a cluster of near-identical stored hashes (1 % of the set within 4 bits of one
-hash: the worst case that is not a scan); and the real hashes searched alone against as many uniform ones (the cost
-of PDQ's skew). Then what holding 1,000,000 items costs before any search: ids (int64) and PDQ (32 bytes) read from
-SQLite into numpy. `--faiss` also times faiss-cpu's `IndexBinaryFlat` and `IndexBinaryMultiHash` (one thread) on the
-same photos, the alternatives `HashSearch` was chosen over.
+process, and the time of one photo matching a cluster of near-identical stored hashes (1 % of the set within 4 bits
+of one hash: the worst case that is not a scan). Then half the real photos' hashes searched with the other half's,
+against as many uniform hashes (the cost of PDQ's skew), and what holding 1,000,000 items costs before any search:
+ids (int64) and PDQ (32 bytes) read from SQLite into numpy. `--faiss` also times faiss-cpu's `IndexBinaryFlat` and
+`IndexBinaryMultiHash` (one thread) on the same photos, the alternatives `HashSearch` was chosen over.
 
-The figures of 2026-12-07 on the 2-core machine beside a training job (they vary with its load) are in the docstring
-of wildvision/hash_search.py; at 1,000,000 hashes: build 0.3-0.7 s, p50 1.2 ms a photo, CPU p99 1.6-1.9 ms (wall p99
-6 ms, waiting for a core), peak RSS 201 MiB, every planted duplicate found.
+The figures of 2026-12-07 on the 2-core machine beside a training job (they vary with its load) are in
+docs/benchmarks.md ("Matching a million PDQ hashes"); at 1,000,000 hashes: build 0.3-0.7 s, p50 1.2 ms a photo, CPU p99 1.6-1.9 ms (wall p99
+6 ms, waiting for a core), peak RSS 184-201 MiB, every planted duplicate found.
 """
 
 from __future__ import annotations
@@ -32,8 +32,11 @@ import sqlite3
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -78,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def real_hashes(photos: int) -> np.ndarray | None:
     """PDQ hashes (photos x 8 x 32) of shared photos, or None without pdqhash or the shared data."""
-    if not photos or not pdq_available() or not SHARED.is_dir():
+    if not photos:
+        return None
+    if not pdq_available() or not SHARED.is_dir():
         print("no shared photos' PDQ hashes (needs pdqhash and ../shared/data): random hashes only", file=sys.stderr)
         return None
     from wildvision.hashing import pdq_hashes
@@ -175,7 +180,7 @@ def measure_holding(size: int) -> str:
 
 def _read_items(connection: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray]:
     """Every item's id and PDQ, a block of rows at a time: `fetchall` would hold a million Python tuples at once
-    (about 270 MiB more at the peak, measured)."""
+    (about 170 MiB more at the peak, measured)."""
     count = connection.execute("SELECT COUNT(*) FROM items").fetchone()[0]
     ids, pdq = np.empty(count, np.int64), np.empty((count, HASH_BYTES), np.uint8)
     cursor = connection.execute("SELECT id, pdq FROM items ORDER BY id")
@@ -189,7 +194,7 @@ def _read_items(connection: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)
-class TestSet:
+class SearchSet:
     stored: np.ndarray  # size x 32, shuffled
     queries: np.ndarray  # photos x 8 x 32
     planted_rows: np.ndarray  # stored rows that are near-duplicates of a query photo's hashes
@@ -198,7 +203,7 @@ class TestSet:
     cluster_size: int
 
 
-def _test_set(rng: np.random.Generator, size: int, real: np.ndarray | None, photos: int) -> TestSet:
+def _test_set(rng: np.random.Generator, size: int, real: np.ndarray | None, photos: int) -> SearchSet:
     queries, stored_real = _query_photos(rng, real, photos)
     planted, planted_by = _planted(rng, queries)
     cluster_centre = rng.integers(0, 256, HASH_BYTES, dtype=np.uint8)
@@ -207,7 +212,7 @@ def _test_set(rng: np.random.Generator, size: int, real: np.ndarray | None, phot
     stored = np.concatenate([rng.integers(0, 256, (size - len(known), HASH_BYTES), dtype=np.uint8), known])
     order = rng.permutation(size)  # planted rows anywhere, not at the end
     planted_rows = np.argsort(order)[size - len(known) + np.arange(len(planted))]  # where the shuffle put them
-    return TestSet(stored[order], queries, planted_rows, planted_by, cluster_centre, len(cluster))
+    return SearchSet(stored[order], queries, planted_rows, planted_by, cluster_centre, len(cluster))
 
 
 def _query_photos(rng: np.random.Generator, real: np.ndarray | None, photos: int) -> tuple[np.ndarray, np.ndarray]:
@@ -223,11 +228,11 @@ def _query_photos(rng: np.random.Generator, real: np.ndarray | None, photos: int
 
 
 def _planted(rng: np.random.Generator, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Near-duplicates of random variants of each query photo, 0 to 31 bits away in turn, and whose each is."""
+    """Near-duplicates of random variants of each query photo, 0 to 31 bits away in turn, and the photo of each."""
     photo = np.repeat(np.arange(len(queries)), PLANTED_PER_PHOTO)
     variant = rng.integers(0, VARIANTS, len(photo))
     bits = np.arange(len(photo)) % (PDQ_MATCH_DISTANCE + 1)
-    return np.stack([_flipped(rng, queries[p, v][None], b)[0] for p, v, b in zip(photo, variant, bits)]), photo
+    return np.stack([_flipped(rng, queries[p, v][None], int(b))[0] for p, v, b in zip(photo, variant, bits)]), photo
 
 
 def _flipped(rng: np.random.Generator, hashes: np.ndarray, bits: int) -> np.ndarray:
@@ -238,7 +243,7 @@ def _flipped(rng: np.random.Generator, hashes: np.ndarray, bits: int) -> np.ndar
     return np.packbits(unpacked, axis=1)
 
 
-def _timed(search, photos: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
+def _timed(search: Callable[[np.ndarray], Any], photos: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
     """Wall and CPU seconds per photo, and the answers. Wall time includes waiting for a core, which the machine's
     other work makes long now and then: the CPU time shows what the search itself costs."""
     times, cpu, results = [], [], []
@@ -276,7 +281,7 @@ def _faiss_lines(stored: np.ndarray, queries: np.ndarray, results: list, p50: fl
     return lines
 
 
-def _multi_hash(faiss):
+def _multi_hash(faiss: ModuleType) -> Any:
     index = faiss.IndexBinaryMultiHash(8 * HASH_BYTES, 16, 16)
     index.nflip = 1  # pigeonhole: within 31 bits, one of the 16 words is within 1 bit
     return index

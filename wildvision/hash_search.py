@@ -9,19 +9,19 @@ d // 16 bits in a table per word position finds every candidate, which is then c
 PDQ's match distance (31) that is 17 lookups per word; a uniform 16-bit word shares its value with N / 65,536 of the
 stored hashes, so a query reads about 0.4 % of them instead of all.
 
-Measured by `benchmarks/matching_scale.py` on the 2-core machine beside a training job, 1,000,000 stored hashes
-(8 % of them real PDQ), a photo's 8 dihedral queries at distance 31: p50 1.2 ms a photo (CPU p99 1.6 ms; wall-clock
-p99 6 ms, waiting for a core), built in 0.3-0.7 s, 72 MB beside the 32 MB of hashes; scanning every hash takes 110-150
-ms. Chosen over faiss-cpu, measured in the same run with one thread (two, contending with the machine's other work,
-were slower still): `IndexBinaryFlat.range_search` scans every hash, 15 ms a photo; `IndexBinaryMultiHash` (the same
-idea, with hash maps) 23 ms a photo, 7 s to build and 300 MB more. This needs numpy alone, so the core install
-has it: no extra, and no 66 MB wheel.
+Measured by `benchmarks/matching_scale.py` on the 2-core machine beside a training job (docs/benchmarks.md), 1,000,000
+stored hashes, a photo's 8 dihedral queries at distance 31: p50 1.2 ms a photo (CPU p99 1.6-1.9 ms; wall-clock p99
+6 ms, waiting for a core), built in 0.3-0.7 s, 72 MB beside the 32 MB of hashes; scanning every hash takes 70-150 ms.
+Chosen over faiss-cpu, measured in the same runs with one thread (two, contending with the machine's other work, were
+3-4 times slower): `IndexBinaryFlat.range_search` scans every hash, 10-15 ms a photo; `IndexBinaryMultiHash` (the
+same idea, with hash maps) 15-23 ms a photo, 5-7 s to build and 300 MB more. This needs numpy alone, so the core
+install has it: no extra, and no 66 MB wheel.
 
 Real PDQ words are not uniform: flat and striped photos share values such as 0x3333 (in the shared photos' hashes,
 up to 125 times a uniform word's share). 73,520 hashes of 9,190 of them, looked up by 1,000 others' hashes, give 1.6
 times the candidates that as many uniform hashes give (p99 4.0 times), so a million real hashes should cost about 2 ms
 a photo. A photo that matches many stored hashes pays for each: one within 4 bits of 10,000 near-identical ones takes
-12 ms. A query whose lookups would find more than half as many rows as are stored (counting a row once per
+8-12 ms. A query whose lookups would find more than half as many rows as are stored (counting a row once per
 word) is scanned instead, so none costs much more than a scan; a distance of 48 or more (three flipped bits a word,
 17 % of every table) is always scanned.
 """
