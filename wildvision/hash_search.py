@@ -45,7 +45,7 @@ _WORD_VALUES = 1 << 16
 _SCANNED_FROM = 0.5
 _MAX_FLIPS = 2  # bits flipped per word by lookups (distance < 48); beyond, the lookups read more than a scan
 # numpy >= 2.0 counts a uint64's bits in one instruction (33,000 candidates, a photo's at 1M: 0.1 ms, against 2 ms
-# by a byte table); the core install allows numpy 1.24, which unpacks the bits instead.
+# by a byte table); the core install allows numpy 1.24, which unpacks the bits instead (1M: 3.9 ms a photo, not 1.3).
 _bit_count = getattr(np, "bitwise_count", None)
 
 Matches = tuple[np.ndarray, np.ndarray]  # rows (int64) and their distances (int32), nearest first, ties by row
