@@ -122,6 +122,7 @@ def test_an_empty_set_finds_nothing_for_each_query():
     found = HashSearch(np.zeros((0, 32), np.uint8)).within(np.zeros((3, 32), np.uint8), PDQ_MATCH_DISTANCE)
     assert [(rows.tolist(), distances.tolist()) for rows, distances in found] == [([], [])] * 3
     assert len(HashSearch(np.zeros((0, 32), np.uint8))) == 0
+    assert_exact(np.zeros((0, 32), np.uint8), np.zeros((2, 32), np.uint8))
 
 
 def test_no_queries_give_no_answers():
