@@ -166,8 +166,10 @@ def test_records_with_matches_round_trip(tmp_path, suffix):
             "error_category": None}
     records = [
         {"path": "a.jpg", "scores": scores, **base,
-         "match": {"id": 3, "reference": "case-3", "hash_distance": 4, "cosine": 0.93}},
+         "match": {"id": 3, "reference": "case-3", "hash_distance": 4, "cosine": 0.93, "pdq_distance": 12}},
         {"path": "b.jpg", "scores": scores, **base, "match": None},
+        {"path": "d.jpg", "scores": scores, **base,  # an imported item: PDQ alone
+         "match": {"id": 4, "reference": "pdq:619e79", "hash_distance": None, "cosine": None, "pdq_distance": 20}},
         {"path": "c.jpg", "scores": None, **{**base, "label": None, "top_label": None, "decision": None, "error": "empty input",
                                               "error_category": "empty"}, "match": None},
     ]
