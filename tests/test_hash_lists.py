@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageOps
-from test_known_items import REPOSTS, listing_photo, never_flags, relabelled
+from test_known_items import REPOSTS, listing_photo, never_flags
 
 from wildvision import Classifier
 from wildvision.cli import main
@@ -85,7 +85,8 @@ def format_1_index(path: Path, classifier: Classifier, photos: list[Image.Image]
                                {"format": "wildvision-known-items", **classifier.identity.to_fields()}.items())
         embeddings = classifier.embed(photos).astype("<f4")
         connection.executemany("INSERT INTO items (reference, hashes, embedding, added_at) VALUES (?, ?, ?, ?)",
-                               [(f"old-{n}", variant_hashes(photo).tobytes(), vector.tobytes(), "2026-01-0%dT00:00:00+00:00" % (n + 1))
+                               [(f"old-{n}", variant_hashes(photo).tobytes(), vector.tobytes(),
+                                 f"2026-01-0{n + 1}T00:00:00+00:00")
                                 for n, (photo, vector) in enumerate(zip(photos, embeddings))])
     return path
 

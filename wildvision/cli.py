@@ -57,11 +57,12 @@ _API_KEYS_VARIABLE = "WILDVISION_API_KEYS"  # `serve`: bearer tokens, comma-sepa
 _BROKEN_PIPE = 141  # the status of a command that SIGPIPE ends (128 + 13), as `head` leaves `cat`
 # What every command's exit status means; `wildvision --help` prints it and docs/cli.md's table states it per command.
 EXIT_STATUSES = {
-    0: "every photo was scored (scan, spark, predict, index add), the service stopped cleanly, or info printed",
+    0: "every photo was scored (scan, spark, predict, index add, index reembed), a hash list was imported or "
+       "exported, the service stopped cleanly, or info printed",
     1: "some photos could not be scored: each has its record or line with the error (scan, spark, predict, "
-       "index add)",
+       "index add, index reembed: also a photo naming no item; index remove: a reference naming none)",
     2: "a usage, input or model error, said in one line: an unknown option, a missing folder, a folder with no "
-       "image file, a list with no readable path, a bad model or thresholds file",
+       "image file, a list with no readable path, a bad model or thresholds file, a bad hash-list row",
     _BROKEN_PIPE: "the reader of stdout closed it (`wildvision info | head`): stopped quietly",
 }
 
@@ -404,7 +405,7 @@ def _spark(args: argparse.Namespace, classifier: Classifier) -> int:
     )
 
     if args.match_index:
-        KnownItemIndex(args.match_index, classifier)  # a missing index, or another model's, is named before Spark starts
+        KnownItemIndex(args.match_index, classifier)  # a missing or broken index is named before Spark starts
     spark = session(args.master)
     listings = read_listings(spark, args.listings) if args.listings else None  # a bad table fails before scoring
     summary = score_archive(spark, args.source, args.output, model=classifier.model_path,

@@ -221,7 +221,8 @@ class KnownItemIndex:
         if len(images) != len(references):
             raise ValueError(f"{len(images)} photos but {len(references)} references")
         with closing(connect(self.path)) as connection:
-            known = {row[0] for row in connection.execute("SELECT reference FROM items")}
+            known = {reference for reference in references if connection.execute(
+                "SELECT 1 FROM items WHERE reference = ?", (reference,)).fetchone()}
         present = [(image, reference) for image, reference in zip(images, references) if reference in known]
         features = self._features([image for image, _ in present])
         with closing(connect(self.path)) as connection, transaction(connection):
