@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 
 from wildvision import Classifier
 from wildvision.cli import main
-from wildvision.hashing import difference_hash
+from wildvision.hashing import difference_hash, pdq_available, pdq_hashes
 from wildvision.decision import DECISION_RANK, MatchPolicy
 from wildvision.known_items import IndexFormatError, KnownItemIndex, MatchRule
 from wildvision.listings import Listings, summarise_listings
@@ -108,35 +108,54 @@ def test_the_index_file_is_documented_sqlite_and_readding_replaces(known, tiny_c
     index, photos = known
     with sqlite3.connect(index.path) as connection:
         settings = dict(connection.execute("SELECT key, value FROM settings"))
-        hashes, embedding = connection.execute("SELECT hashes, embedding FROM items WHERE reference = 'case-0'").fetchone()
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == 1
+        hashes, embedding, model, pdq, quality = connection.execute(
+            "SELECT hashes, embedding, embedding_model, pdq, pdq_quality FROM items WHERE reference = 'case-0'").fetchone()
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == 2
     identity = tiny_classifier.identity
     assert settings == {"format": "wildvision-known-items", "model_name": "tiny", "model_version": "0.0.1",
                         "model_precision": "float32", "model_digest": identity.digest}
     assert len(hashes) == 18 * 32 and bytes(difference_hash(photos[0])) == hashes[:32]
+    assert model == "tiny@0.0.1"
+    if pdq_available():  # the photo's own PDQ, as ThreatExchange exchanges it
+        assert pdq == bytes(pdq_hashes(photos[0]).own) and quality == pdq_hashes(photos[0]).quality
     vector = np.frombuffer(embedding, "<f4")
     assert vector @ tiny_classifier.embed([photos[0]])[0] == pytest.approx(1, abs=1e-4)
     copy = Path(shutil.copy(index.path, tmp_path / "copy.sqlite"))
-    reopened = KnownItemIndex(copy, tiny_classifier, rule=MatchRule(max_hash_distance=0, min_cosine=2.0))
+    reopened = KnownItemIndex(copy, tiny_classifier, rule=MatchRule(max_hash_distance=0, min_cosine=2.0,
+                                                                      max_pdq_distance=0))
     reopened.add([photos[1]], ["case-0"])  # the same reference again: its item now shows photo 1
     assert len(reopened) == len(photos)
     assert reopened.match(photos[1]).reference in {"case-0", "case-1"} and reopened.match(photos[0]) is None
 
 
+def relabelled(model: Path, version: str) -> Classifier:
+    """The same model file under another version, as the index sees the next release."""
+    classifier = Classifier(model)
+    classifier.identity = dataclasses.replace(classifier.identity, version=version)
+    return classifier
+
+
 @pytest.mark.slow
-def test_an_index_built_by_another_model_version_still_matches_by_hashes_and_says_so_once(known, tiny_run, caplog):
+def test_an_index_built_by_another_model_version_still_matches_by_hashes_and_reembed_restores_it(
+    known, tiny_run, tmp_path, caplog
+):
     index, photos = known
-    upgraded = Classifier(tiny_run["model"])
-    upgraded.identity = dataclasses.replace(upgraded.identity, version="9.9.9")  # the next release, as the index sees it
+    copy = Path(shutil.copy(index.path, tmp_path / "copy.sqlite"))
+    upgraded = relabelled(tiny_run["model"], "9.9.9")
     with caplog.at_level("WARNING", logger="wildvision.known_items"):
-        survivor = KnownItemIndex(index.path, upgraded)
+        survivor = KnownItemIndex(copy, upgraded)
         matches = [survivor.match(REPOSTS[name](photos[0])) for name in ("resized", "recompressed", "mirrored")]
-    assert [m and (m.reference, m.cosine) for m in matches] == [("case-0", -1.0)] * 3  # no embedding signal
+    assert [m and (m.reference, m.cosine) for m in matches] == [("case-0", None)] * 3  # no embedding signal
     warned = [record.getMessage() for record in caplog.records]
-    assert len(warned) == 1 and "built with model tiny 0.0.1" in warned[0] and "difference hashes only" in warned[0]
-    with pytest.raises(IndexFormatError, match="would mix two models' embeddings"):
-        survivor.add([photos[1]], ["case-new"])
+    assert len(warned) == 1 and "made by another model (12 by tiny@0.0.1)" in warned[0] and "reembed" in warned[0]
     assert Scorer(upgraded, index=survivor).predict(photos[0])[0].decision == "block"  # hash 0: the strict rule
+    # Embeddings are per item: a new photo is added under the new model, and reembed brings the old ones over.
+    survivor.add([photos[1]], ["case-new"])
+    report = survivor.reembed([photos[0], photos[2], photos[3]], ["case-0", "case-2", "case-absent"])
+    assert (report.reembedded, report.absent, report.other_model) == (2, ("case-absent",), 12 - 2)
+    match = survivor.match(REPOSTS["recompressed"](photos[0]))
+    assert match.reference == "case-0" and match.cosine is not None and match.cosine > 0.9
+    assert survivor.stats().embedded == 3
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
@@ -147,8 +166,10 @@ def test_records_with_matches_round_trip(tmp_path, suffix):
             "error_category": None}
     records = [
         {"path": "a.jpg", "scores": scores, **base,
-         "match": {"id": 3, "reference": "case-3", "hash_distance": 4, "cosine": 0.93}},
+         "match": {"id": 3, "reference": "case-3", "hash_distance": 4, "cosine": 0.93, "pdq_distance": 12}},
         {"path": "b.jpg", "scores": scores, **base, "match": None},
+        {"path": "d.jpg", "scores": scores, **base,  # an imported item: PDQ alone
+         "match": {"id": 4, "reference": "pdq:619e79", "hash_distance": None, "cosine": None, "pdq_distance": 20}},
         {"path": "c.jpg", "scores": None, **{**base, "label": None, "top_label": None, "decision": None, "error": "empty input",
                                               "error_category": "empty"}, "match": None},
     ]

@@ -18,8 +18,9 @@ class Found:
     """A match as the index reports one (`wildvision.known_items.Match` has these fields and more)."""
 
     reference: str
-    hash_distance: int
-    cosine: float
+    hash_distance: int | None
+    cosine: float | None
+    pdq_distance: int | None = None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from collections import Counter
+from datetime import datetime, timedelta, timezone
 from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -27,7 +28,8 @@ from wildvision.images import (
     load_frames,
     load_image,
 )
-from wildvision.known_items import KnownItemIndex
+from wildvision.decision import DECISION_RANK, MatchPolicy
+from wildvision.known_items import KnownItemIndex, export_hash_list, import_hash_list, utc_time
 from wildvision.scorer import Scorer
 from wildvision.model_info import read_operating_points
 from wildvision.listings import (
@@ -55,11 +57,12 @@ _API_KEYS_VARIABLE = "WILDVISION_API_KEYS"  # `serve`: bearer tokens, comma-sepa
 _BROKEN_PIPE = 141  # the status of a command that SIGPIPE ends (128 + 13), as `head` leaves `cat`
 # What every command's exit status means; `wildvision --help` prints it and docs/cli.md's table states it per command.
 EXIT_STATUSES = {
-    0: "every photo was scored (scan, spark, predict, index add), the service stopped cleanly, or info printed",
+    0: "every photo was scored (scan, spark, predict, index add, index reembed), a hash list was imported or "
+       "exported, the service stopped cleanly, or info printed",
     1: "some photos could not be scored: each has its record or line with the error (scan, spark, predict, "
-       "index add)",
+       "index add, index reembed: also a photo naming no item; index remove: a reference naming none)",
     2: "a usage, input or model error, said in one line: an unknown option, a missing folder, a folder with no "
-       "image file, a list with no readable path, a bad model or thresholds file",
+       "image file, a list with no readable path, a bad model or thresholds file, a bad hash-list row",
     _BROKEN_PIPE: "the reader of stdout closed it (`wildvision info | head`): stopped quietly",
 }
 
@@ -129,6 +132,7 @@ def _scan(args: argparse.Namespace, classifier: Classifier) -> int:
     else:
         inputs, source = files_from_list(args.files_from.open(encoding="utf-8")), f"{args.files_from} holds no paths"
     index = KnownItemIndex(args.match_index, classifier) if args.match_index else None
+    policy = _match_policy(args)
     listings = _listings(args)  # a bad listings file fails now, before any photo is scored
     first = next(inputs, None)
     if first is None:  # nothing to scan is a mistake (a wrong folder, an empty list), not a success
@@ -137,6 +141,7 @@ def _scan(args: argparse.Namespace, classifier: Classifier) -> int:
     summary = scan_to_file(
         _noting_urls(itertools.chain([first], inputs), urls), args.output, classifier, batch_size=args.batch_size,
         workers=args.workers, scorers=max(1, (os.cpu_count() or 1) // args.threads), progress=progress, index=index,
+        match_policy=policy,
     )
     progress.finish()
     summary.skipped = skipped
@@ -146,7 +151,7 @@ def _scan(args: argparse.Namespace, classifier: Classifier) -> int:
               "first, or read them with `wildvision spark` (hdfs://, s3a://, file://)", file=sys.stderr)
     if listings is not None:
         decided = summarise_listings(read_records(args.output), listings, classifier.info.operating_points,
-                                     classifier.lexicon)
+                                     classifier.lexicon, policy)
         write_listings(decided, listings_path(args.output))
         decisions = Counter(str(listing.decision) for listing in decided)
         print(f"{listings_path(args.output)}: {len(decided)} listings; decisions: "
@@ -178,7 +183,7 @@ def _listings(args: argparse.Namespace) -> Listings | None:
 
 def _predict(args: argparse.Namespace, classifier: Classifier) -> int:
     index = KnownItemIndex(args.match_index, classifier) if args.match_index else None
-    scorer = Scorer(classifier, index=index)
+    scorer = Scorer(classifier, index=index, policy=_match_policy(args))
     overlays = _overlay_paths(args.images, args.explain) if args.explain else {}
     failures = 0
     for path in args.images:
@@ -222,19 +227,32 @@ def _overlay_paths(images: list[Path], folder: Path) -> dict[Path, Path]:
     return overlays
 
 
+def _match_policy(args: argparse.Namespace) -> MatchPolicy:
+    """What a known-item match decides (`--strict-match`, `--loose-match`); the policy's own defaults where left out."""
+    given = {name: getattr(args, f"{name}_match") for name in ("strict", "loose")
+             if getattr(args, f"{name}_match") is not None}
+    if given and not args.match_index:
+        raise _UsageError("--strict-match and --loose-match say what a known-item match decides: they need --match-index")
+    return MatchPolicy(**given)
+
+
 def _index_list(args: argparse.Namespace, classifier: Classifier) -> int:
     for item in KnownItemIndex(args.index, classifier).items():
         print(json.dumps(item.to_dict(), ensure_ascii=False) if args.json
-              else f"{item.id}\t{item.reference}\t{item.added_at}")
+              else "\t".join(str(value) if value is not None else "-" for value in (
+                  item.id, item.reference, item.added_at, item.label, item.source, item.expires_at, item.signals)))
     return 0
 
 
 def _index_remove(args: argparse.Namespace, classifier: Classifier) -> int:
+    if not args.references and not args.expired:
+        raise _UsageError("name the REFERENCEs to remove, or give --expired")
     index = KnownItemIndex(args.index, classifier)
     absent = index.remove(args.references)
+    removed = len(args.references) - len(absent) + (index.remove_expired() if args.expired else 0)
     for reference in absent:
         print(f"{reference}: error: no such item in {args.index}", file=sys.stderr)
-    print(f"{args.index}: removed {len(args.references) - len(absent)} items; {len(index)} known items", file=sys.stderr)
+    print(f"{args.index}: removed {removed} items; {len(index)} known items", file=sys.stderr)
     return 1 if absent else 0
 
 
@@ -243,17 +261,59 @@ def _index_stats(args: argparse.Namespace, classifier: Classifier) -> int:
     if args.json:
         print(json.dumps(stats.to_dict(), ensure_ascii=False))
     else:
-        print(f"{args.index}: {stats.items} known items (added {stats.oldest or '-'} to {stats.newest or '-'}), "
-              f"{stats.file_bytes:,} bytes, built with {stats.built_with}")
+        print(f"{args.index}: {stats.items} known items ({stats.expired} expired; {stats.with_pdq} with a PDQ hash, "
+              f"{stats.pdq_only} of them PDQ only; {stats.embedded} embedded by this model), added "
+              f"{stats.oldest or '-'} to {stats.newest or '-'}, {stats.file_bytes:,} bytes, created with "
+              f"{stats.built_with}")
     return 0
 
 
 def _index_add(args: argparse.Namespace, classifier: Classifier) -> int:
     index = KnownItemIndex(args.index, classifier, create=True)
+    if args.source:
+        index.set_source(args.source)
+    expires_at = _expiry(args)
+
+    def add(photos: list, references: list[str]) -> int:
+        index.add(photos, references, label=args.label, expires_at=expires_at)
+        return len(photos)
+
+    added, failures = _in_chunks(args.photos, classifier, add)
+    if not added and not failures:
+        raise _NothingToScan(f"no image files in {', '.join(map(str, args.photos))}; {args.index} left as it was")
+    print(f"{args.index}: added {added} photos, {failures} failed; {len(index)} known items", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _index_reembed(args: argparse.Namespace, classifier: Classifier) -> int:
+    index = KnownItemIndex(args.index, classifier)
+    reports = []
+
+    def reembed(photos: list, references: list[str]) -> int:
+        reports.append(index.reembed(photos, references))
+        return reports[-1].reembedded
+
+    reembedded, failures = _in_chunks(args.photos, classifier, reembed)
+    absent = [reference for report in reports for reference in report.absent]
+    for reference in absent:
+        print(f"{reference}: error: no such item in {args.index} (photos are matched to items by reference, the "
+              "path as `index add` was given it)", file=sys.stderr)
+    stats = index.stats()
+    other = stats.items - stats.pdq_only - stats.embedded  # photo items without this model's embedding
+    print(f"{args.index}: re-embedded {reembedded} items with {index.model}, {failures} photos failed; {other} items "
+          "still carry another model's embedding or none", file=sys.stderr)
+    return 1 if failures or absent else 0
+
+
+def _in_chunks(
+    paths: list[Path], classifier: Classifier, write: Callable[[list, list[str]], int]
+) -> tuple[int, int]:
+    """Read the photos under `paths` (referenced as `_photos_in` names them) and hand them to `write` a chunk at a
+    time; an unreadable photo is named on stderr. Returns what `write` counted, and the photos that failed."""
     side = classifier.info.preprocessing.input_size
-    added = failures = 0
+    done = failures = 0
     photos, references = [], []
-    for item in _photos_in(args.photos):
+    for item in _photos_in(paths):
         try:
             photos.append(load_image(item.file, min_side=side))
             references.append(item.name)
@@ -261,16 +321,36 @@ def _index_add(args: argparse.Namespace, classifier: Classifier) -> int:
             failures += 1
             print(f"{item.name}: error: {error.reason}", file=sys.stderr)
         if len(photos) == _ADD_CHUNK:
-            index.add(photos, references)
-            added += len(photos)
+            done += write(photos, references)
             photos, references = [], []
     if photos:
-        index.add(photos, references)
-        added += len(photos)
-    if not added and not failures:
-        raise _NothingToScan(f"no image files in {', '.join(map(str, args.photos))}; {args.index} left as it was")
-    print(f"{args.index}: added {added} photos, {failures} failed; {len(index)} known items", file=sys.stderr)
-    return 1 if failures else 0
+        done += write(photos, references)
+    return done, failures
+
+
+def _index_export(args: argparse.Namespace, classifier: Classifier) -> int:
+    exported = export_hash_list(KnownItemIndex(args.index, classifier), args.file, source=args.source)
+    without = f"; {exported.without_pdq} items have no PDQ hash (`index reembed` them)" if exported.without_pdq else ""
+    print(f"{args.file}: exported {exported.rows} PDQ hashes{without}", file=sys.stderr)
+    return 0
+
+
+def _index_import(args: argparse.Namespace, classifier: Classifier) -> int:
+    index = KnownItemIndex(args.index, classifier, create=True)
+    imported = import_hash_list(index, args.file, source=args.source, expires_at=_expiry(args))
+    skipped = "".join(f"; skipped {count} rows of {why}" for why, count in sorted(imported.skipped.items()))
+    print(f"{args.index}: imported {imported.rows} PDQ hashes ({imported.new} new){skipped}; {len(index)} known items",
+          file=sys.stderr)
+    return 0
+
+
+def _expiry(args: argparse.Namespace) -> str | None:
+    """When the items being added stop matching: `--expires DATE` or `--expires-in DAYS` (not both), else never."""
+    if args.expires is not None and args.expires_in is not None:
+        raise _UsageError("give either --expires DATE or --expires-in DAYS, not both")
+    if args.expires_in is not None:
+        return utc_time((datetime.now(timezone.utc) + timedelta(days=args.expires_in)).isoformat())
+    return args.expires
 
 
 def _photos_in(paths: list[Path]) -> Iterator[ScanInput]:
@@ -293,7 +373,8 @@ def _serve(args: argparse.Namespace, classifier: Classifier) -> int:
     index = KnownItemIndex(args.match_index, classifier) if args.match_index else None
     # Options left out are absent from `args` (argparse.SUPPRESS), so the service's own defaults apply.
     limits = Limits(**{option.name: getattr(args, option.name) for option in fields(Limits) if hasattr(args, option.name)})
-    app = create_app(classifier, index=index, limits=limits, api_keys=_api_keys(args.api_key_file))
+    app = create_app(classifier, index=index, limits=limits, api_keys=_api_keys(args.api_key_file),
+                     match_policy=_match_policy(args))
     handler = logging.StreamHandler(sys.stdout)  # one JSON object a line, beside uvicorn's own log on stderr
     handler.setFormatter(logging.Formatter("%(message)s"))
     access_log.addHandler(handler)
@@ -324,7 +405,7 @@ def _spark(args: argparse.Namespace, classifier: Classifier) -> int:
     )
 
     if args.match_index:
-        KnownItemIndex(args.match_index, classifier)  # a missing index, or another model's, is named before Spark starts
+        KnownItemIndex(args.match_index, classifier)  # a missing or broken index is named before Spark starts
     spark = session(args.master)
     listings = read_listings(spark, args.listings) if args.listings else None  # a bad table fails before scoring
     summary = score_archive(spark, args.source, args.output, model=classifier.model_path,
@@ -407,6 +488,23 @@ def _add_model_options(parser: argparse.ArgumentParser, *, suppress: bool) -> No
                              "for the words on photos (--read-text) and listings' titles and descriptions (--listings)")
 
 
+def _add_match_policy_options(parser: argparse.ArgumentParser) -> None:
+    """What a known-item match decides (`wildvision.decision.MatchPolicy`)."""
+    defaults = MatchPolicy()
+    parser.add_argument("--strict-match", choices=list(DECISION_RANK), help="what a close known-item match decides "
+                        f"(PDQ within {defaults.strict_pdq_distance} bits, difference hash within "
+                        f"{defaults.strict_hash_distance}, or cosine at least {defaults.strict_cosine}; default: "
+                        f"{defaults.strict})")
+    parser.add_argument("--loose-match", choices=list(DECISION_RANK),
+                        help=f"what any other known-item match decides (default: {defaults.loose})")
+
+
+def _add_expiry_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--expires", type=utc_time, metavar="DATE", help="the items stop matching from DATE "
+                        "(ISO 8601, e.g. 2027-06-30, UTC)")
+    parser.add_argument("--expires-in", type=_positive_int, metavar="DAYS", help="the items stop matching DAYS from now")
+
+
 def _parser() -> argparse.ArgumentParser:
     statuses = "\n".join(f"  {status:<4} {meaning}" for status, meaning in EXIT_STATUSES.items())
     parser = argparse.ArgumentParser(prog="wildvision", description="Spot illegal wildlife products in listing photos.",
@@ -436,6 +534,7 @@ def _parser() -> argparse.ArgumentParser:
                       "its photos and its words, to OUTPUT's name with .listings.jsonl")
     scan.add_argument("--listing-folders", action="store_true",
                       help="each sub-folder of FOLDER is one listing (as --listings, from the folders)")
+    _add_match_policy_options(scan)
     scan.set_defaults(parser=scan, command=_scan)
 
     predict = commands.add_parser("predict", parents=[model_options],
@@ -445,6 +544,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--explain", type=Path, metavar="DIR",
                          help="write a heat-map overlay per photo to DIR/<photo name>.explain.png for a reviewer")
     predict.add_argument("--match-index", type=Path, metavar="INDEX", help="also say which known item each photo re-posts")
+    _add_match_policy_options(predict)
     predict.set_defaults(parser=predict, command=_predict)
 
     index = commands.add_parser("index", help="the known-item index: photos already confirmed as illegal")
@@ -454,20 +554,48 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("index", type=Path, help="the index file (SQLite), e.g. known-items.sqlite")
     add.add_argument("photos", nargs="+", type=Path, help="photo files, or folders scanned recursively; the path is "
                      "the item's reference, and adding a path again replaces its item")
+    add.add_argument("--label", help="what the photos show (e.g. ivory): exported as the hash list's tags")
+    add.add_argument("--source", metavar="NAME", help="the platform this index's own items come from, as exported "
+                     "hash lists name it (kept in the index for later exports)")
+    _add_expiry_options(add)
     add.set_defaults(parser=add, command=_index_add)
-    listing = index_commands.add_parser("list", parents=[model_options], help="print every item: id, reference, added")
+    reembed = index_commands.add_parser(
+        "reembed", parents=[model_options], help="recompute the embedding, hashes and PDQ of items from their photos "
+        "with this model (after a model upgrade)")
+    reembed.add_argument("index", type=Path, help="the index file")
+    reembed.add_argument("photos", nargs="+", type=Path, help="the items' photos, files or folders, named as they were "
+                         "given to `index add` (the path is the reference)")
+    reembed.set_defaults(parser=reembed, command=_index_reembed)
+    listing = index_commands.add_parser("list", parents=[model_options], help="print every item: id, reference, "
+                                        "added, label, source, expiry, signals (- for none)")
     listing.add_argument("index", type=Path, help="the index file")
     listing.add_argument("--json", action="store_true", help="one JSON object per item")
     listing.set_defaults(parser=listing, command=_index_list)
-    remove = index_commands.add_parser("remove", parents=[model_options], help="remove items by their reference")
+    remove = index_commands.add_parser("remove", parents=[model_options],
+                                       help="remove items by their reference, or the expired ones")
     remove.add_argument("index", type=Path, help="the index file")
-    remove.add_argument("references", nargs="+", help="the items' references, as `index list` prints them")
+    remove.add_argument("references", nargs="*", help="the items' references, as `index list` prints them")
+    remove.add_argument("--expired", action="store_true", help="also remove every item whose expiry has passed")
     remove.set_defaults(parser=remove, command=_index_remove)
-    stats = index_commands.add_parser("stats", parents=[model_options],
-                                      help="how many items, the oldest and newest, the file size and the model")
+    stats = index_commands.add_parser("stats", parents=[model_options], help="how many items (expired, with PDQ, "
+                                      "embedded by this model), the oldest and newest, the file size and the model")
     stats.add_argument("index", type=Path, help="the index file")
     stats.add_argument("--json", action="store_true", help="one JSON object")
     stats.set_defaults(parser=stats, command=_index_stats)
+    export = index_commands.add_parser("export", parents=[model_options], help="write the items' PDQ hashes to a "
+                                       "hash list (CSV, ThreatExchange's columns; no photos)")
+    export.add_argument("index", type=Path, help="the index file")
+    export.add_argument("file", type=Path, help="the hash list to write, e.g. known-items.pdq.csv")
+    export.add_argument("--source", metavar="NAME", help="the platform this index's own items are named as coming "
+                        "from (default: the index's, set by `index add --source`)")
+    export.set_defaults(parser=export, command=_index_export)
+    imports = index_commands.add_parser("import", parents=[model_options], help="add a hash list's PDQ hashes as "
+                                        "items matched by PDQ alone, creating the index if absent; all rows or none")
+    imports.add_argument("index", type=Path, help="the index file")
+    imports.add_argument("file", type=Path, help="a hash list (`index export`'s, or `threatexchange dataset -P --csv`)")
+    imports.add_argument("--source", metavar="NAME", help="the source platform of rows that name none (collab)")
+    _add_expiry_options(imports)
+    imports.set_defaults(parser=imports, command=_index_import)
 
     serve = commands.add_parser("serve", parents=[model_options],
                                 help="an HTTP service: POST photos to /predict (needs wildvision[serve])")
@@ -497,6 +625,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key-file", type=Path, metavar="FILE", help="require `Authorization: Bearer <key>` "
                        f"with a key from FILE (one a line); keys in ${_API_KEYS_VARIABLE} (comma-separated) are "
                        "required and accepted too; /health stays open")
+    _add_match_policy_options(serve)
     serve.set_defaults(parser=serve, command=_serve)
 
     spark = commands.add_parser("spark", parents=[model_options],

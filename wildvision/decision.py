@@ -42,15 +42,17 @@ class KnownMatch(Protocol):
     """What the match policy reads of a known-item match (`wildvision.known_items.Match`)."""
 
     reference: str
-    hash_distance: int
-    cosine: float
+    hash_distance: int | None  # None: a side has no such signal (an imported item has PDQ alone)
+    cosine: float | None
+    pdq_distance: int | None
 
 
 @dataclass(frozen=True)
 class MatchPolicy:
-    """What a known-item match decides. A match the index reports (its `MatchRule`: hash within 20 bits or cosine at
-    least 0.98) is `strict` when its difference hash is within `strict_hash_distance` bits of 256 of one of the item's
-    hashed variants, or its embedding's cosine reaches `strict_cosine`; such a match decides `strict` (default
+    """What a known-item match decides. A match the index reports (its `MatchRule`: PDQ within 31 bits, difference
+    hash within 20 or cosine at least 0.98) is `strict` when its PDQ hash is within `strict_pdq_distance` bits of 256
+    of the item's, its difference hash within `strict_hash_distance` bits of one of the item's hashed variants, or
+    its embedding's cosine reaches `strict_cosine`; such a match decides `strict` (default
     `block`), any other match `loose` (default `review`). A platform that only wants matches reviewed sets
     `strict="review"`; one that trusts its index entirely sets `loose="block"`."""
 
@@ -61,6 +63,9 @@ class MatchPolicy:
     strict_hash_distance: int = 10
     # The same re-posts' cosines: median 0.98 mirrored, 0.96 cropped; 0.995 is a near-identical photo only.
     strict_cosine: float = 0.995
+    # PDQ bits of 256: Meta calls up to 31 a match; a third of that, until the re-post check measures it (a JPEG
+    # quality-60 re-save of a generated test photo lands at 12, so it goes to review).
+    strict_pdq_distance: int = 10
     strict: Decision = "block"
     loose: Decision = "review"
 
@@ -68,16 +73,28 @@ class MatchPolicy:
         for name in ("strict", "loose"):
             if getattr(self, name) not in DECISION_RANK:
                 raise ValueError(f"MatchPolicy.{name} must be one of {list(DECISION_RANK)}, got {getattr(self, name)!r}")
-        if not 0 <= self.strict_hash_distance <= 256:
-            raise ValueError(f"strict_hash_distance is bits of 256, got {self.strict_hash_distance}")
+        for name in ("strict_hash_distance", "strict_pdq_distance"):
+            if not 0 <= getattr(self, name) <= 256:
+                raise ValueError(f"{name} is bits of 256, got {getattr(self, name)}")
 
     def is_strict(self, match: KnownMatch) -> bool:
-        """Whether `match` is close enough for the strict decision."""
-        return match.hash_distance <= self.strict_hash_distance or match.cosine >= self.strict_cosine
+        """Whether `match` is close enough for the strict decision (by any signal it has)."""
+        return (_within(match.pdq_distance, self.strict_pdq_distance)
+                or _within(match.hash_distance, self.strict_hash_distance)
+                or (match.cosine is not None and match.cosine >= self.strict_cosine))
+
+    def describe(self) -> str:
+        """The policy in one line, as a scan's run facts state it."""
+        return (f"strict={self.strict} (pdq<={self.strict_pdq_distance} hash<={self.strict_hash_distance} "
+                f"cosine>={self.strict_cosine}) loose={self.loose}")
 
     def decision_for(self, match: KnownMatch) -> Decision:
         """What `match` alone decides."""
         return self.strict if self.is_strict(match) else self.loose
+
+
+def _within(distance: int | None, limit: int) -> bool:
+    return distance is not None and distance <= limit
 
 
 def decide_with_match(decision: Decision, match: KnownMatch | None, policy: MatchPolicy = MatchPolicy()) -> Decision:
@@ -272,7 +289,8 @@ def _photo_reasons(
         reasons += [Reason(f"photo {position}", label, "image", score=round(photo.scores[label], 4))
                     for label in operating_points if _image_agrees(photo.scores, label, operating_points)]
         if match is not None:
-            reasons.append(Reason(f"photo {position}", None, "known_item", match.reference, round(match.cosine, 4)))
+            cosine = None if match.cosine is None else round(match.cosine, 4)  # an imported item has no embedding
+            reasons.append(Reason(f"photo {position}", None, "known_item", match.reference, cosine))
         read = photo.text.matches if photo.text is not None else ()
         reasons += [Reason(f"words on photo {position}", m.label, "product", m.phrase) for m in read]
     return reasons

@@ -19,7 +19,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence, get_type_hints
+from typing import Iterable, Iterator, Sequence, get_args, get_type_hints
 
 from wildvision.classifier import ModelIdentity, Prediction
 from wildvision.decision import Decision
@@ -74,8 +74,10 @@ class ScanRecord:
 
 _FIELD_NAMES = frozenset(field.name for field in fields(ScanRecord))
 OPTIONAL_PARTS = ("match", "text")
-# Flat column types: every plain field is text, scores are floats, and a match's fields keep Match's own types.
-_MATCH_TYPES: dict[str, type] = get_type_hints(Match)
+# Flat column types: every plain field is text, scores are floats, and a match's fields keep Match's own types (a
+# signal one side lacks is null: `int | None` is an int column).
+_MATCH_TYPES: dict[str, type] = {name: next(kind for kind in get_args(hint) or (hint,) if kind is not type(None))
+                                 for name, hint in get_type_hints(Match).items()}
 _TEXT_COLUMNS = ("text_labels", "text_evidence")
 
 
@@ -136,7 +138,8 @@ class RecordLayout:
                                     else None)
             elif field.name == "match":
                 if self.match:
-                    record["match"] = ({name: kind(value[f"match_{name}"]) for name, kind in _MATCH_TYPES.items()}
+                    record["match"] = ({name: None if value[f"match_{name}"] is None else kind(value[f"match_{name}"])
+                                        for name, kind in _MATCH_TYPES.items()}
                                        if value["match_id"] is not None else None)
             elif field.name == "text":
                 if self.text:

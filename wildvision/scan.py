@@ -274,13 +274,16 @@ def layout_of(classifier: Classifier, index: KnownItemIndex | None = None) -> Re
     return RecordLayout(classifier.info.labels, match=index is not None, text=classifier.text_reader is not None)
 
 
-def run_facts(classifier: Classifier, layout: RecordLayout) -> dict[str, object]:
-    """What a scan's records depend on: the model file, its thresholds and labels, matching, and the lexicon text is
-    read with (None: no text read). The one list that `scan_to_file` and `wildvision.spark` compare before they
-    continue an earlier output (`check_same_run`); Spark notes it in its output folder, a scan finds it in its first
-    record."""
+def run_facts(
+    classifier: Classifier, layout: RecordLayout, match_policy: MatchPolicy = MatchPolicy()
+) -> dict[str, object]:
+    """What a scan's records depend on: the model file, its thresholds and labels, matching and the policy a match
+    decides by (None without matching), and the lexicon text is read with (None: no text read). The one list that
+    `scan_to_file` and `wildvision.spark` compare before they continue an earlier output (`check_same_run`); Spark
+    notes it in its output folder, a scan finds it in its first record (which does not state the policy)."""
     return {"model": str(classifier.identity), "thresholds": describe_thresholds(classifier.info.operating_points),
             "labels": list(layout.labels), "match_index": layout.match,
+            "match_policy": match_policy.describe() if layout.match else None,
             "read_text": classifier.lexicon.identity if classifier.text_reader else None}
 
 
@@ -290,20 +293,22 @@ def check_same_run(earlier: Mapping[str, object], now: Mapping[str, object], out
     the earlier run did not leave (an error record states no thresholds) is not compared."""
     if any(earlier[name] != now[name] for name in earlier.keys() & now.keys()):
         raise ResumeError(f"{output} holds records of {_describe_run(earlier)}, but this run scores with "
-                          f"{_describe_run(now)}; use the same --model, --precision, --operating-points, --match-index "
-                          "and --read-text as before, or another output")
+                          f"{_describe_run(now)}; use the same --model, --precision, --operating-points, --match-index, "
+                          "--strict-match, --loose-match and --read-text as before, or another output")
 
 
 def _describe_run(facts: Mapping[str, object]) -> str:
     details = [f"labels {', '.join(facts['labels'])}"] if "labels" in facts else []  # type: ignore[arg-type]
     details += [f"thresholds {facts['thresholds']}"] if "thresholds" in facts else []
-    matching = "with" if facts["match_index"] else "without"
+    matching = "with --match-index" if facts["match_index"] else "without --match-index"
+    if facts.get("match_policy"):
+        matching += f" (match policy {facts['match_policy']})"
     if "read_text" not in facts:  # the lexicon is stated by scored records only
         text = "reading text"
     else:
         text = f"reading text ({facts['read_text']})" if facts["read_text"] else "without --read-text"
     stated = f" ({'; '.join(details)})" if details else ""
-    return f"{facts['model']}{stated} {matching} --match-index, {text}"
+    return f"{facts['model']}{stated} {matching}, {text}"
 
 
 def _check_same_scan(journal: Path, output: Path, classifier: Classifier, layout: RecordLayout) -> None:
