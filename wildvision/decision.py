@@ -56,7 +56,7 @@ class MatchPolicy:
 
     # Fitted with 1.2.0 by `benchmarks/matching_benchmark.py`: the loosest thresholds at which no unrelated everyday-v1
     # photo and no re-post of another known item comes within twice the distance (the nearest came at 29 bits and
-    # cosine 0.97), so a strict match is at most half as far as anything else was seen. On the held-out half, 90 % of
+    # cosine 0.966), so a strict match is at most half as far as anything else was seen. On the held-out half, 90 % of
     # re-posts match strictly (block) and the other 8.5 % only by the index's looser rule (review).
     strict_hash_distance: int = 14
     strict_cosine: float = 0.99

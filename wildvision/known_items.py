@@ -94,7 +94,7 @@ class MatchRule:
     # at once is the hardest: 96.7 % by hash alone); the nearest unrelated photo lies 29-30 bits from a known one.
     max_hash_distance: int = 26
     # The loosest cosine at which at most 0.1 % of unrelated photos and look-alikes (re-posts against the other known
-    # items) match; a pair of identical Towneley chairs reaches 0.97. 1.2.0's embedding moves further than 1.1.0's:
+    # items) match; a pair of identical Towneley chairs reaches 0.966. 1.2.0's embedding moves further than 1.1.0's:
     # mirrored re-posts reach it 84 % of the time, halved 36 %.
     min_cosine: float = 0.96
 
