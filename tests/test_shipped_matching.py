@@ -8,7 +8,7 @@ centre-cropped 0-8 % a side, all three; every one re-saved at JPEG quality 50-90
 
 What the sample can show: recall >= 98 % of 600 re-posts allows 12 misses, so a rule whose true recall is 96 % or
 worse fails almost surely (p < 0.01), while 97.5 % and 98.5 % cannot be told apart. False matches <= 0.2 % of 837
-allows one photo: a true rate of 0.5 % still passes about one time in twelve, and no false match at all bounds the
+allows one photo: a true rate of 0.5 % still passes about one time in thirteen, and no false match at all bounds the
 true rate only below 0.36 % (95 %). The benchmark's held-out figures are the finer measure.
 
 Written against the index's public API (`add`, and matching inside `Scorer.score`), so a signal the index gains (PDQ)

@@ -48,7 +48,7 @@ class KnownMatch(Protocol):
 
 @dataclass(frozen=True)
 class MatchPolicy:
-    """What a known-item match decides. A match the index reports (its `MatchRule`: hash within 26 bits or cosine at
+    """What a known-item match decides. A match the index reports (its `MatchRule`: hash within 24 bits or cosine at
     least 0.96) is `strict` when its difference hash is within `strict_hash_distance` bits of 256 of one of the item's
     hashed variants, or its embedding's cosine reaches `strict_cosine`; such a match decides `strict` (default
     `block`), any other match `loose` (default `review`). A platform that only wants matches reviewed sets
