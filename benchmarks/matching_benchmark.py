@@ -196,7 +196,7 @@ def report(measured: Measured, rng: random.Random) -> None:
           f"{len(fit_unrelated)} unrelated everyday-v1 val photos; known photos with PDQ quality below 50 (Meta's "
           f"floor): {int((measured.pdq_quality < 50).sum())}")
     print(f"every figure: the held-out half ({held.sum()} re-posts of {(~fit_known).sum()} known photos, "
-          f"{(~fit_unrelated).sum()} unrelated photos, the same re-posts as look-alikes against the other known photos)")
+          f"{(~fit_unrelated).sum()} unrelated photos, the same re-posts as look-alikes against other known photos)")
     for field, signal in SIGNALS.items():
         print_grid(held_out, signal, rule[field], strict[field])
     print_chosen(held_out, rule, strict)
