@@ -16,8 +16,8 @@ odd object photographed twice). Every query is compared with every known photo b
 - PDQ: bits from the nearest of the query's 8 dihedral variants to the item's own PDQ hash, all that an exchanged
   hash list holds, so PDQ alone is what an imported list matches by.
 
-A rule (its signals OR-ed) matches a query to the candidate the index picks (the highest cosine; the nearest hash for
-a hash alone), and a re-post counts as recalled only when that is its own photo. The known photos are split in two
+A rule (its signals OR-ed) matches a query to the candidate the index picks (the nearest by hash, then the highest
+cosine; by a signal alone, the nearest by it), and a re-post counts as recalled only when that is its own photo. The known photos are split in two
 halves, and so are the unrelated photos; thresholds are fitted on the first halves (every known photo stays in the
 index) and every figure printed is on the second (`fit_rule`, `fit_strict`):
 - the rule (`MatchRule`): the loosest cosine at which at most `FIT_FALSE_MATCHES` of the unrelated photos and
@@ -241,12 +241,22 @@ def _nearest_bits(queries: np.ndarray, known: np.ndarray) -> np.ndarray:
 
 
 def matched(distances: Distances, rule: Rule) -> tuple[np.ndarray, np.ndarray]:
-    """Per query, whether any known photo matches under `rule`, and the one the index picks: the highest cosine where
-    the rule has the embedding (as `KnownItemIndex` does), else the nearest by the rule's first signal."""
+    """Per query, whether any known photo matches under `rule`, and the one the index picks among those that do."""
     candidates = np.logical_or.reduce([SIGNALS[f].within(getattr(distances, f), t) for f, t in rule.items()])
-    key = "cosine" if "cosine" in rule else next(iter(rule))
-    closeness = np.where(candidates, SIGNALS[key].closeness(getattr(distances, key)), -np.inf)
+    closeness = np.where(candidates, _closeness(distances, rule), -np.inf)
     return candidates.any(axis=1), closeness.argmax(axis=1)
+
+
+def _closeness(distances: Distances, rule: Rule) -> np.ndarray:
+    """Higher for the item the index prefers: for one signal, the nearest by it; for a rule, as `KnownItemIndex` picks
+    since it has PDQ: the nearer of the rule's hash distances, then the higher cosine (bits step by 1, so 4 x bits
+    outweighs any cosine difference)."""
+    if len(rule) == 1:
+        field = next(iter(rule))
+        return SIGNALS[field].closeness(getattr(distances, field))
+    hashes = [getattr(distances, field) for field in ("hash", "pdq") if field in rule]
+    bits = np.minimum.reduce(hashes) if hashes else 0
+    return -4.0 * bits + distances.cosine
 
 
 def picked_within(distances: Distances, picked: np.ndarray, rule: Rule) -> np.ndarray:
