@@ -9,6 +9,7 @@ import re
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, ImageOps
 from test_known_items import REPOSTS, listing_photo, never_flags
@@ -18,10 +19,12 @@ from wildvision.cli import main
 from wildvision.decision import MatchPolicy
 from wildvision.hashing import pdq_available, pdq_hashes, pdq_hex
 from wildvision.known_items import (
-    COLUMNS, HashListError, KnownItemIndex, MatchRule, export_hash_list, import_hash_list, utc_time, variant_hashes,
+    COLUMNS, HashListError, KnownItemIndex, MatchRule, export_hash_list, import_hash_list, pdq_ladder, utc_time,
+    variant_hashes,
 )
 from wildvision.scan import layout_of, run_facts
 
+LADDER = 6  # PDQ hashes an item added from a photo keeps: the photo's and 5 centre crops'
 needs_pdq = pytest.mark.skipif(not pdq_available(), reason="PDQ needs pdqhash: pip install 'wildvision[pdq]'")
 PDQ_ONLY = MatchRule(max_hash_distance=-1, min_cosine=2.0)  # difference hashes and embeddings can never match
 
@@ -98,17 +101,59 @@ def test_a_format_1_index_is_upgraded_in_place_keeping_every_item_and_says_so_on
         index = KnownItemIndex(path, classifier)
         KnownItemIndex(path, classifier)  # already upgraded: nothing more to say
     assert [r.getMessage() for r in caplog.records] == [
-        f"{path}: upgraded from format 1 to 2, keeping its 3 items; they have no PDQ hash until "
+        f"{path}: upgraded from format 1 to 3, keeping its 3 items; they have no PDQ hash until "
         "`wildvision index reembed` recomputes them from their photos"]
     assert [(item.reference, item.added_at, item.signals) for item in index.items()] == [
         (f"old-{n}", f"2026-01-0{n + 1}T00:00:00+00:00", "hashes+embedding") for n in range(3)]
     with sqlite3.connect(path) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == 3
     match = index.match(REPOSTS["recompressed"](photos[1]))
     assert match.reference == "old-1" and match.pdq_distance is None and match.cosine > 0.9
     if pdq_available():
         assert index.reembed([photos[1]], ["old-1"]).reembedded == 1
         assert index.match(REPOSTS["recompressed"](photos[1])).pdq_distance is not None
+
+
+_FORMAT_2 = """
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE items (id INTEGER PRIMARY KEY, reference TEXT NOT NULL UNIQUE, label TEXT, source TEXT,
+                    added_at TEXT NOT NULL, expires_at TEXT, pdq BLOB, pdq_quality INTEGER, hashes BLOB,
+                    embedding BLOB, embedding_model TEXT);
+PRAGMA user_version = 2;
+"""
+
+
+@needs_pdq
+@pytest.mark.slow
+def test_a_format_2_index_keeps_each_items_one_pdq_hash_and_gets_its_crops_hashes_from_reembed(
+    classifier, photos, tmp_path, caplog
+):
+    path = tmp_path / "format-2.sqlite"
+    with sqlite3.connect(path) as connection:  # as wildvision wrote it with one PDQ hash an item
+        connection.executescript(_FORMAT_2)
+        connection.executemany("INSERT INTO settings VALUES (?, ?)",
+                               {"format": "wildvision-known-items", **classifier.identity.to_fields()}.items())
+        own = pdq_hashes(photos[0])
+        connection.execute("INSERT INTO items (reference, added_at, pdq, pdq_quality, hashes, embedding, "
+                           "embedding_model) VALUES ('photo', '2026-12-01T00:00:00+00:00', ?, ?, ?, ?, ?)",
+                           (own.own.tobytes(), own.quality, variant_hashes(photos[0]).tobytes(),
+                            classifier.embed([photos[0]]).astype("<f4").tobytes(), "tiny@0.0.1"))
+        connection.execute("INSERT INTO items (reference, source, added_at, pdq) VALUES ('imported', 'p', "
+                           "'2026-12-02T00:00:00+00:00', ?)", (pdq_hashes(photos[1]).own.tobytes(),))
+    with caplog.at_level("WARNING", logger="wildvision.known_items"):
+        index = KnownItemIndex(path, classifier, rule=PDQ_ONLY)
+        KnownItemIndex(path, classifier)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: upgraded from format 2 to 3, keeping its 2 items; their photos' PDQ hashes are kept, their crops "
+        "have none until `wildvision index reembed` recomputes them from their photos"]
+    assert [(i.reference, i.signals) for i in index.items()] == [("photo", "pdq+hashes+embedding"), ("imported", "pdq")]
+    assert _pdq_column(path) == [("imported", pdq_hashes(photos[1]).own.tobytes(), None),
+                                 ("photo", own.own.tobytes(), own.quality)]
+    assert index.match(REPOSTS["recompressed"](photos[1])).reference == "imported"
+    cropped = REPOSTS["cropped"](photos[0])
+    assert index.match(cropped) is None  # the photo's one hash: crops move PDQ past its distance
+    assert index.reembed([photos[0]], ["photo"]).reembedded == 1
+    assert index.match(cropped).reference == "photo" and index.stats().pdq_hashes == LADDER + 1
 
 
 @needs_pdq
@@ -117,14 +162,19 @@ def test_export_then_import_into_a_fresh_index_round_trips_and_matches_a_repost_
     index, classifier, photos, tmp_path
 ):
     exported = export_hash_list(index, tmp_path / "list.csv")
-    assert (exported.rows, exported.without_pdq) == (8, 0)
+    assert (exported.rows, exported.items, exported.without_pdq) == (8 * LADDER, 8, 0)
     with (tmp_path / "list.csv").open(newline="") as file:
         rows = list(csv.reader(file))
     assert tuple(rows[0]) == COLUMNS
+    # One row per hash, an item's together: its photo's own first (what a one-hash-per-photo tool would exchange),
+    # then its crops'.
     assert rows[1][:5] == ["pdq", pdq_hex(pdq_hashes(photos[0]).own), "platform-a", "POSITIVE_CLASS", "ivory"]
+    assert [row[5] for row in rows[1:]] == [f"case-{n}" for n in range(8) for _ in range(LADDER)]
+    assert [row[1] for row in rows[1 : 1 + LADDER]] == [pdq_hex(np.frombuffer(h, np.uint8)) for h, _ in
+                                                        pdq_ladder(photos[0])]
     fresh = KnownItemIndex(tmp_path / "fresh.sqlite", classifier, create=True)
     imported = import_hash_list(fresh, tmp_path / "list.csv")
-    assert (imported.rows, imported.new) == (8, 8)
+    assert (imported.rows, imported.new, imported.hashes) == (8, 8, 8 * LADDER)
 
     def listed(some: KnownItemIndex) -> list[tuple]:
         return [(i.reference, i.added_at, i.label, i.source or some.source, i.expires_at) for i in some.items()]
@@ -138,12 +188,42 @@ def test_export_then_import_into_a_fresh_index_round_trips_and_matches_a_repost_
         assert match.pdq_distance <= 31
     assert fresh.match(listing_photo("ivory", 77)) is None
     again = import_hash_list(fresh, tmp_path / "list.csv")  # idempotent
-    assert (again.rows, again.new) == (8, 0) and listed(fresh) == listed(index)
+    assert (again.rows, again.new, again.hashes) == (8, 0, 8 * LADDER) and listed(fresh) == listed(index)
+    assert _pdq_column(fresh.path) == _pdq_column(index.path) and fresh.stats().pdq_hashes == 8 * LADDER
+    index.add([photos[0]], ["case-0"])  # re-adding replaces the item's hashes, removing drops them
+    assert index.stats().pdq_hashes == 8 * LADDER
+    fresh.remove(["case-0"])
+    assert fresh.stats().pdq_hashes == 7 * LADDER
+
+
+@needs_pdq
+@pytest.mark.slow
+def test_a_centre_cropped_repost_matches_an_imported_list_by_its_crops_hashes_where_one_hash_a_photo_misses(
+    index, classifier, photos, tmp_path
+):
+    export_hash_list(index, tmp_path / "ladder.csv")
+    with (tmp_path / "ladder.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    with (tmp_path / "photos.csv").open("w", newline="") as file:  # as tools that hash each photo once exchange it
+        writer = csv.DictWriter(file, COLUMNS)
+        writer.writeheader()
+        writer.writerows({row["reference"]: row for row in reversed(rows)}.values())  # each item's first row
+    ladder, photos_only = (KnownItemIndex(tmp_path / f"{name}.sqlite", classifier, create=True, rule=PDQ_ONLY)
+                           for name in ("ladder", "photos"))
+    assert import_hash_list(ladder, tmp_path / "ladder.csv").hashes == 8 * LADDER
+    assert import_hash_list(photos_only, tmp_path / "photos.csv").hashes == 8
+    for number, photo in enumerate(photos):
+        cropped = REPOSTS["cropped"](photo)  # 5 % cut from each side: 80-96 bits from the photo's own PDQ
+        match = ladder.match(cropped)
+        assert match is not None and match.reference == f"case-{number}" and match.pdq_distance <= 20, match
+        assert photos_only.match(cropped) is None
 
 
 def _pdq_column(path: Path) -> list[tuple]:
+    """Every stored PDQ hash, by reference, in the order stored."""
     with sqlite3.connect(path) as connection:
-        return connection.execute("SELECT reference, pdq, pdq_quality FROM items ORDER BY reference").fetchall()
+        return connection.execute("SELECT reference, pdq, quality FROM pdq_hashes JOIN items ON items.id = item "
+                                  "ORDER BY reference, pdq_hashes.rowid").fetchall()
 
 
 @pytest.mark.slow
@@ -226,7 +306,7 @@ def test_threatexchange_reads_our_hash_list_and_we_read_what_it_writes(index, ph
 def test_a_scans_run_facts_state_the_match_policy(classifier, tmp_path):
     index = KnownItemIndex(tmp_path / "k.sqlite", classifier, create=True)
     facts = run_facts(classifier, layout_of(classifier, index), MatchPolicy(strict="review"))
-    assert facts["match_policy"].startswith("strict=review (pdq<=10 hash<=10 cosine>=0.995) loose=review")
+    assert facts["match_policy"].startswith("strict=review (pdq<=27 hash<=14 cosine>=0.99) loose=review")
     assert run_facts(classifier, layout_of(classifier))["match_policy"] is None
 
 
@@ -246,9 +326,9 @@ def test_cli_index_add_list_export_import_expire_and_reembed(tiny_run, photos, t
     assert [(i["label"], i["signals"], i["expires_at"] is not None) for i in listed] == [
         ("ivory", "pdq+hashes+embedding", True)] * 2 + [(None, "pdq+hashes+embedding", True)]
     assert main(["--model", model, "index", "export", str(index), str(tmp_path / "list.csv")]) == 0
-    assert "exported 3 PDQ hashes" in capsys.readouterr().err
+    assert "exported 18 PDQ hashes of 3 items" in capsys.readouterr().err
     assert main(["--model", model, "index", "import", str(fresh), str(tmp_path / "list.csv")]) == 0
-    assert "imported 3 PDQ hashes (3 new); 3 known items" in capsys.readouterr().err
+    assert "imported 18 PDQ hashes of 3 items (3 new); 3 known items" in capsys.readouterr().err
     assert main(["--model", model, "index", "stats", str(fresh), "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert (stats["items"], stats["expired"], stats["pdq_only"], stats["embedded"]) == (3, 1, 3, 0)

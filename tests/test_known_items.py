@@ -108,16 +108,17 @@ def test_the_index_file_is_documented_sqlite_and_readding_replaces(known, tiny_c
     index, photos = known
     with sqlite3.connect(index.path) as connection:
         settings = dict(connection.execute("SELECT key, value FROM settings"))
-        hashes, embedding, model, pdq, quality = connection.execute(
-            "SELECT hashes, embedding, embedding_model, pdq, pdq_quality FROM items WHERE reference = 'case-0'").fetchone()
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == 2
+        item, hashes, embedding, model = connection.execute(
+            "SELECT id, hashes, embedding, embedding_model FROM items WHERE reference = 'case-0'").fetchone()
+        pdq = connection.execute("SELECT pdq, quality FROM pdq_hashes WHERE item = ? ORDER BY rowid", (item,)).fetchall()
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == 3
     identity = tiny_classifier.identity
     assert settings == {"format": "wildvision-known-items", "model_name": "tiny", "model_version": "0.0.1",
                         "model_precision": "float32", "model_digest": identity.digest}
     assert len(hashes) == 18 * 32 and bytes(difference_hash(photos[0])) == hashes[:32]
     assert model == "tiny@0.0.1"
-    if pdq_available():  # the photo's own PDQ, as ThreatExchange exchanges it
-        assert pdq == bytes(pdq_hashes(photos[0]).own) and quality == pdq_hashes(photos[0]).quality
+    if pdq_available():  # the photo's own PDQ first, as ThreatExchange exchanges it, then its crops'
+        assert pdq[0] == (bytes(pdq_hashes(photos[0]).own), pdq_hashes(photos[0]).quality) and len(pdq) == 6
     vector = np.frombuffer(embedding, "<f4")
     assert vector @ tiny_classifier.embed([photos[0]])[0] == pytest.approx(1, abs=1e-4)
     copy = Path(shutil.copy(index.path, tmp_path / "copy.sqlite"))

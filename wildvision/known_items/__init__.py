@@ -2,15 +2,18 @@
 illegal, even where the classifier is unsure.
 
 A `KnownItemIndex` is one SQLite file (stdlib `sqlite3`, format below). An item added from a photo keeps three
-signals: the photo's PDQ hash (Meta's 256-bit perceptual hash, the one the trust & safety industry exchanges; needs
-`pdqhash`, the `pdq` extra), eighteen 256-bit difference hashes (the photo, eight centre crops, and the mirror image
-of each: a difference hash survives resizing and re-compression but not mirroring nor cropping, so those variants
-are hashed once per item rather than per query) and the model's unit-length embedding, which also catches crops the
-ladder misses. A query's PDQ is computed with its 8 dihedral variants, so a mirrored or rotated re-post meets the
-item's one stored hash. An item imported from a hash list (`import_hash_list`) has PDQ alone. A photo matches an item
-when any signal both sides have says so (`MatchRule`); PDQ hashes of quality below 50 are not trusted (Meta's advice).
+signals: six PDQ hashes (Meta's 256-bit perceptual hash, the one the trust & safety industry exchanges; needs
+`pdqhash`, the `pdq` extra) of the photo and of five centre crops (`pdq_ladder`: PDQ survives resizing, mirroring
+and re-compression, but a crop of a few percent moves it past its match distance), eighteen 256-bit difference hashes
+(the photo, eight centre crops, and the mirror image of each: a difference hash survives neither mirroring nor
+cropping, so those variants are hashed once per item rather than per query) and the model's unit-length embedding,
+which also catches crops the ladders miss. A query's PDQ is computed with its 8 dihedral variants, so a mirrored or
+rotated re-post meets the item's stored hashes. An item imported from a hash list (`import_hash_list`) has PDQ alone:
+the hashes the list gives it (one or several). A photo matches an item when any signal both sides have says so
+(`MatchRule`), a PDQ distance being to the nearest of the item's hashes; PDQ hashes of quality below 50 are not
+trusted (Meta's advice).
 
-File format (`PRAGMA user_version` = 2)::
+File format (`PRAGMA user_version` = 3)::
 
     settings(key TEXT PRIMARY KEY, value TEXT)  -- format ('wildvision-known-items'); model_name, model_version,
                                                 -- model_precision, model_digest: the model file that created it;
@@ -22,38 +25,42 @@ File format (`PRAGMA user_version` = 2)::
         source TEXT,              -- the platform that confirmed it; NULL: this index's own (settings' source)
         added_at TEXT,            -- UTC, ISO 8601
         expires_at TEXT,          -- UTC, ISO 8601; past it the item matches nothing; NULL: never
-        pdq BLOB,                 -- 32 bytes, bits in ThreatExchange's hex order, or NULL (no pdqhash, format 1)
-        pdq_quality INTEGER,      -- PDQ's quality score 0-100; NULL: unknown (an imported list without it)
         hashes BLOB,              -- 18 x 32 bytes: difference hashes (`wildvision.hashing`) of the photo and of
                                   -- centre crops removing 1.5, 3, ... 12% of each side, each then its mirror;
                                   -- NULL for imported items
         embedding BLOB,           -- float32 values, little-endian, unit length; NULL for imported items
         embedding_model TEXT      -- 'name@version' of the model that made the embedding
     )
+    pdq_hashes(                   -- an item's PDQ hashes, in rowid order: its photo's own first, then its crops'
+        item INTEGER REFERENCES items(id) ON DELETE CASCADE,  -- none: no pdqhash when added, or format 1
+        pdq BLOB,                 -- 32 bytes, bits in ThreatExchange's hex order
+        quality INTEGER           -- PDQ's quality score 0-100; NULL: unknown (an imported list without it)
+    )
 
 The file is kept in write-ahead-log mode (`PRAGMA journal_mode = WAL`), so readers and a writer do not block each
 other: `add`, `reembed`, `remove`, `remove_expired` and imports are each one transaction, and a scan or service
 matching meanwhile sees the index before or after it.
 
-Upgrades. Opening a format-1 file upgrades it in place, in one transaction, keeping every item (no PDQ until
-`reembed`), and says so once on the `wildvision.known_items` logger. Embeddings are per item: an item's embedding
+Upgrades. Opening a format-1 or format-2 file upgrades it in place, in one transaction, keeping every item and
+saying so once on the `wildvision.known_items` logger: a format-1 item has no PDQ until `reembed`, a format-2 item
+keeps its photo's one PDQ hash (its crops get theirs from `reembed`). Embeddings are per item: an item's embedding
 counts only under the model (name and version) that made it, so an index used by the next release keeps matching by
 its model-free hashes (PDQ, difference hashes), says so once when opened, and `reembed` restores the embeddings from
 the photos where they still exist. New photos can be added under any model (each item records its own).
 
-Memory: matching holds ids, PDQ hashes and expiry in numpy (about 48 bytes an item, so a million imported hashes
-take about 50 MB) and, for items added from photos, their difference hashes and embedding (about 10 KB an item with a
+Memory: matching holds an item id, the hash and an expiry per stored PDQ hash in numpy (about 48 bytes a hash, six
+an item added from a photo, so a million hashes take about 50 MB, beside `HashSearch`'s 72 MB) and, for items added from photos, their difference hashes and embedding (about 10 KB an item with a
 2,560-value embedding); references are read from the file for the items that match.
 """
 
 from wildvision.known_items.hash_list import COLUMNS, Exported, HashListError, Imported, export_hash_list, import_hash_list
 from wildvision.known_items.index import (
-    IndexStats, KnownItem, KnownItemIndex, Match, MatchRule, Reembedded, utc_time, variant_hashes,
+    IndexStats, KnownItem, KnownItemIndex, Match, MatchRule, Reembedded, pdq_ladder, utc_time, variant_hashes,
 )
 from wildvision.known_items.store import FORMAT_VERSION, IndexFormatError
 
 __all__ = [
     "COLUMNS", "FORMAT_VERSION", "Exported", "HashListError", "Imported", "IndexFormatError", "IndexStats", "KnownItem",
-    "KnownItemIndex", "Match", "MatchRule", "Reembedded", "export_hash_list", "import_hash_list", "utc_time",
+    "KnownItemIndex", "Match", "MatchRule", "Reembedded", "export_hash_list", "import_hash_list", "pdq_ladder", "utc_time",
     "variant_hashes",
 ]

@@ -12,7 +12,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -22,10 +22,10 @@ from wildvision.hashing import HASH_BYTES
 
 __all__ = [
     "FORMAT_VERSION", "IndexFormatError", "PDQ_MIN_QUALITY", "Snapshot", "connect", "embedding_model_of", "open_or_create",
-    "transaction", "utc_now",
+    "replace_pdq", "transaction", "utc_now",
 ]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 FORMAT_NAME = "wildvision-known-items"
 VARIANTS = 18  # difference hashes per photo item: the photo and 8 centre crops, each then its mirror
 PDQ_MIN_QUALITY = 50  # Meta's advice: a PDQ hash below this quality (flat or tiny photos) is not trusted to match
@@ -37,13 +37,21 @@ CREATE TABLE items (
     source TEXT,
     added_at TEXT NOT NULL,
     expires_at TEXT,
-    pdq BLOB,
-    pdq_quality INTEGER,
     hashes BLOB,
     embedding BLOB,
     embedding_model TEXT
 )
 """
+_ITEM_COLUMNS = "id, reference, label, source, added_at, expires_at, hashes, embedding, embedding_model"
+# An item's PDQ hashes, the photo's own first (rowid order): an item added from a photo has its crops' too.
+_PDQ_HASHES = """
+CREATE TABLE pdq_hashes (
+    item INTEGER NOT NULL REFERENCES items (id) ON DELETE CASCADE,
+    pdq BLOB NOT NULL,
+    quality INTEGER
+)
+"""
+_PDQ_HASHES_BY_ITEM = "CREATE INDEX pdq_hashes_by_item ON pdq_hashes (item)"
 _SETTINGS = "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 _READ_CHUNK = 65_536  # rows read at a time: a million imported items are never a million Python tuples at once
 _BUSY_TIMEOUT_S = 30.0  # another process adding items holds the write lock this long at most before we give up
@@ -66,8 +74,11 @@ def embedding_model_of(identity: ModelIdentity) -> str:
 
 def connect(path: Path) -> sqlite3.Connection:
     """A connection in autocommit mode: every transaction is opened explicitly (`BEGIN IMMEDIATE`) by `transaction`,
-    so that schema changes take part in it too (sqlite3's implicit transactions leave DDL out)."""
-    return sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+    so that schema changes take part in it too (sqlite3's implicit transactions leave DDL out). Foreign keys are
+    enforced, so removing an item removes its PDQ hashes (SQLite leaves them off unless each connection asks)."""
+    connection = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+    connection.execute("PRAGMA foreign_keys = ON")
+    return connection
 
 
 class transaction:
@@ -87,17 +98,17 @@ class transaction:
 
 
 def open_or_create(path: Path, identity: ModelIdentity, *, create: bool) -> dict[str, str]:
-    """Check the file at `path` is an index (creating it with `create`, upgrading a format-1 file in place) and
+    """Check the file at `path` is an index (creating it with `create`, upgrading a format-1 or 2 file in place) and
     return its settings."""
     try:
         with closing(connect(path)) as connection:
-            if _version(connection) in (0, 1):  # rechecked under the write lock: another process may have done it
+            if _version(connection) < FORMAT_VERSION:  # rechecked under the write lock: another process may have done it
                 with transaction(connection):
                     version = _version(connection)
                     if create and version == 0 and not connection.execute("SELECT name FROM sqlite_master").fetchall():
                         _create(connection, identity)
-                    elif version == 1:
-                        _upgrade_from_1(connection, path)
+                    elif version in (1, 2):
+                        _upgrade(connection, path, version)
             with transaction(connection, write=False):
                 settings = dict(connection.execute("SELECT key, value FROM settings"))
                 version = _version(connection)
@@ -117,28 +128,50 @@ def _version(connection: sqlite3.Connection) -> int:
 
 def _create(connection: sqlite3.Connection, identity: ModelIdentity) -> None:
     connection.execute(_SETTINGS)
-    connection.execute(_ITEMS)
+    _create_item_tables(connection)
     connection.executemany("INSERT INTO settings VALUES (?, ?)", {"format": FORMAT_NAME, **identity.to_fields()}.items())
     connection.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
 
 
-def _upgrade_from_1(connection: sqlite3.Connection, path: Path) -> None:
-    """Format 1 to 2 inside the caller's transaction: every item kept, its embedding marked as the building model's,
-    no PDQ yet (`reembed` computes it from the photos). SQLite cannot drop format 1's NOT NULL on `hashes` and
-    `embedding` (imported items have neither) in place, hence a new table."""
+def _create_item_tables(connection: sqlite3.Connection) -> None:
+    connection.execute(_ITEMS)
+    connection.execute(_PDQ_HASHES)
+    connection.execute(_PDQ_HASHES_BY_ITEM)
+
+
+def _upgrade(connection: sqlite3.Connection, path: Path, version: int) -> None:
+    """Format 1 or 2 to 3 inside the caller's transaction, keeping every item. From 1: its embedding marked as the
+    building model's, no PDQ yet (`reembed` computes it from the photos); SQLite cannot drop format 1's NOT NULL on
+    `hashes` and `embedding` (imported items have neither) in place. From 2: its one PDQ hash (of the whole photo)
+    moves to `pdq_hashes`; its crops have none until `reembed`. Either way a new items table, the old one copied."""
     settings = dict(connection.execute("SELECT key, value FROM settings"))
     if settings.get("format") != FORMAT_NAME:
         return  # not ours: refused by the caller
-    built_by = embedding_model_of(ModelIdentity.of_fields(settings))
-    connection.execute("ALTER TABLE items RENAME TO items_format_1")
-    connection.execute(_ITEMS)
-    connection.execute("INSERT INTO items (id, reference, added_at, hashes, embedding, embedding_model) "
-                       "SELECT id, reference, added_at, hashes, embedding, ? FROM items_format_1", (built_by,))
-    connection.execute("DROP TABLE items_format_1")
+    connection.execute("ALTER TABLE items RENAME TO items_before")
+    _create_item_tables(connection)  # after the rename, so that pdq_hashes refers to the new table
+    if version == 1:
+        built_by = embedding_model_of(ModelIdentity.of_fields(settings))
+        connection.execute("INSERT INTO items (id, reference, added_at, hashes, embedding, embedding_model) "
+                           "SELECT id, reference, added_at, hashes, embedding, ? FROM items_before", (built_by,))
+        kept = "they have no PDQ hash"
+    else:
+        connection.execute(f"INSERT INTO items ({_ITEM_COLUMNS}) SELECT {_ITEM_COLUMNS} FROM items_before")
+        connection.execute("INSERT INTO pdq_hashes (item, pdq, quality) SELECT id, pdq, pdq_quality FROM items_before "
+                           "WHERE pdq IS NOT NULL ORDER BY id")
+        kept = "their photos' PDQ hashes are kept, their crops have none"
+    connection.execute("DROP TABLE items_before")
     connection.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
     count = connection.execute("SELECT count(*) FROM items").fetchone()[0]
-    _log.warning("%s: upgraded from format 1 to %d, keeping its %d items; they have no PDQ hash until "
-                 "`wildvision index reembed` recomputes them from their photos", path, FORMAT_VERSION, count)
+    _log.warning("%s: upgraded from format %d to %d, keeping its %d items; %s until `wildvision index reembed` "
+                 "recomputes them from their photos", path, version, FORMAT_VERSION, count, kept)
+
+
+def replace_pdq(connection: sqlite3.Connection, item: int, hashes: Sequence[tuple[bytes, int | None]]) -> None:
+    """Make `hashes` (PDQ bytes and quality, the photo's own first) the item's PDQ hashes, in the caller's
+    transaction."""
+    connection.execute("DELETE FROM pdq_hashes WHERE item = ?", (item,))
+    connection.executemany("INSERT INTO pdq_hashes (item, pdq, quality) VALUES (?, ?, ?)",
+                           [(item, pdq, quality) for pdq, quality in hashes])
 
 
 def _epoch(timestamp: str | None) -> float:
@@ -149,13 +182,14 @@ def _epoch(timestamp: str | None) -> float:
 @dataclass(frozen=True)
 class Snapshot:
     """Every item's features as arrays, as of one read (matching never sees a half-applied `add`). No per-item Python
-    object: a million imported items take their ids, PDQ hashes and expiry only, about 48 bytes each. References are
-    read from the file for the items that match.
+    object: a million stored PDQ hashes take their item ids, the hashes and expiry only, about 48 bytes each.
+    References are read from the file for the items that match.
 
-    Rows of the PDQ and photo arrays are items (their `*_ids`); `photo_*` hold items added from photos only.
+    Rows of the PDQ arrays are stored hashes, several per item added from a photo (its crops'), sorted by item;
+    rows of the photo arrays are items (their `photo_ids`), those added from photos only.
     """
 
-    pdq_ids: np.ndarray  # K int64: items with a PDQ hash of quality >= PDQ_MIN_QUALITY
+    pdq_ids: np.ndarray  # K int64, sorted: the item of each PDQ hash of quality >= PDQ_MIN_QUALITY
     pdq: np.ndarray  # K x 32 uint8
     pdq_expires: np.ndarray  # K float64, seconds since 1970 (inf: never)
     photo_ids: np.ndarray  # P int64: items with difference hashes
@@ -183,8 +217,8 @@ def _chunks(cursor: sqlite3.Cursor) -> Iterator[list[tuple]]:
 
 def _pdq_rows(connection: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ids, hashes, expires = [np.zeros(0, np.int64)], [np.zeros((0, HASH_BYTES), np.uint8)], [np.zeros(0)]
-    cursor = connection.execute("SELECT id, pdq, expires_at FROM items WHERE pdq IS NOT NULL AND "
-                                "(pdq_quality IS NULL OR pdq_quality >= ?) ORDER BY id", (PDQ_MIN_QUALITY,))
+    cursor = connection.execute("SELECT item, pdq, expires_at FROM pdq_hashes JOIN items ON items.id = item WHERE "
+                                "quality IS NULL OR quality >= ? ORDER BY item, pdq_hashes.rowid", (PDQ_MIN_QUALITY,))
     for rows in _chunks(cursor):
         ids.append(np.fromiter((row[0] for row in rows), np.int64, len(rows)))
         hashes.append(np.frombuffer(b"".join(row[1] for row in rows), np.uint8).reshape(-1, HASH_BYTES))
