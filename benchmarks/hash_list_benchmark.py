@@ -79,7 +79,7 @@ def main() -> None:
         index = KnownItemIndex(path, Classifier(args.model) if args.model else Classifier(), create=True)
         started = time.perf_counter()
         imported = import_hash_list(index, hash_list)
-        print(f"import of {imported.rows:,} rows: {time.perf_counter() - started:.1f} s, "
+        print(f"import of {imported.hashes:,} hashes ({imported.rows:,} items): {time.perf_counter() - started:.1f} s, "
               f"file {path.stat().st_size / 2**20:.0f} MB")
         model = ["--model", str(args.model)] if args.model else []
         subprocess.run([sys.executable, __file__, "--match-only", str(path), "--queries", str(args.queries), *model],

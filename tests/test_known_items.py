@@ -110,7 +110,8 @@ def test_the_index_file_is_documented_sqlite_and_readding_replaces(known, tiny_c
         settings = dict(connection.execute("SELECT key, value FROM settings"))
         item, hashes, embedding, model = connection.execute(
             "SELECT id, hashes, embedding, embedding_model FROM items WHERE reference = 'case-0'").fetchone()
-        pdq = connection.execute("SELECT pdq, quality FROM pdq_hashes WHERE item = ? ORDER BY rowid", (item,)).fetchall()
+        pdq = connection.execute("SELECT pdq, quality FROM pdq_hashes WHERE item = ? ORDER BY rowid",
+                                 (item,)).fetchall()
         assert connection.execute("PRAGMA user_version").fetchone()[0] == 3
     identity = tiny_classifier.identity
     assert settings == {"format": "wildvision-known-items", "model_name": "tiny", "model_version": "0.0.1",

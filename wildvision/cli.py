@@ -262,7 +262,8 @@ def _index_stats(args: argparse.Namespace, classifier: Classifier) -> int:
         print(json.dumps(stats.to_dict(), ensure_ascii=False))
     else:
         print(f"{args.index}: {stats.items} known items ({stats.expired} expired; {stats.with_pdq} with PDQ hashes "
-              f"({stats.pdq_hashes} in all), {stats.pdq_only} of them PDQ only; {stats.embedded} embedded by this model), added "
+              f"({stats.pdq_hashes} in all), {stats.pdq_only} of them PDQ only; {stats.embedded} embedded by this "
+              "model), added "
               f"{stats.oldest or '-'} to {stats.newest or '-'}, {stats.file_bytes:,} bytes, created with "
               f"{stats.built_with}")
     return 0
@@ -339,8 +340,8 @@ def _index_import(args: argparse.Namespace, classifier: Classifier) -> int:
     index = KnownItemIndex(args.index, classifier, create=True)
     imported = import_hash_list(index, args.file, source=args.source, expires_at=_expiry(args))
     skipped = "".join(f"; skipped {count} rows of {why}" for why, count in sorted(imported.skipped.items()))
-    print(f"{args.index}: imported {imported.hashes} PDQ hashes of {imported.rows} items ({imported.new} new){skipped}; "
-          f"{len(index)} known items", file=sys.stderr)
+    print(f"{args.index}: imported {imported.hashes} PDQ hashes of {imported.rows} items ({imported.new} new)"
+          f"{skipped}; {len(index)} known items", file=sys.stderr)
     return 0
 
 

@@ -49,8 +49,9 @@ its model-free hashes (PDQ, difference hashes), says so once when opened, and `r
 the photos where they still exist. New photos can be added under any model (each item records its own).
 
 Memory: matching holds an item id, the hash and an expiry per stored PDQ hash in numpy (about 48 bytes a hash, six
-an item added from a photo, so a million hashes take about 50 MB, beside `HashSearch`'s 72 MB) and, for items added from photos, their difference hashes and embedding (about 10 KB an item with a
-2,560-value embedding); references are read from the file for the items that match.
+an item added from a photo, so a million hashes take about 50 MB, beside `HashSearch`'s 72 MB) and, for items added
+from photos, their difference hashes and embedding (about 10 KB an item with a 2,560-value embedding); references
+are read from the file for the items that match.
 """
 
 from wildvision.known_items.hash_list import COLUMNS, Exported, HashListError, Imported, export_hash_list, import_hash_list
@@ -61,6 +62,6 @@ from wildvision.known_items.store import FORMAT_VERSION, IndexFormatError
 
 __all__ = [
     "COLUMNS", "FORMAT_VERSION", "Exported", "HashListError", "Imported", "IndexFormatError", "IndexStats", "KnownItem",
-    "KnownItemIndex", "Match", "MatchRule", "Reembedded", "export_hash_list", "import_hash_list", "pdq_ladder", "utc_time",
-    "variant_hashes",
+    "KnownItemIndex", "Match", "MatchRule", "Reembedded", "export_hash_list", "import_hash_list", "pdq_ladder",
+    "utc_time", "variant_hashes",
 ]

@@ -121,7 +121,8 @@ def import_hash_list(
                 "expires_at = excluded.expires_at, added_at = CASE WHEN ?6 THEN excluded.added_at ELSE items.added_at "
                 "END", connection.execute("SELECT reference, label, source, added_at, expires_at, dated FROM listed "
                                           "WHERE rowid IN (SELECT min(rowid) FROM listed GROUP BY reference)")).rowcount
-            connection.execute("DELETE FROM pdq_hashes WHERE item IN (SELECT id FROM items JOIN listed USING (reference))")
+            connection.execute("DELETE FROM pdq_hashes WHERE item IN "
+                               "(SELECT id FROM items JOIN listed USING (reference))")
             hashes = connection.execute(
                 "INSERT INTO pdq_hashes (item, pdq, quality) SELECT items.id, listed.pdq, listed.pdq_quality FROM "
                 "listed JOIN items USING (reference) WHERE listed.rowid IN (SELECT min(rowid) FROM listed "

@@ -247,8 +247,8 @@ class KnownItemIndex:
         features = self._features([image for image, _ in present])
         with closing(connect(self.path)) as connection, transaction(connection):
             for (pdq, *columns), (_, reference) in zip(features, present):
-                connection.execute("UPDATE items SET hashes = ?, embedding = ?, embedding_model = ? WHERE reference = ?",
-                                   (*columns, reference))
+                connection.execute("UPDATE items SET hashes = ?, embedding = ?, embedding_model = ? "
+                                   "WHERE reference = ?", (*columns, reference))
                 replace_pdq(connection, _item_id(connection, reference), pdq)
             updated = len(present)
             other = connection.execute("SELECT count(*) FROM items WHERE hashes IS NOT NULL AND "

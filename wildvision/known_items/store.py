@@ -102,7 +102,8 @@ def open_or_create(path: Path, identity: ModelIdentity, *, create: bool) -> dict
     return its settings."""
     try:
         with closing(connect(path)) as connection:
-            if _version(connection) < FORMAT_VERSION:  # rechecked under the write lock: another process may have done it
+            # Rechecked under the write lock: another process may have done it meanwhile.
+            if _version(connection) < FORMAT_VERSION:
                 with transaction(connection):
                     version = _version(connection)
                     if create and version == 0 and not connection.execute("SELECT name FROM sqlite_master").fetchall():
