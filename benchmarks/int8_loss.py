@@ -42,7 +42,7 @@ from training.data import Sample, spread  # noqa: E402
 from training.export import write_onnx  # noqa: E402
 from training.metrics import auc  # noqa: E402
 from training.pretrained import TwoTailNetwork, set_head  # noqa: E402
-from training.quantize import quantize_model  # noqa: E402
+from training.quantize import float_front, quantize_model  # noqa: E402
 from wildvision.classifier import Classifier  # noqa: E402
 from wildvision.images import load_image  # noqa: E402
 from wildvision.model_info import ModelInfo, OperatingPoint  # noqa: E402
@@ -53,9 +53,7 @@ BATCH = 16
 # After the last block: the 1x1 head convolution (its batch norm fused in, so the exporter names it `bn2`) and the
 # classifier; pooling and the activation map are float in every way.
 HEAD = ("bn2", "classifier")
-# The stem convolution (its batch norm fused in: `bn1`) and the first block, where the SQNR measured on the shipped
-# model falls most steeply (28 dB after the stem, 13 after block 0, 7 by block 3).
-STEM = ("bn1", "blocks.0")
+STEM = float_front(1)  # the stem and block 0, where the SQNR falls most steeply (28 dB after the stem, 13 after block 0)
 SQNR_PHOTOS = 8
 TIMED_PHOTOS = 24  # one at a time, float32 timed again beside each int8 file: the machine is shared and noisy  # every activation of every layer is kept for these: a few photos, or gigabytes
 
@@ -85,20 +83,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         parity = [load_image(s.path) for s in spread([s for s in calib if s not in set(by_sources + by_labels)],
                                                      PARITY_PHOTOS)]
         ways = {
-            "labels": (by_labels, {}),
-            "sources": (by_sources, {}),
+            "labels": (by_labels, {"keep_float": ()}),
+            "sources": (by_sources, {"keep_float": ()}),
             "sources + float head": (by_sources, {"keep_float": HEAD}),
             "sources + float last block": (by_sources, {"keep_float": ("blocks.6", *HEAD)}),
-            "sources, percentile": (by_sources, {"ranges": "percentile"}),
+            "sources, percentile": (by_sources, {"keep_float": (), "ranges": "percentile"}),
             "sources + float stem, block 0": (by_sources, {"keep_float": STEM}),
-            "sources + float stem, blocks 0-1": (by_sources, {"keep_float": (*STEM, "blocks.1")}),
+            "sources + float stem, blocks 0-1": (by_sources, {"keep_float": float_front(2)}),
+            "sources, uint8 weights": (by_sources, {"keep_float": (), "weights": "uint8"}),
+            "sources, 8-bit int8 weights (VNNI)": (by_sources, {"keep_float": (), "weights": "int8"}),
         }
+        ways = {name: way for name, way in ways.items() if not args.ways or name in args.ways}
         for name, (chosen, options) in ways.items():
             int8_path = Path(scratch) / f"{name}.int8.onnx"
             calibration = [load_image(s.path, min_side=setting.config.image_size) for s in chosen]
             quantize_model(float_path, int8_path, calibration, parity_photos=parity, **options)
             scores = _ivory_scores(Classifier(int8_path), photos)
-            if name == "labels":
+            if name == "labels" and not args.ways:
                 _print_tensor_errors(float_path, int8_path, photos[:SQNR_PHOTOS], setting.config.image_size)
             print(f"  int8 {name:34} AUC {auc(scores, ivory):.4f}  loss {float_auc - auc(scores, ivory):+.4f}  "
                   f"mean |p - p_float| {np.abs(scores - float_scores).mean():.4f}  "
@@ -114,6 +115,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--candidate", choices=keep_pretrained.TRAINED, default="l2-sp")
     parser.add_argument("--probe-share", type=float, default=0.0, help="two tails with the probe at this share")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ways", nargs="*", help="only these ways (names as printed)")
     return parser.parse_args(argv)
 
 

@@ -11,7 +11,10 @@ from conftest import make_photo  # noqa: E402
 from training import export  # noqa: E402
 from training.checkpoint import load_checkpoint  # noqa: E402
 from training.evaluation import evaluate  # noqa: E402
-from training.quantize import QuantizationError, quantize_model  # noqa: E402
+from training.errors import DataError  # noqa: E402
+from training.quantize import (  # noqa: E402
+    DEFAULT_FLOAT_BLOCKS, QuantizationError, float_front, nodes_of_modules, quantize_model,
+)
 from training.split import load_split  # noqa: E402
 from wildvision import Classifier  # noqa: E402
 
@@ -46,18 +49,43 @@ def test_export_writes_a_smaller_int8_twin(int8_export):
     assert int8_export["int8"].stat().st_size < 0.4 * int8_export["float"].stat().st_size
 
 
-def test_every_convolution_runs_as_an_integer_kernel(int8_export, tmp_path):
+def _optimized_op_types(model, tmp_path) -> list[str]:
+    """The operators onnxruntime's CPU provider runs for `model`, after its graph optimisations (fusions)."""
     import onnx
     import onnxruntime as ort
 
-    # Speed is the point of the twin: a convolution onnxruntime cannot fuse runs in float between (de)quantisations.
     options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(str(int8_export["int8"]), options, providers=["CPUExecutionProvider"])
-    optimized = [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+    options.optimized_model_filepath = str(tmp_path / f"optimized-{model.stem}.onnx")
+    ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    return [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+def test_every_convolution_after_the_float_front_runs_as_an_integer_kernel(int8_export, tmp_path):
+    import onnx
+
+    # Speed is the point of the twin: a convolution onnxruntime cannot fuse runs in float between (de)quantisations.
+    # The stem and block 0 stay float on purpose (training.quantize.DEFAULT_FLOAT_BLOCKS), the rest must not.
     convolutions = [node for node in onnx.load(str(int8_export["float"])).graph.node if node.op_type == "Conv"]
-    assert "Conv" not in optimized
-    assert optimized.count("QLinearConv") == len(convolutions)
+    front = set(nodes_of_modules(int8_export["float"], float_front(DEFAULT_FLOAT_BLOCKS)))
+    float_convolutions = [node for node in convolutions if node.name in front]
+    assert 0 < len(float_convolutions) < len(convolutions)
+    assert _optimized_op_types(int8_export["int8"], tmp_path).count("QLinearConv") == (
+        len(convolutions) - len(float_convolutions))
+
+
+def test_with_no_float_front_every_convolution_is_integer(tiny_run, tmp_path):
+    out = tmp_path / "all.int8.onnx"
+    quantize_model(tiny_run["model"], out, _photos(100, 4), parity_photos=_photos(200, 4), keep_float=(),
+                   min_agreement=0.0, max_probability_difference=1.0)
+    optimized = _optimized_op_types(out, tmp_path)
+    assert "Conv" not in optimized and "FusedConv" not in optimized and optimized.count("QLinearConv") > 0
+
+
+def test_keeping_a_module_float_that_the_model_lacks_is_refused(tiny_run, tmp_path):
+    with pytest.raises(DataError, match="no operator of the model belongs to module 'blocks.99'"):
+        quantize_model(tiny_run["model"], tmp_path / "x.int8.onnx", _photos(100, 2), parity_photos=_photos(200, 2),
+                       keep_float=("blocks.99",))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_int8_twin_describes_itself_like_its_float_model(int8_export):

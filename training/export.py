@@ -32,10 +32,11 @@ from training.checkpoint import load_checkpoint
 from training.data import Sample, spread
 from training.errors import CheckpointError, ConfigError, DataError, ParityError, run_command
 from training.evaluation import evaluate
-from training.options import AT_LEAST_1, SHARE, check_ranges, option, parse
+from training.options import AT_LEAST_0, AT_LEAST_1, SHARE, check_ranges, option, parse
 from training.pretrained import TwoTailNetwork
 from training.quantize import (
-    DEFAULT_MAX_PROBABILITY_DIFFERENCE, DEFAULT_MIN_AGREEMENT, quantize_model, write_model_info,
+    DEFAULT_FLOAT_BLOCKS, DEFAULT_MAX_PROBABILITY_DIFFERENCE, DEFAULT_MIN_AGREEMENT, float_front, quantize_model,
+    write_model_info,
 )
 from training.reference import reference_path, write_model_reference
 from training.split import SPLIT_FILE, load_split, recorded_data_option
@@ -65,6 +66,9 @@ class ExportConfig:
     int8: bool = option(False, "also write a statically quantised NAME.int8.onnx next to --out", changes_weights=False)
     int8_calibration_photos: int = option(200, "calib-split photos that set the int8 activation ranges",
                                           changes_weights=False, bounds=AT_LEAST_1)
+    int8_float_blocks: int = option(DEFAULT_FLOAT_BLOCKS, "keep the stem and this many first blocks in float32 in the "
+                                    "int8 twin, where quantisation costs the most ranking (0: quantise them too)",
+                                    changes_weights=False, bounds=AT_LEAST_0)
     # No range either: a share above 1 is how a test makes the int8 check refuse (tests/test_quantize.py).
     int8_min_agreement: float = option(DEFAULT_MIN_AGREEMENT, "fraction of parity photos whose top label int8 must "
                                        "keep", changes_weights=False)
@@ -105,7 +109,8 @@ def export(args: ExportConfig) -> int:
             staging.path(twin)  # export_int8 writes it beside the candidate
             quantized = export_int8(
                 candidate, samples, info.preprocessing.input_size, photos,
-                calibration_count=args.int8_calibration_photos, min_agreement=args.int8_min_agreement,
+                calibration_count=args.int8_calibration_photos, float_blocks=args.int8_float_blocks,
+                min_agreement=args.int8_min_agreement,
                 max_probability_difference=args.int8_max_probability_difference,
             )
         # The reference is computed by the checked model itself, so its vectors are the ones adapt will compute.
@@ -135,7 +140,7 @@ def model_from_checkpoint(checkpoint: dict) -> torch.nn.Module:
 
 def export_int8(
     float_model: Path, samples: Sequence[Sample], input_size: int, photos: list, *,
-    calibration_count: int, min_agreement: float, max_probability_difference: float,
+    calibration_count: int, float_blocks: int, min_agreement: float, max_probability_difference: float,
 ) -> Path:
     """Quantise `float_model` into a twin next to it and record both models' accuracy on `val` in the twin's metadata.
 
@@ -146,6 +151,7 @@ def export_int8(
     agreement = quantize_model(
         float_model, twin, calibration, parity_photos=photos,
         min_agreement=min_agreement, max_probability_difference=max_probability_difference,
+        keep_float=float_front(float_blocks),
     )
     print(f"int8: calibrated on {len(calibration)} calib photos; against float32, {agreement}")
     float_accuracy = evaluate(Classifier(float_model), samples, split="val").metrics["accuracy"]
