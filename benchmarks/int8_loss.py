@@ -10,14 +10,17 @@ shows) from the float file's. Also prints, for the release recipe's quantisation
 (onnxruntime's `qdq_loss_debug`: signal-to-quantisation-noise per activation, worst first), which names the layers that
 cost the loss before a remedy is chosen.
 
-Ways compared (all per-channel int8 weights, uint8 activations, QDQ, as `training.quantize`):
+Ways compared (per-channel 7-bit int8 weights, uint8 activations, QDQ, as `training.quantize`, unless named):
 - `labels`: 1.2.0's recipe, calibration photos spread over the labels of the calib split;
 - `sources`: calibration photos spread over the calib split's sources, the open world as much as the museum;
 - `sources + float head`: as `sources`, the layers after the last block (1x1 head convolution, classifier) kept in
   float;
 - `sources + float last block`: as `sources`, the last block kept in float too;
-- `sources, percentile`: activation ranges at the 99.999th percentile instead of the min-max.
-Needs ../shared/data and the candidate's finished training state (`keep_pretrained.py --train NAME`).
+- `sources, percentile`: activation ranges at the 99.999th percentile instead of the min-max (slow: a histogram of
+  every tensor);
+- `sources + float stem, block 0` / `blocks 0-1`: the front kept in float (the export default since this study);
+- `sources, uint8 weights` / `8-bit int8 weights (VNNI)`: full 8-bit weights, unsigned or signed.
+`--ways NAME...` runs some of them. Needs ../shared/data and the candidate's finished training state (`keep_pretrained.py --train NAME`).
 """
 
 from __future__ import annotations
@@ -53,9 +56,9 @@ BATCH = 16
 # After the last block: the 1x1 head convolution (its batch norm fused in, so the exporter names it `bn2`) and the
 # classifier; pooling and the activation map are float in every way.
 HEAD = ("bn2", "classifier")
-STEM = float_front(1)  # the stem and block 0, where the SQNR falls most steeply (28 dB after the stem, 13 after block 0)
-SQNR_PHOTOS = 8
-TIMED_PHOTOS = 24  # one at a time, float32 timed again beside each int8 file: the machine is shared and noisy  # every activation of every layer is kept for these: a few photos, or gigabytes
+STEM = float_front(1)  # the stem and block 0: the SQNR falls most steeply there (28 dB after the stem, 13 after block 0)
+SQNR_PHOTOS = 8  # every activation of every layer is kept for these: a few photos, or gigabytes
+TIMED_PHOTOS = 24  # one at a time, float32 timed again beside each int8 file: the machine is shared and noisy
 
 
 def main(argv: Sequence[str] | None = None) -> int:

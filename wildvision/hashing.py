@@ -16,9 +16,9 @@ bits are kept in the order of ThreatExchange's 64 hex digits, so `pdq_hex` and `
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
-
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +68,7 @@ class PdqHashes:
         return self.hashes[0]
 
 
+@functools.cache  # asked for every photo prepared for matching: a failed import searches the path each time
 def pdq_available() -> bool:
     """Whether `pdqhash` (the `pdq` extra) is installed."""
     try:
@@ -78,7 +79,8 @@ def pdq_available() -> bool:
 
 
 def pdq_hashes(image: Image.Image) -> PdqHashes:
-    """PDQ of `image` and of its dihedral variants, by Meta's C++ (`pdqhash`); raises ImportError naming the extra without it."""
+    """PDQ of `image` and of its dihedral variants, by Meta's C++ (`pdqhash`); without it, an ImportError naming
+    the extra."""
     try:
         import pdqhash
     except ImportError:
