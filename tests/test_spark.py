@@ -25,6 +25,7 @@ from captions import caption, skip_without_font
 from conftest import REPO, make_photo
 from wildvision import Classifier, OperatingPoint
 from wildvision.cli import main
+from wildvision.hashing import pdq_available
 from wildvision.known_items import KnownItemIndex
 from wildvision.scan import ScanInput, find_images, layout_of, scan
 
@@ -186,6 +187,8 @@ def packed_environment(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(environment)], check=True)
     # The same versions as this process has: pip takes them from its cache, and the records can be compared exactly.
     pins = [f"{name}=={version(name)}" for name in ("numpy", "pillow", "onnxruntime", "pandas", "pyarrow")]
+    if pdq_available():  # the driver's matches carry PDQ distances; executors without pdqhash would answer None
+        pins.append(f"pdqhash=={version('pdqhash')}")
     subprocess.run([str(environment / "bin" / "pip"), "install", "--quiet", str(REPO), *pins], check=True)
     return Path(venv_pack.pack(prefix=str(environment), output=str(root / "wildvision-env.tar.gz"), compress_level=1))
 
