@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
+from conftest import needs_pdq
 from test_known_items import REPOSTS, listing_photo, never_flags
 
 from wildvision import Classifier
@@ -25,7 +26,6 @@ from wildvision.known_items import (
 from wildvision.scan import layout_of, run_facts
 
 LADDER = 6  # PDQ hashes an item added from a photo keeps: the photo's and 5 centre crops'
-needs_pdq = pytest.mark.skipif(not pdq_available(), reason="PDQ needs pdqhash: pip install 'wildvision[pdq]'")
 PDQ_ONLY = MatchRule(max_hash_distance=-1, min_cosine=2.0)  # difference hashes and embeddings can never match
 
 
@@ -344,6 +344,23 @@ def test_cli_index_add_list_export_import_expire_and_reembed(tiny_run, photos, t
     assert main(["--model", str(upgraded), "index", "reembed", str(index), seized[0], str(tmp_path / "nope.png")]) == 1
     err = capsys.readouterr().err
     assert "re-embedded 1 items" in err and "2 items still carry another model's embedding or none" in err
+
+
+def test_cli_export_of_an_index_without_pdq_hashes_fails_and_says_how_to_add_them(
+    tiny_run, classifier, photos, tmp_path, capsys, monkeypatch
+):
+    import wildvision.cli
+    import wildvision.known_items.index
+
+    for module in (wildvision.known_items.index, wildvision.cli):  # as where pdqhash is not installed
+        monkeypatch.setattr(module, "pdq_available", lambda: False)
+    index = KnownItemIndex(tmp_path / "known.sqlite", classifier, create=True)
+    index.add(photos[:2], ["a", "b"])
+    model = str(tiny_run["model"])
+    assert main(["--model", model, "index", "export", str(index.path), str(tmp_path / "list.csv")]) == 1
+    err = capsys.readouterr().err
+    assert "exported 0 PDQ hashes of 0 items" in err
+    assert "2 items have no PDQ hash and are not in the list: pip install 'wildvision[pdq]', then" in err
 
 
 def _relabel_file(model: Path, destination: Path) -> None:

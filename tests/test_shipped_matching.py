@@ -23,7 +23,7 @@ import random
 
 import pytest
 
-from conftest import EVERYDAY_DATA, SHARED_DATA
+from conftest import EVERYDAY_DATA, SHARED_DATA, needs_pdq
 from reposts import TRANSFORMS, known_photos, repost, unrelated_photos
 
 pytestmark = pytest.mark.skipif(
@@ -91,6 +91,7 @@ def test_unrelated_everyday_photos_almost_never_match(scored):
     assert len(matched) / len(unrelated) <= 0.002, matched
 
 
+@needs_pdq  # an imported list matches by PDQ alone
 def test_an_imported_pdq_list_matches_reposts_by_the_ladder_of_each_items_crops(scored):
     """Another platform's index holding only our exported list: each item's PDQ ladder (the photo and 5 centre
     crops) catches the cropped re-posts that the photo's one hash misses (about 4 in 5). It stops short of the 98 %

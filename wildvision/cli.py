@@ -29,6 +29,7 @@ from wildvision.images import (
     load_image,
 )
 from wildvision.decision import DECISION_RANK, MatchPolicy
+from wildvision.hashing import pdq_available
 from wildvision.known_items import KnownItemIndex, export_hash_list, import_hash_list, utc_time
 from wildvision.scorer import Scorer
 from wildvision.model_info import read_operating_points
@@ -331,9 +332,14 @@ def _in_chunks(
 
 def _index_export(args: argparse.Namespace, classifier: Classifier) -> int:
     exported = export_hash_list(KnownItemIndex(args.index, classifier), args.file, source=args.source)
-    without = f"; {exported.without_pdq} items have no PDQ hash (`index reembed` them)" if exported.without_pdq else ""
-    print(f"{args.file}: exported {exported.rows} PDQ hashes of {exported.items} items{without}", file=sys.stderr)
-    return 0
+    print(f"{args.file}: exported {exported.rows} PDQ hashes of {exported.items} items", file=sys.stderr)
+    if not exported.without_pdq:
+        return 0
+    # Items added without pdqhash have no PDQ hash: the list is short of them (empty, if none has one).
+    remedy = "" if pdq_available() else "pip install 'wildvision[pdq]', then "
+    print(f"{args.file}: {exported.without_pdq} items have no PDQ hash and are not in the list: {remedy}"
+          "`wildvision index reembed` their photos", file=sys.stderr)
+    return 0 if exported.items else 1
 
 
 def _index_import(args: argparse.Namespace, classifier: Classifier) -> int:
