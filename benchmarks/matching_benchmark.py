@@ -1,6 +1,6 @@
 """How well known-item matching recognises re-posts of known photos and how rarely it matches other photos, per
-signal and for the rules: the figures that set `MatchRule` (`wildvision/known_items.py`) and `MatchPolicy`'s strict
-thresholds (`wildvision/decision.py`). Run it for every model release (docs/retraining.md).
+signal and for the rules: the figures that set `MatchRule` (`wildvision/known_items/index.py`) and `MatchPolicy`'s
+strict thresholds (`wildvision/decision.py`). Run it for every model release (docs/retraining.md).
 
     pip install ".[pdq]"
     python benchmarks/matching_benchmark.py [--model NEW.onnx] [--known 300] [--seed 0]
@@ -13,10 +13,11 @@ odd object photographed twice). Every query is compared with every known photo b
 
 - difference hash: bits to the nearest of the item's 18 hashed variants (the index's ladder, `variant_hashes`);
 - embedding cosine, the model's;
-- PDQ: bits from the nearest of the query's 8 dihedral variants to the item's own PDQ hash, all that a hash list
-  from tools that hash each photo once holds;
-- PDQ ladder: the same to the nearest of the item's stored PDQ hashes (the photo and its centre crops, `pdq_ladder`),
-  what the index matches by and what its exported list holds. PDQ alone is what an imported list matches by.
+- PDQ: bits from the nearest of the query's 16 variants (dihedral, of it and of its mirror) to the item's own PDQ
+  hash, all that a hash list from tools that hash each photo once holds;
+- PDQ ladder: the same to the nearest of the item's stored PDQ hashes (the photo and its centre crops, at full and half
+  scale: `pdq_ladder`), what the index matches by and what its exported list holds. PDQ alone is what an imported list
+  matches by.
 
 A rule (its signals OR-ed) matches a query to the candidate the index picks (the nearest by hash, then the highest
 cosine; by a signal alone, the nearest by it), and a re-post counts as recalled only when that is its own photo. The known photos are split in two

@@ -2,11 +2,12 @@
 
     python benchmarks/matching_scale.py [--photos 200] [--real 1000] [--reference 10] [--sizes N...] [--faiss]
 
-A photo is queried as the index queries it: its 8 dihedral PDQ hashes at PDQ's match distance (31), so "per photo"
-is one `HashSearch.within` of 8 queries. Each size's set is uniform random hashes, plus the PDQ hashes (8 variants
-each) of `--real` shared photos when pdqhash and ../shared/data are here (real PDQ words are skewed: flat and striped
-photos share values such as 0x3333), plus two planted near-duplicates of each query photo's hashes, 0 to 31 bits away
-(31 included), so that every photo has matches to find. Each size runs in a fresh process, so its peak RSS is its own.
+A photo is queried as the index queries it: its 16 PDQ hashes (the dihedral variants of it and of its mirror) at PDQ's
+match distance (31), so "per photo" is one `HashSearch.within` of 16 queries. Each size's set is uniform random hashes,
+plus the PDQ hashes (8 dihedral variants each) of `--real` shared photos when pdqhash and ../shared/data are here (real
+PDQ words are skewed: flat and striped photos share values such as 0x3333), plus two planted near-duplicates of each
+query photo's hashes, 0 to 31 bits away (31 included), so that every photo has matches to find. Each size runs in a
+fresh process, so its peak RSS is its own.
 
 Prints per size: the build time, p50 and p99 per photo, the process's peak RSS, whether every planted duplicate was
 found, agreement with the exact scan (`scan_within`) on `--reference` photos and the scan's own time in the same
@@ -16,9 +17,8 @@ against as many uniform hashes (the cost of PDQ's skew), and what holding 1,000,
 ids (int64) and PDQ (32 bytes) read from SQLite into numpy. `--faiss` also times faiss-cpu's `IndexBinaryFlat` and
 `IndexBinaryMultiHash` (one thread) on the same photos, the alternatives `HashSearch` was chosen over.
 
-The figures of 2026-12-07 on the 2-core machine beside a training job (they vary with its load) are in
-docs/benchmarks.md ("Matching a million PDQ hashes"); at 1,000,000 hashes: build 0.3-0.7 s, p50 1.2 ms a photo, CPU p99 1.6-1.9 ms (wall p99
-6 ms, waiting for a core), peak RSS 184-201 MiB, every planted duplicate found.
+The figures of 2026-12-07 on the 2-core machine are in docs/benchmarks.md ("Matching a million PDQ hashes"); at
+1,000,000 hashes: build 0.3 s, p50 1.7 ms a photo, p99 2.4 ms, peak RSS 185 MiB, every planted duplicate found.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from wildvision.hash_search import HashSearch, scan_within  # noqa: E402
 from wildvision.hashing import HASH_BYTES, PDQ_MATCH_DISTANCE, pdq_available  # noqa: E402
 
 SIZES = (10_000, 100_000, 1_000_000)
-VARIANTS = 8  # dihedral PDQ hashes a photo is queried with
+VARIANTS = 16  # PDQ hashes a photo is queried with: the dihedral variants of it and of its mirror
 PLANTED_PER_PHOTO = 2
 CLUSTER_SHARE = 0.01  # of the set: near-identical hashes, within CLUSTER_BITS of one hash
 CLUSTER_BITS = 4
@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faiss", action="store_true", help="also time faiss-cpu's binary indexes")
     args = parser.parse_args(argv)
     real = real_hashes(args.real)
-    print(f"{'random hashes' if real is None else f'random hashes and {len(real)} shared photos x 8 PDQ variants'}; "
+    stored_real = "" if real is None else f" and {len(real)} shared photos x {VARIANTS} PDQ variants"
+    print(f"random hashes{stored_real}; "
           f"{args.photos} photos x {VARIANTS} queries at distance {PDQ_MATCH_DISTANCE}")
     spawn = multiprocessing.get_context("spawn")  # a fresh process per measurement: ru_maxrss is then its own
     for size in args.sizes:
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def real_hashes(photos: int) -> np.ndarray | None:
-    """PDQ hashes (photos x 8 x 32) of shared photos, or None without pdqhash or the shared data."""
+    """PDQ hashes (photos x 16 x 32) of shared photos, or None without pdqhash or the shared data."""
     if not photos:
         return None
     if not pdq_available() or not SHARED.is_dir():
@@ -92,7 +93,7 @@ def real_hashes(photos: int) -> np.ndarray | None:
     files = [folder / row["path"] for folder in (SHARED / "wildlife-products-v1", SHARED / "everyday-v1")
              for row in csv.DictReader((folder / "manifest.csv").open(encoding="utf-8"))]
     random.Random(0).shuffle(files)
-    return np.stack([pdq_hashes(load_image(path)).hashes for path in files[:photos]])
+    return np.stack([pdq_hashes(load_image(path), with_mirror=True).hashes for path in files[:photos]])
 
 
 def measure_size(size: int, real: np.ndarray | None, photos: int, reference: int, with_faiss: bool) -> str:
@@ -130,7 +131,7 @@ def measure_skew(real: np.ndarray, photos: int) -> str:
     words cost the lookups."""
     rng = np.random.default_rng(1)
     held_out = min(photos, len(real) // 2)
-    queries, stored = real[:held_out], real[held_out:].reshape(-1, HASH_BYTES)
+    queries, stored = real[:held_out], _stored(real[held_out:])
     search_real = HashSearch(stored)
     search_uniform = HashSearch(rng.integers(0, 256, stored.shape, dtype=np.uint8))
     real_times, _, _ = _timed(lambda photo: search_real.within(photo, PDQ_MATCH_DISTANCE), queries)
@@ -196,7 +197,7 @@ def _read_items(connection: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray]
 @dataclass(frozen=True)
 class SearchSet:
     stored: np.ndarray  # size x 32, shuffled
-    queries: np.ndarray  # photos x 8 x 32
+    queries: np.ndarray  # photos x 16 x 32
     planted_rows: np.ndarray  # stored rows that are near-duplicates of a query photo's hashes
     planted_by: np.ndarray  # the photo each is near
     cluster_centre: np.ndarray  # 32 bytes that cluster_size stored hashes lie within CLUSTER_BITS of
@@ -216,7 +217,7 @@ def _test_set(rng: np.random.Generator, size: int, real: np.ndarray | None, phot
 
 
 def _query_photos(rng: np.random.Generator, real: np.ndarray | None, photos: int) -> tuple[np.ndarray, np.ndarray]:
-    """The query photos' hashes (photos x 8 x 32) and the real hashes to store (those of the other real photos)."""
+    """The query photos' hashes (photos x 16 x 32) and the real hashes to store (those of the other real photos)."""
     if real is None:
         return rng.integers(0, 256, (photos, VARIANTS, HASH_BYTES), dtype=np.uint8), np.zeros((0, HASH_BYTES), np.uint8)
     chosen = rng.permutation(len(real))
@@ -224,7 +225,13 @@ def _query_photos(rng: np.random.Generator, real: np.ndarray | None, photos: int
     if len(queries) < photos:  # fewer real photos than queries: the rest random
         queries = np.concatenate([queries, rng.integers(0, 256, (photos - len(queries), VARIANTS, HASH_BYTES),
                                                         dtype=np.uint8)])
-    return queries, real[chosen[photos:]].reshape(-1, HASH_BYTES)
+    return queries, _stored(real[chosen[photos:]])
+
+
+def _stored(real: np.ndarray) -> np.ndarray:
+    """Real photos' hashes to store: the dihedral variants of each (the first 8 of its 16), as skewed as stored hashes
+    and no more of them than the smallest set holds."""
+    return real[:, :8].reshape(-1, HASH_BYTES)
 
 
 def _planted(rng: np.random.Generator, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ from wildvision.known_items import (
 )
 from wildvision.scan import layout_of, run_facts
 
-LADDER = 6  # PDQ hashes an item added from a photo keeps: the photo's and 5 centre crops'
+LADDER = 12  # PDQ hashes an item added from a photo keeps: the photo's and 5 centre crops', at full and half scale
 PDQ_ONLY = MatchRule(max_hash_distance=-1, min_cosine=2.0)  # difference hashes and embeddings can never match
 
 
@@ -57,8 +57,10 @@ def test_a_mirrored_or_rotated_repost_matches_the_items_one_pdq_hash(index, phot
     by_pdq = KnownItemIndex(index.path, index.classifier, rule=PDQ_ONLY)
     for number, photo in enumerate(photos):
         match = by_pdq.match(transform(photo))
-        # PDQ's dihedral variants are close, not equal, to the hash of a turned photo: 10-12 bits on these photos
-        assert match is not None and match.reference == f"case-{number}" and match.pdq_distance <= 16, (turn, match)
+        # PDQ's dihedral variants are close, not equal, to the hash of a turned photo (10-12 bits on these photos); a
+        # query also hashes its own mirror, which meets a mirrored re-post's item all but exactly
+        most = 2 if turn == "mirrored" else 16
+        assert match is not None and match.reference == f"case-{number}" and match.pdq_distance <= most, (turn, match)
 
 
 @needs_pdq
@@ -308,7 +310,7 @@ def test_threatexchange_reads_our_hash_list_and_we_read_what_it_writes(index, ph
 def test_a_scans_run_facts_state_the_match_policy(classifier, tmp_path):
     index = KnownItemIndex(tmp_path / "k.sqlite", classifier, create=True)
     facts = run_facts(classifier, layout_of(classifier, index), MatchPolicy(strict="review"))
-    assert facts["match_policy"].startswith("strict=review (pdq<=27 hash<=14 cosine>=0.99) loose=review")
+    assert facts["match_policy"].startswith("strict=review (pdq<=23 hash<=14 cosine>=0.99) loose=review")
     assert run_facts(classifier, layout_of(classifier))["match_policy"] is None
 
 
@@ -328,9 +330,9 @@ def test_cli_index_add_list_export_import_expire_and_reembed(tiny_run, photos, t
     assert [(i["label"], i["signals"], i["expires_at"] is not None) for i in listed] == [
         ("ivory", "pdq+hashes+embedding", True)] * 2 + [(None, "pdq+hashes+embedding", True)]
     assert main(["--model", model, "index", "export", str(index), str(tmp_path / "list.csv")]) == 0
-    assert "exported 18 PDQ hashes of 3 items" in capsys.readouterr().err
+    assert "exported 36 PDQ hashes of 3 items" in capsys.readouterr().err
     assert main(["--model", model, "index", "import", str(fresh), str(tmp_path / "list.csv")]) == 0
-    assert "imported 18 PDQ hashes of 3 items (3 new); 3 known items" in capsys.readouterr().err
+    assert "imported 36 PDQ hashes of 3 items (3 new); 3 known items" in capsys.readouterr().err
     assert main(["--model", model, "index", "stats", str(fresh), "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert (stats["items"], stats["expired"], stats["pdq_only"], stats["embedded"]) == (3, 1, 3, 0)

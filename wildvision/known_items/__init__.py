@@ -1,17 +1,17 @@
 """Recognise re-posted photos of items a platform (or the coalition it shares hash lists with) already confirmed as
 illegal, even where the classifier is unsure.
 
-A `KnownItemIndex` is one SQLite file (stdlib `sqlite3`, format below). An item added from a photo keeps three
-signals: six PDQ hashes (Meta's 256-bit perceptual hash, the one the trust & safety industry exchanges; needs
-`pdqhash`, the `pdq` extra) of the photo and of five centre crops (`pdq_ladder`: PDQ survives resizing, mirroring
-and re-compression, but a crop of a few percent moves it past its match distance), eighteen 256-bit difference hashes
-(the photo, eight centre crops, and the mirror image of each: a difference hash survives neither mirroring nor
-cropping, so those variants are hashed once per item rather than per query) and the model's unit-length embedding,
-which also catches crops the ladders miss. A query's PDQ is computed with its 8 dihedral variants, so a mirrored or
-rotated re-post meets the item's stored hashes. An item imported from a hash list (`import_hash_list`) has PDQ alone:
-the hashes the list gives it (one or several). A photo matches an item when any signal both sides have says so
-(`MatchRule`), a PDQ distance being to the nearest of the item's hashes; PDQ hashes of quality below 50 are not
-trusted (Meta's advice).
+A `KnownItemIndex` is one SQLite file (stdlib `sqlite3`, format below). An item added from a photo keeps three signals:
+twelve PDQ hashes (Meta's 256-bit perceptual hash, the one the trust & safety industry exchanges; needs `pdqhash`, the
+`pdq` extra) of the photo and of five centre crops, each at full and half scale (`pdq_ladder`: PDQ survives
+re-compression, but a crop of a few percent moves it past its match distance, and so does halving a small photo),
+eighteen 256-bit difference hashes (the photo, eight centre crops, and the mirror image of each: a difference hash
+survives neither mirroring nor cropping, so those variants are hashed once per item rather than per query) and the
+model's unit-length embedding, which also catches crops the ladders miss. A query's PDQ is computed with its 8 dihedral
+variants and those of its mirror (16), so a mirrored or rotated re-post meets the item's stored hashes. An item imported
+from a hash list (`import_hash_list`) has PDQ alone: the hashes the list gives it (one or several). A photo matches an
+item when any signal both sides have says so (`MatchRule`), a PDQ distance being to the nearest of the item's hashes;
+PDQ hashes of quality below 50 are not trusted (Meta's advice).
 
 File format (`PRAGMA user_version` = 3)::
 
@@ -48,7 +48,7 @@ counts only under the model (name and version) that made it, so an index used by
 its model-free hashes (PDQ, difference hashes), says so once when opened, and `reembed` restores the embeddings from
 the photos where they still exist. New photos can be added under any model (each item records its own).
 
-Memory: matching holds an item id, the hash and an expiry per stored PDQ hash in numpy (about 48 bytes a hash, six
+Memory: matching holds an item id, the hash and an expiry per stored PDQ hash in numpy (about 48 bytes a hash, twelve
 an item added from a photo, so a million hashes take about 50 MB, beside `HashSearch`'s 72 MB) and, for items added
 from photos, their difference hashes and embedding (about 10 KB an item with a 2,560-value embedding); references
 are read from the file for the items that match.

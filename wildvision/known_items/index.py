@@ -38,21 +38,26 @@ _CROPS = tuple(step * 0.015 for step in range(VARIANTS // 2))
 # 99 %; steps of 1 % (9 hashes) 99.7 %, of 2 % 95 %, of 3 % 82 %; crops past 7.5 % add nothing. No unrelated
 # everyday-v1 photo came within 66 bits of any ladder hash (the photo's own alone: 78).
 _PDQ_CROPS = _CROPS[:6]
+# ... each at full and half scale (12 hashes). PDQ blurs by a window that grows with the photo, so halving a small photo
+# moves its hash: on 300 shared photos (most 360 px), halved re-posts were recalled at 31 bits 97 % of the time by the
+# full-scale ladder, 100 % with the half-scale rungs, and the re-posts halved, mirrored and cropped at once 95 % and
+# 99 %. The nearest unrelated everyday-v1 photo came to 64 bits of the 12 (68 of the 6).
+_PDQ_SCALES = (1.0, 0.5)
 _log = logging.getLogger("wildvision.known_items")
 
 
 @dataclass(frozen=True)
 class MatchRule:
-    """A photo matches a known item when its PDQ hash (any of its 8 dihedral variants) is within `max_pdq_distance`
-    bits of 256 of any of the item's PDQ hashes, OR its difference hash is within `max_hash_distance` bits of any of
-    the item's hashed variants, OR its embedding's cosine similarity to the item's reaches `min_cosine`. Each signal
-    counts only where both sides have it (an imported item has PDQ alone; an item embedded by another model has no
-    embedding).
+    """A photo matches a known item when its PDQ hash (any of its 16 variants: the dihedral ones of it and of its
+    mirror) is within `max_pdq_distance` bits of 256 of any of the item's PDQ hashes, OR its difference hash is within
+    `max_hash_distance` bits of any of the item's hashed variants, OR its embedding's cosine similarity to the item's
+    reaches `min_cosine`. Each signal counts only where both sides have it (an imported item has PDQ alone; an item
+    embedded by another model has no embedding).
 
     Fitted with model 1.2.0 by `benchmarks/matching_benchmark.py` (re-run it for every model release): on the half of
     re-posts held out from the fit (600 re-posts of 150 known shared photos: halved, mirrored, cropped 0-8 % a side,
     all three; JPEG quality 50-90), it matches 100 % to their own item (98.8 % without PDQ; our exported list alone,
-    imported elsewhere, 96.7 %), and none of 419 unrelated everyday-v1 photos nor any re-post to another known item.
+    imported elsewhere, 99.5 %), and none of 419 unrelated everyday-v1 photos nor any re-post to another known item.
     False matches grow with the index, so a large index wants stricter values.
     """
 
@@ -364,9 +369,17 @@ def variant_hashes(photo: Image.Image) -> np.ndarray:
 
 def pdq_ladder(photo: Image.Image) -> list[tuple[bytes, int]]:
     """The PDQ hashes stored per photo item, with their quality: the photo's own first (the one other tools would
-    exchange), then its centre crops (`_PDQ_CROPS`). Mirrors are not stored: a query's dihedral variants meet them."""
-    return [(found.own.tobytes(), found.quality)
-            for found in (pdq_hashes(_centre_crop(photo, fraction)) for fraction in _PDQ_CROPS)]
+    exchange), then its centre crops (`_PDQ_CROPS`), then the same at half scale (`_PDQ_SCALES`). Mirrors are not
+    stored: a query is hashed with its mirror and their dihedral variants."""
+    rungs = [_scaled(_centre_crop(photo, fraction), scale) for scale in _PDQ_SCALES for fraction in _PDQ_CROPS]
+    return [(found.own.tobytes(), found.quality) for found in map(pdq_hashes, rungs)]
+
+
+def _scaled(photo: Image.Image, scale: float) -> Image.Image:
+    if scale == 1:
+        return photo
+    return photo.resize((max(1, round(photo.width * scale)), max(1, round(photo.height * scale))),
+                        Image.Resampling.BILINEAR)
 
 
 def _item_id(connection: sqlite3.Connection, reference: str) -> int:
