@@ -33,6 +33,9 @@ index) and every figure printed is on the second (`fit_rule`, `fit_strict`):
 The shipped defaults are then measured the same way and through `KnownItemIndex` itself, which must agree, and through
 an index that imported the first one's exported hash list (PDQ ladders, no photos). About three minutes on two
 cores.
+
+How fast matching is at 10,000, 100,000 and 1,000,000 stored hashes, and at what memory (p50, p99, peak RSS), is
+`benchmarks/matching_scale.py`: it needs no model or photos, and runs each size in a fresh process.
 """
 
 from __future__ import annotations
