@@ -61,7 +61,8 @@ EXIT_STATUSES = {
     0: "every photo was scored (scan, spark, predict, index add, index reembed), a hash list was imported or "
        "exported, the service stopped cleanly, or info printed",
     1: "some photos could not be scored: each has its record or line with the error (scan, spark, predict, "
-       "index add, index reembed: also a photo naming no item; index remove: a reference naming none)",
+       "index add, index reembed: also a photo naming no item; index remove: a reference naming none; index export: "
+       "no item has a PDQ hash, so the list is empty)",
     2: "a usage, input or model error, said in one line: an unknown option, a missing folder, a folder with no "
        "image file, a list with no readable path, a bad model or thresholds file, a bad hash-list row",
     _BROKEN_PIPE: "the reader of stdout closed it (`wildvision info | head`): stopped quietly",
